@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from numba import njit
 
 from herd.errors import HerdInputError
 
@@ -26,3 +27,16 @@ def threshold(counts: np.ndarray, percentile: float = 99.0) -> int:
 def heavy_hitters(counts: np.ndarray, T: int) -> np.ndarray:
     """Boolean mask over flows: a flow is a heavy hitter iff its count >= T."""
     return counts >= T
+
+
+@njit(cache=True)
+def crossing_times(flow: np.ndarray, ts_ns: np.ndarray, flows: int, T: int) -> np.ndarray:
+    """When each flow became a heavy hitter: the time of its T-th packet (int64 max if never)."""
+    seen = np.zeros(flows, dtype=np.int64)
+    out = np.full(flows, np.iinfo(np.int64).max, dtype=np.int64)
+    for i in range(len(flow)):
+        f = flow[i]
+        seen[f] += 1
+        if seen[f] == T:
+            out[f] = ts_ns[i]
+    return out

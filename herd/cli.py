@@ -1,0 +1,256 @@
+"""The ``herd`` command line. Each subcommand parses its arguments and calls the library;
+bad input becomes one line on stderr and exit status 2."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from herd import __version__
+from herd.errors import HerdInputError
+from herd.params import ALGORITHMS, Params, load_params_file
+
+
+def _stages(text: str) -> tuple[int, ...]:
+    try:
+        stages = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: not comma-separated integers") from None
+    if not stages:
+        raise argparse.ArgumentTypeError("no stage sizes given")
+    return stages
+
+
+def add_param_arguments(p: argparse.ArgumentParser) -> None:
+    """The Herd parameters every evaluating command takes (defaults: DESIGN.md)."""
+    g = p.add_argument_group("Herd parameters (defaults as DESIGN.md)")
+    g.add_argument("--params", metavar="FILE", help="JSON parameter file (e.g. from herd tune); "
+                   "flags given explicitly override it")
+    g.add_argument("--s", "--sampling-probability", dest="s", type=float,
+                   help="sampling probability s (default 0.2)")
+    g.add_argument("--epsilon", type=float, help="approximation factor (default 0.1)")
+    g.add_argument("--R", type=int, help="reports that make an elephant (default round(1/epsilon))")
+    t = g.add_mutually_exclusive_group()
+    t.add_argument("--percentile", type=float, help="T = floor(this percentile of flow sizes) "
+                   "(default 99)")
+    t.add_argument("--T", type=int, help="the heavy-hitter threshold T in packets, given")
+    g.add_argument("--k", type=int, help="ingress switches (default 10)")
+    g.add_argument("--p", type=float, help="probability a packet takes its flow's primary "
+                   "ingress switch (default 0.95)")
+    g.add_argument("--stages", type=_stages, help="hash-table stage sizes, e.g. 4096,2048,1024")
+    g.add_argument("--delay-ms", dest="delay_ms", type=float,
+                   help="control-loop delay hello -> entry installed, ms (default 0)")
+    g.add_argument("--seed", type=int, help="seed of every random choice (default 1)")
+    g.add_argument("--overflow-policy", dest="overflow_policy", choices=("ignore", "reset"))
+    g.add_argument("--algorithm", choices=ALGORITHMS, help="herd (default) or a baseline")
+    g.add_argument("--q", type=float, help="per-packet sampling probability of the sampling "
+                   "baseline (default 0.01)")
+
+
+PARAM_FIELDS = ("s", "epsilon", "R", "percentile", "T", "k", "p", "stages", "delay_ms", "seed",
+                "overflow_policy", "algorithm", "q")
+
+
+def params_from_args(args: argparse.Namespace) -> Params:
+    values: dict[str, Any] = {}
+    if getattr(args, "params", None):
+        values.update(load_params_file(args.params))
+    for name in PARAM_FIELDS:
+        v = getattr(args, name, None)
+        if v is not None:
+            values[name] = v
+    if getattr(args, "T", None) is not None:
+        values.pop("percentile", None)
+    elif getattr(args, "percentile", None) is not None:
+        values.pop("T", None)
+    return Params.from_dict(values, source=args.params or "arguments")
+
+
+def _print_json(obj: Any) -> None:
+    json.dump(obj, sys.stdout, indent=1, default=_json_default)
+    sys.stdout.write("\n")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+# ---------------------------------------------------------------- trace
+
+
+def cmd_trace_info(args: argparse.Namespace) -> int:
+    from herd.trace import format_trace_info, load_trace, trace_info
+
+    info = trace_info(load_trace(args.file, progress=sys.stderr.isatty()))
+    if args.json:
+        _print_json(info)
+    else:
+        print(format_trace_info(info))
+    return 0
+
+
+def cmd_trace_synth(args: argparse.Namespace) -> int:
+    from herd.synth import write_synthetic_pcap
+
+    kw = {} if args.rate is None else {"rate_pps": args.rate}
+    pk = write_synthetic_pcap(args.out, args.packets, args.flows, args.seed, **kw)
+    print(f"wrote {len(pk.ts_ns)} packets to {args.out}", file=sys.stderr)
+    return 0
+
+
+# ---------------------------------------------------------------- simulate / sweep
+
+
+def _load(path: str) -> Any:
+    from herd.simulator import PreparedTrace
+    from herd.trace import load_trace
+
+    return PreparedTrace(load_trace(path, progress=sys.stderr.isatty()))
+
+
+def cmd_simulate(args: argparse.Namespace) -> int:
+    from herd.simulator import simulate
+
+    params = params_from_args(args)
+    result = simulate(_load(args.trace), params)
+    d = result.to_dict()
+    if args.json:
+        _print_json(d)
+    else:
+        print(f"trace {d['trace']} ({d['packets']} packets, digest {d['trace_digest'][:12]})")
+        print(f"T={d['T']} R={d['R']} heavy hitters={d['heavy_hitters']} "
+              f"detected={d['detected']}")
+        print(f"F1={d['f1']:.4f} precision={d['precision']:.4f} recall={d['recall']:.4f}")
+        print(f"messages={d['messages']} (hellos {d['hellos']}, reports {d['reports']}, "
+              f"overflows {d['overflows']}), max per switch {d['max_messages_per_switch']}")
+        print(f"max states per switch={d['max_states']} of {d['slots_per_switch']} slots")
+        print(f"simulated in {d['seconds']:.3f} s")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from herd.sweep import (
+        parse_values,
+        plot_sweep,
+        read_layout,
+        run_sweep,
+        stderr_progress,
+        sweep_title,
+        write_results,
+    )
+
+    if args.layout:
+        param, values = read_layout(args.layout)
+    else:
+        if not args.param or args.values is None:
+            raise HerdInputError("sweep: give --param and --values, or --layout FILE")
+        param, values = args.param, parse_values(args.param, args.values)
+    base = params_from_args(args)
+    # Check every point before running any, so a bad value fails fast and writes nothing.
+    from herd.sweep import params_for
+
+    for v in values:
+        params_for(base, param, v, base.seed)
+    prep = _load(args.trace)
+    rows = run_sweep(prep, base, param, values, args.seeds, stderr_progress(f"sweep {param}"))
+    meta = {"herd_version": __version__, "command": sys.argv, "base_params": base.to_dict(),
+            "trace": args.trace, "trace_digest": prep.trace.digest}
+    json_path = write_results(args.out, param, rows, meta)
+    print(f"CSV: {args.out}")
+    print(f"run record: {json_path}")
+    if args.plot:
+        plot_sweep(args.plot, param, rows, sweep_title(args.trace, param, rows))
+        print(f"plot: {args.plot}")
+    return 0
+
+
+# ---------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="herd", description="Network-wide heavy-hitter detection with Herd: simulate, "
+        "sweep, tune, emulate.")
+    parser.add_argument("--version", action="version", version=f"herd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    trace = sub.add_parser("trace", help="inspect or synthesise packet traces")
+    tsub = trace.add_subparsers(dest="trace_command", required=True)
+    info = tsub.add_parser("info", help="packets, flows, groups and flow-size percentiles")
+    info.add_argument("file")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=cmd_trace_info)
+    synth = tsub.add_parser("synth", help="write a realistic synthetic capture")
+    synth.add_argument("--packets", type=int, required=True)
+    synth.add_argument("--flows", type=int)
+    synth.add_argument("--seed", type=int, default=1)
+    synth.add_argument("--rate", type=float, help="mean packets per second of the timestamps")
+    synth.add_argument("--out", required=True)
+    synth.set_defaults(func=cmd_trace_synth)
+
+    sim = sub.add_parser("simulate", help="run Herd (or a baseline) over a trace")
+    sim.add_argument("--trace", required=True)
+    add_param_arguments(sim)
+    sim.add_argument("--json", action="store_true", help="print one JSON object")
+    sim.set_defaults(func=cmd_simulate)
+
+    sw = sub.add_parser("sweep", help="simulate over a list of parameter values: CSV and plot")
+    sw.add_argument("--trace", required=True)
+    sw.add_argument("--param", help="epsilon, sampling_probability, R, delay_ms, p, k, ...")
+    sw.add_argument("--values", help="comma-separated values")
+    sw.add_argument("--layout", help="a layout CSV (<param>,f1score,precision,recall + values)")
+    sw.add_argument("--seeds", type=int, default=1, help="seeds per value (mean and spread)")
+    sw.add_argument("--out", required=True, help="CSV to write")
+    sw.add_argument("--plot", help="PNG to write")
+    add_param_arguments(sw)
+    sw.set_defaults(func=cmd_sweep)
+
+    for register in _extra_commands():
+        register(sub)
+    return parser
+
+
+def _extra_commands() -> list[Any]:
+    """Subcommands defined next to their features (tuning, figures, services, testbed)."""
+    import importlib
+
+    out = []
+    for name in ("herd.tuning", "herd.figures", "herd.services.cli", "herd.testbed.cli"):
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and (e.name == name or name.startswith(e.name + ".")):
+                continue
+            raise
+        out.append(module.register_cli)
+    return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except HerdInputError as e:
+        print(f"herd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("herd: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

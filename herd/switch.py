@@ -1,0 +1,212 @@
+"""The Herd ingress switch: the one copy of the data-plane semantics.
+
+``process_packet`` is the per-packet pipeline of DESIGN.md ("Switch, per IPv4 packet"),
+written once over plain arrays so that the batch simulator calls it from its compiled loop
+and :class:`Switch` (the model target, behind the model driver) calls it per packet.
+``p4src/herd.p4`` mirrors it register for register:
+
+- ``regs``: a few ``bit<32>`` registers (PRNG state, sample threshold, hold start, counters);
+- ``group_state / group_tau / group_r``: the group table (keyed by g = src/8, dst/8) and
+  the one-bit "hello already sent" register, folded into one state byte per group;
+- ``fps / counts``: the multi-stage hash table, all stages in one flat array; stage ``i``
+  occupies ``[offset_i, offset_i + size_i)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from herd.hashing import flow_slots
+from herd.messages import CpuMessage, MessageType, group_of
+from herd.prng import xorshift32
+
+N_GROUPS = 1 << 16
+
+# Register indices (p4src: the same order in the ``herd_regs`` register array).
+REG_PRNG = 0
+REG_SAMPLE_THRESHOLD = 1
+REG_HOLD_START = 2
+REG_OCCUPIED = 3
+REG_PEAK_OCCUPIED = 4
+REG_HELLOS = 5
+REG_REPORTS = 6
+REG_OVERFLOWS = 7
+N_REGS = 8
+
+# Group states: no entry, hello sent (entry pending), entry installed.
+GROUP_MISS = 0
+GROUP_HELLO_SENT = 1
+GROUP_INSTALLED = 2
+
+# What a packet makes the switch send to its controller.
+EV_NONE = 0
+EV_HELLO = int(MessageType.HELLO)
+EV_REPORT = int(MessageType.REPORT)
+EV_OVERFLOW = int(MessageType.OVERFLOW)
+
+
+@njit(cache=True)
+def _flip(regs: np.ndarray, threshold: int) -> bool:
+    """One coin flip: advance the PRNG register, fire iff the draw <= threshold."""
+    x = xorshift32(regs[REG_PRNG])
+    regs[REG_PRNG] = x
+    return x <= threshold
+
+
+@njit(cache=True)
+def process_packet(
+    regs: np.ndarray,
+    group_state: np.ndarray,
+    group_tau: np.ndarray,
+    group_r: np.ndarray,
+    fps: np.ndarray,
+    counts: np.ndarray,
+    g: int,
+    slots: np.ndarray,
+    fp: int,
+) -> tuple[int, int]:
+    """Run one IPv4 packet of group ``g`` through the switch. ``slots`` are the flow's slot
+    in each stage and ``fp`` its fingerprint (``herd.hashing.flow_slots``).
+
+    Returns (event, count): EV_NONE, EV_HELLO (count 0), EV_REPORT (the count that crossed
+    tau_g) or EV_OVERFLOW (count 0). At most one event per packet.
+    """
+    # 1. Group table. A miss sends one hello per group until the entry is installed,
+    #    and the packet is not counted.
+    state = group_state[g]
+    if state != GROUP_INSTALLED:
+        if state == GROUP_MISS:
+            group_state[g] = GROUP_HELLO_SENT
+            regs[REG_HELLOS] += 1
+            return EV_HELLO, 0
+        return EV_NONE, 0
+
+    # 3. Walk the stages: stop at this flow's slot, or remember the first empty one.
+    slot = -1
+    empty = -1
+    for i in range(len(slots)):
+        s = slots[i]
+        if fps[s] == fp:
+            slot = s
+            break
+        if fps[s] == 0:
+            empty = s
+            break
+    if slot >= 0:
+        counts[slot] += 1
+    else:
+        # An untracked flow is sampled with probability s; only a flow that would have
+        # been sampled and finds no room is an overflow.
+        if not _flip(regs, regs[REG_SAMPLE_THRESHOLD]):
+            return EV_NONE, 0
+        if empty < 0:
+            regs[REG_OVERFLOWS] += 1
+            return EV_OVERFLOW, 0
+        slot = empty
+        fps[slot] = fp
+        # Sample-and-hold correction: the packets missed before sampling, about 1/s.
+        counts[slot] = regs[REG_HOLD_START]
+        regs[REG_OCCUPIED] += 1
+        if regs[REG_OCCUPIED] > regs[REG_PEAK_OCCUPIED]:
+            regs[REG_PEAK_OCCUPIED] = regs[REG_OCCUPIED]
+
+    # 4. A mole that reaches tau_g becomes a mule: restart its count and report it with
+    #    probability r_g.
+    c = counts[slot]
+    if c >= group_tau[g]:
+        counts[slot] = 0
+        if _flip(regs, group_r[g]):
+            regs[REG_REPORTS] += 1
+            return EV_REPORT, c
+    return EV_NONE, 0
+
+
+@njit(cache=True)
+def install_group(group_state: np.ndarray, group_tau: np.ndarray, group_r: np.ndarray,
+                  g: int, tau: int, r_threshold: int) -> None:
+    """Add or modify the group-table entry of g (the controller's table write)."""
+    group_tau[g] = tau
+    group_r[g] = r_threshold
+    group_state[g] = GROUP_INSTALLED
+
+
+@njit(cache=True)
+def reset_tables(regs: np.ndarray, fps: np.ndarray, counts: np.ndarray) -> None:
+    """Clear every stage of the hash table (the overflow policy "reset")."""
+    fps[:] = 0
+    counts[:] = 0
+    regs[REG_OCCUPIED] = 0
+
+
+def stage_layout(stages: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(offsets, sizes) of the stages in the flat table."""
+    sizes = np.asarray(stages, dtype=np.int64)
+    offsets = np.concatenate(([0], np.cumsum(sizes)[:-1])).astype(np.int64)
+    return offsets, sizes
+
+
+@dataclass(frozen=True)
+class SwitchConfig:
+    """What a local controller writes into its switch's registers at start."""
+
+    prng_seed: int
+    sample_threshold: int
+    hold_start: int
+
+
+class Switch:
+    """One Herd ingress switch as an I/O-free object (the model target's data plane)."""
+
+    def __init__(self, stages: Sequence[int]) -> None:
+        self.stages = tuple(int(s) for s in stages)
+        self.stage_offsets, self.stage_sizes = stage_layout(self.stages)
+        slots = int(self.stage_sizes.sum())
+        self.regs = np.zeros(N_REGS, dtype=np.uint32)
+        self.group_state = np.zeros(N_GROUPS, dtype=np.uint8)
+        self.group_tau = np.zeros(N_GROUPS, dtype=np.uint32)
+        self.group_r = np.zeros(N_GROUPS, dtype=np.uint32)
+        self.fps = np.zeros(slots, dtype=np.uint32)
+        self.counts = np.zeros(slots, dtype=np.uint32)
+        self._slots = np.zeros(len(self.stages), dtype=np.int64)
+
+    def configure(self, config: SwitchConfig) -> None:
+        self.regs[REG_PRNG] = config.prng_seed
+        self.regs[REG_SAMPLE_THRESHOLD] = config.sample_threshold
+        self.regs[REG_HOLD_START] = config.hold_start
+
+    def install_group(self, g: int, tau: int, r_threshold: int) -> None:
+        install_group(self.group_state, self.group_tau, self.group_r, g, tau, r_threshold)
+
+    def clear_groups(self) -> None:
+        self.group_state[:] = GROUP_MISS
+        self.group_tau[:] = 0
+        self.group_r[:] = 0
+
+    def reset_tables(self) -> None:
+        reset_tables(self.regs, self.fps, self.counts)
+
+    def process(self, src: int, dst: int, sport: int, dport: int, proto: int) -> CpuMessage | None:
+        """One IPv4 packet; the CPU message it causes, if any."""
+        fp = flow_slots(src, dst, sport, dport, proto, self.stage_offsets, self.stage_sizes,
+                        self._slots)
+        event, count = process_packet(self.regs, self.group_state, self.group_tau, self.group_r,
+                                      self.fps, self.counts, group_of(src, dst), self._slots, fp)
+        if event == EV_NONE:
+            return None
+        return CpuMessage(MessageType(event), src, dst, sport, dport, proto, int(count))
+
+    def registers(self) -> dict[str, int]:
+        return {
+            "prng": int(self.regs[REG_PRNG]),
+            "sample_threshold": int(self.regs[REG_SAMPLE_THRESHOLD]),
+            "hold_start": int(self.regs[REG_HOLD_START]),
+            "occupied": int(self.regs[REG_OCCUPIED]),
+            "peak_occupied": int(self.regs[REG_PEAK_OCCUPIED]),
+            "hellos": int(self.regs[REG_HELLOS]),
+            "reports": int(self.regs[REG_REPORTS]),
+            "overflows": int(self.regs[REG_OVERFLOWS]),
+        }
