@@ -1,0 +1,34 @@
+"""Shared fixtures: every test gets its own trace cache; hand-made captures via scapy."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _private_trace_cache(tmp_path_factory: pytest.TempPathFactory,
+                         monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERD_CACHE_DIR", str(tmp_path_factory.mktemp("herd-cache")))
+
+
+Packet = tuple[float, str, str, int, int, str]  # (time s, src, dst, sport, dport, "tcp"/"udp")
+
+
+def write_capture(path: Path, packets: Sequence[Packet]) -> Path:
+    """A pcap of Ethernet/IPv4/TCP|UDP frames, crafted with scapy."""
+    from scapy.all import IP, TCP, UDP, Ether, wrpcap
+
+    frames = []
+    for t, src, dst, sport, dport, proto in packets:
+        l4 = TCP(sport=sport, dport=dport) if proto == "tcp" else UDP(sport=sport, dport=dport)
+        frame = Ether() / IP(src=src, dst=dst) / l4
+        frame.time = t
+        frames.append(frame)
+    wrpcap(str(path), frames)
+    return path

@@ -1,0 +1,105 @@
+"""The simulator on hand-made captures (real pcap bytes), against outcomes worked out by hand."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_capture
+
+from herd.params import Params
+from herd.prng import draws, probability_threshold, switch_seed
+from herd.simulator import PreparedTrace, simulate
+from herd.trace import load_trace
+
+A = ("10.0.0.1", "20.0.0.2", 1234, 80, "tcp")
+B = ("10.0.0.3", "20.0.0.4", 5555, 53, "udp")  # same group (10/8 -> 20/8) as A
+
+
+def one_switch(**kw) -> Params:
+    base = dict(k=1, p=1.0, s=1.0, epsilon=0.5, T=10, R=2, stages=(64, 32, 16))
+    base.update(kw)
+    return Params(**base)
+
+
+def capture(tmp_path: Path, flows: list[tuple], gap_s: float = 0.001) -> PreparedTrace:
+    packets = [(1000.0 + i * gap_s, *f) for i, f in enumerate(flows)]
+    return PreparedTrace(load_trace(write_capture(tmp_path / "t.pcap", packets)))
+
+
+def test_one_flow_one_switch_by_hand(tmp_path: Path) -> None:
+    """s = 1, l_g = 1, epsilon = 0.5, T = 10: tau = 5, r = 1, hold start 1.
+    Packet 1 is the hello (not counted); packets 2..6 count 1..5 -> report at 6, then at
+    11, 16, 21. R = 2: an elephant at packet 11."""
+    prep = capture(tmp_path, [A] * 21)
+    r = simulate(prep, one_switch())
+    m = r.metrics
+    assert (m["hellos"], m["reports"], m["overflows"]) == (1, 4, 0)
+    assert (m["heavy_hitters"], m["detected"], m["f1"]) == (1, 1, 1.0)
+    assert m["max_states"] == 1 and m["max_messages_per_switch"] == 5
+    assert int(r.detect_ts[0]) == prep.trace.ts_ns[10]  # the 11th packet
+    # It reached T = 10 packets at packet 10, and was detected one packet (1 ms) later.
+    assert m["detection_delay_ms_p50"] == pytest.approx(1.0)
+
+
+def test_control_loop_delay_leaves_packets_uncounted(tmp_path: Path) -> None:
+    """Packets 1 ms apart, delay 2.5 ms: the entry takes effect before packet 4 (t = 3 ms),
+    so counting starts there: 1 at #4 ... 5 at #8 -> reports at #8, #13, #18."""
+    prep = capture(tmp_path, [A] * 21)
+    r = simulate(prep, one_switch(delay_ms=2.5))
+    assert r.metrics["reports"] == 3
+    assert int(r.detect_ts[0]) == prep.trace.ts_ns[12]
+
+
+def test_overflow_ignore_and_reset(tmp_path: Path) -> None:
+    """One slot, flows A and B alternating (A first, same group), s = 1, tau = 5:
+    #1 A hello; #2 B takes the slot; every later A overflows.
+    ignore: B counts 1..5 at #2,4,6,8,10 -> report at #10, again 1..5 at #12..20 -> report
+    at #20; A overflows at #3,5,...,19 (9 times).
+    reset (delay 0): each A overflow clears the slot, so B restarts at 1 and never reports."""
+    prep = capture(tmp_path, [A, B] * 10)
+    ignore = simulate(prep, one_switch(stages=(1,), overflow_policy="ignore")).metrics
+    assert (ignore["overflows"], ignore["reports"], ignore["table_resets"]) == (9, 2, 0)
+    reset = simulate(prep, one_switch(stages=(1,), overflow_policy="reset")).metrics
+    assert (reset["overflows"], reset["reports"], reset["table_resets"]) == (9, 0, 9)
+
+
+def test_l_g_doubling_reaches_the_switches(tmp_path: Path) -> None:
+    """Four ingress files, one per switch, 3 packets each of one group. The first packets are
+    the hellos; l_g ends at 4, so tau = ceil(0.5*8/4) = 1 and r = 1/4 on every switch. Each
+    switch then draws: a sampling flip (s = 1, fires), and a report flip with r = 1/4 for each
+    of its two counted packets."""
+    from herd.trace import load_ingress_traces
+
+    paths = []
+    for sw in range(4):
+        pk = [(1000.0 + sw * 0.01 + i * 0.1, f"10.0.{sw}.1", "20.0.0.2", 1000 + sw, 80, "tcp")
+              for i in range(3)]
+        paths.append(write_capture(tmp_path / f"sw{sw}.pcap", pk))
+    prep = PreparedTrace(load_ingress_traces(paths))
+    r = simulate(prep, one_switch(k=4, T=8, R=1))
+    m = r.metrics
+    assert m["hellos"] == 4 and m["groups"] == 1
+    # Installs: sw0 l=1; sw1 -> l=2 pushed to 0,1; sw2 gets 2; sw3 -> l=4 pushed to 0..3.
+    assert m["table_writes"] == 1 + 2 + 1 + 4
+    assert m["l_g_pushes"] == 1 + 3
+    quarter = probability_threshold(0.25)
+    expected = [sum(d <= quarter for d in draws(switch_seed(1, sw), 3)[1:]) for sw in range(4)]
+    assert m["messages_per_switch"] == [1 + e for e in expected]
+    assert m["reports"] == sum(expected)
+
+
+def test_identical_seeds_identical_output_and_seeds_matter(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    flows = [(f"{a}.1.1.1", f"{b}.2.2.2", 1000 + i, 80, "tcp")
+             for i, (a, b) in enumerate(rng.integers(1, 50, (40, 2)))]
+    seq = [flows[i] for i in rng.zipf(1.5, 3000) % len(flows)]
+    prep = capture(tmp_path, seq)
+    params = Params(s=0.3, epsilon=0.2, percentile=90, k=4)
+    one, two = simulate(prep, params).to_dict(), simulate(prep, params).to_dict()
+    for d in (one, two):
+        d.pop("seconds"), d.pop("packets_per_second")
+    assert one == two
+    other = simulate(prep, params.with_(seed=2)).to_dict()
+    assert (other["reports"], other["max_states"]) != (one["reports"], one["max_states"])
