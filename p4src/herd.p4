@@ -1,0 +1,259 @@
+/* herd.p4 — the Herd ingress switch (P4_16, v1model, BMv2 simple_switch).
+ *
+ * Mirrors herd/switch.py (process_packet) register for register and flip for flip:
+ *   1. group table keyed by the two /8s; a miss sends one HELLO per group (hello_sent)
+ *   2. a hit gives tau_g and r_g (a 32-bit threshold)
+ *   3. a multi-stage hash table of (fingerprint, counter): the flow's slot counts +1; an
+ *      untracked flow is sampled with probability s and starts at round(1/s); a sampled
+ *      flow with no room anywhere is an OVERFLOW
+ *   4. a counter reaching tau_g restarts at 0 and is REPORTed with probability r_g
+ *   5. forward (table forwarding: ingress port -> egress port)
+ * CPU messages are I2E clones to CPU_MIRROR_SESSION, turned into ethernet + cpu_t in egress.
+ * The stage sizes are compile-time constants (p4c -DSTAGE0_SIZE=... etc.), default 4096,
+ * 2048, 1024 as herd.params.DEFAULT_STAGES. */
+#include <core.p4>
+#include <v1model.p4>
+
+#include "include/headers.p4"
+#include "include/parser.p4"
+
+#ifndef STAGE0_SIZE
+#define STAGE0_SIZE 4096
+#endif
+#ifndef STAGE1_SIZE
+#define STAGE1_SIZE 2048
+#endif
+#ifndef STAGE2_SIZE
+#define STAGE2_SIZE 1024
+#endif
+#define TOTAL_SLOTS (STAGE0_SIZE + STAGE1_SIZE + STAGE2_SIZE)
+
+/* herd_regs indices: herd.switch.REG_* */
+const bit<32> REG_PRNG             = 0;
+const bit<32> REG_SAMPLE_THRESHOLD = 1;
+const bit<32> REG_HOLD_START       = 2;
+const bit<32> REG_OCCUPIED         = 3;
+const bit<32> REG_PEAK_OCCUPIED    = 4;
+const bit<32> REG_HELLOS           = 5;
+const bit<32> REG_REPORTS          = 6;
+const bit<32> REG_OVERFLOWS        = 7;
+const bit<32> N_REGS               = 8;
+
+/* hash salts: herd.hashing.SALT_* */
+const bit<8> SALT_FINGERPRINT = 0x00;
+const bit<8> SALT_STAGE0      = 0x01;
+const bit<8> SALT_STAGE1      = 0x02;
+const bit<8> SALT_STAGE2      = 0x03;
+
+control HerdIngress(inout headers_t hdr, inout metadata_t meta,
+                    inout standard_metadata_t standard_metadata) {
+    register<bit<32>>(N_REGS) herd_regs;
+    register<bit<32>>(TOTAL_SLOTS) stage_fp;
+    register<bit<32>>(TOTAL_SLOTS) stage_count;
+    register<bit<1>>(65536) hello_sent;
+
+    bit<32> fp;
+    bit<32> slot0;
+    bit<32> slot1;
+    bit<32> slot2;
+
+    action drop() {
+        mark_to_drop(standard_metadata);
+    }
+
+    action forward(bit<9> port) {
+        standard_metadata.egress_spec = port;
+    }
+
+    table forwarding {
+        key = { standard_metadata.ingress_port: exact; }
+        actions = { forward; drop; }
+        default_action = drop();
+        size = 64;
+    }
+
+    action set_group_params(bit<32> tau, bit<32> r) {
+        meta.tau = tau;
+        meta.r = r;
+    }
+
+    table group_table {
+        key = {
+            meta.src8: exact;
+            meta.dst8: exact;
+        }
+        actions = { set_group_params; NoAction; }
+        default_action = NoAction();
+        size = 65536;
+    }
+
+    /* Advance the xorshift32 register (herd.prng.xorshift32): one draw per coin flip. */
+    action next_draw() {
+        bit<32> x;
+        herd_regs.read(x, REG_PRNG);
+        x = x ^ (x << 13);
+        x = x ^ (x >> 17);
+        x = x ^ (x << 5);
+        herd_regs.write(REG_PRNG, x);
+        meta.draw = x;
+    }
+
+    action count_event(bit<32> reg) {
+        bit<32> n;
+        herd_regs.read(n, reg);
+        herd_regs.write(reg, n + 1);
+    }
+
+    action send_to_cpu(bit<8> msg_type, bit<32> count) {
+        meta.cpuMsgType = msg_type;
+        meta.cpuSrcAddr = hdr.ipv4.srcAddr;
+        meta.cpuDstAddr = hdr.ipv4.dstAddr;
+        meta.cpuSrcPort = meta.srcPort;
+        meta.cpuDstPort = meta.dstPort;
+        meta.cpuProtocol = hdr.ipv4.protocol;
+        meta.cpuCount = count;
+        clone_preserving_field_list(CloneType.I2E, CPU_MIRROR_SESSION, FL_CPU);
+    }
+
+    action hash_flow() {
+        hash(fp, HashAlgorithm.crc32, 32w1,
+             { SALT_FINGERPRINT, hdr.ipv4.srcAddr, hdr.ipv4.dstAddr, meta.srcPort, meta.dstPort,
+               hdr.ipv4.protocol }, 32w0xFFFFFFFF);
+        hash(slot0, HashAlgorithm.crc32, 32w0,
+             { SALT_STAGE0, hdr.ipv4.srcAddr, hdr.ipv4.dstAddr, meta.srcPort, meta.dstPort,
+               hdr.ipv4.protocol }, (bit<32>)STAGE0_SIZE);
+        hash(slot1, HashAlgorithm.crc32, (bit<32>)STAGE0_SIZE,
+             { SALT_STAGE1, hdr.ipv4.srcAddr, hdr.ipv4.dstAddr, meta.srcPort, meta.dstPort,
+               hdr.ipv4.protocol }, (bit<32>)STAGE1_SIZE);
+        hash(slot2, HashAlgorithm.crc32, (bit<32>)(STAGE0_SIZE + STAGE1_SIZE),
+             { SALT_STAGE2, hdr.ipv4.srcAddr, hdr.ipv4.dstAddr, meta.srcPort, meta.dstPort,
+               hdr.ipv4.protocol }, (bit<32>)STAGE2_SIZE);
+    }
+
+    apply {
+        forwarding.apply();
+        if (!hdr.ipv4.isValid()) {
+            return;  /* non-IPv4 frames are forwarded and not measured */
+        }
+        meta.src8 = hdr.ipv4.srcAddr[31:24];
+        meta.dst8 = hdr.ipv4.dstAddr[31:24];
+
+        /* 1. Group table; a miss sends one hello per group and the packet is not counted. */
+        if (!group_table.apply().hit) {
+            bit<1> sent;
+            bit<32> g = (bit<32>)(meta.src8 ++ meta.dst8);
+            hello_sent.read(sent, g);
+            if (sent == 0) {
+                hello_sent.write(g, 1);
+                count_event(REG_HELLOS);
+                send_to_cpu(MSG_HELLO, 0);
+            }
+            return;
+        }
+
+        /* 3. Walk the stages: this flow's slot, or the first empty one. */
+        hash_flow();
+        bit<32> slot = 0;
+        bit<1> matched = 0;
+        bit<1> has_empty = 0;
+        bit<32> f;
+        stage_fp.read(f, slot0);
+        if (f == fp) {
+            slot = slot0; matched = 1;
+        } else if (f == 0) {
+            slot = slot0; has_empty = 1;
+        } else {
+            stage_fp.read(f, slot1);
+            if (f == fp) {
+                slot = slot1; matched = 1;
+            } else if (f == 0) {
+                slot = slot1; has_empty = 1;
+            } else {
+                stage_fp.read(f, slot2);
+                if (f == fp) {
+                    slot = slot2; matched = 1;
+                } else if (f == 0) {
+                    slot = slot2; has_empty = 1;
+                }
+            }
+        }
+
+        bit<32> c = 0;
+        bit<1> tracked = matched;
+        if (matched == 1) {
+            stage_count.read(c, slot);
+            c = c + 1;
+        } else {
+            /* sampled with probability s; a sampled flow with no room is an overflow */
+            bit<32> sample_threshold;
+            herd_regs.read(sample_threshold, REG_SAMPLE_THRESHOLD);
+            next_draw();
+            if (meta.draw <= sample_threshold) {
+                if (has_empty == 0) {
+                    count_event(REG_OVERFLOWS);
+                    send_to_cpu(MSG_OVERFLOW, 0);
+                } else {
+                    /* sample-and-hold: start at round(1/s) for the packets missed before */
+                    stage_fp.write(slot, fp);
+                    herd_regs.read(c, REG_HOLD_START);
+                    tracked = 1;
+                    bit<32> occupied;
+                    bit<32> peak;
+                    herd_regs.read(occupied, REG_OCCUPIED);
+                    herd_regs.read(peak, REG_PEAK_OCCUPIED);
+                    occupied = occupied + 1;
+                    herd_regs.write(REG_OCCUPIED, occupied);
+                    if (occupied > peak) {
+                        herd_regs.write(REG_PEAK_OCCUPIED, occupied);
+                    }
+                }
+            }
+        }
+
+        /* 4. A mole reaching tau_g becomes a mule: restart it, report with probability r_g. */
+        if (tracked == 1) {
+            if (c >= meta.tau) {
+                stage_count.write(slot, 0);
+                next_draw();
+                if (meta.draw <= meta.r) {
+                    count_event(REG_REPORTS);
+                    send_to_cpu(MSG_REPORT, c);
+                }
+            } else {
+                stage_count.write(slot, c);
+            }
+        }
+    }
+}
+
+control HerdEgress(inout headers_t hdr, inout metadata_t meta,
+                   inout standard_metadata_t standard_metadata) {
+    /* A clone to the CPU port leaves as ethernet + cpu_t and nothing else. */
+    action to_cpu_frame() {
+        hdr.ethernet.setValid();
+        hdr.ethernet.etherType = ETHERTYPE_HERD_CPU;
+        hdr.vlan_outer.setInvalid();
+        hdr.vlan_inner.setInvalid();
+        hdr.ipv4.setInvalid();
+        hdr.ipv4_options.setInvalid();
+        hdr.ports.setInvalid();
+        hdr.cpu.setValid();
+        hdr.cpu.msgType = meta.cpuMsgType;
+        hdr.cpu.srcAddr = meta.cpuSrcAddr;
+        hdr.cpu.dstAddr = meta.cpuDstAddr;
+        hdr.cpu.srcPort = meta.cpuSrcPort;
+        hdr.cpu.dstPort = meta.cpuDstPort;
+        hdr.cpu.protocol = meta.cpuProtocol;
+        hdr.cpu.count = meta.cpuCount;
+        truncate(CPU_FRAME_BYTES);
+    }
+
+    apply {
+        if (standard_metadata.instance_type == INSTANCE_INGRESS_CLONE) {
+            to_cpu_frame();
+        }
+    }
+}
+
+V1Switch(HerdParser(), HerdNoChecksum(), HerdIngress(), HerdEgress(), HerdNoChecksum(),
+         HerdDeparser()) main;
