@@ -1,0 +1,1 @@
+"""The emulation testbed: topologies, Mininet nodes and the evaluation harness."""

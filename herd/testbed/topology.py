@@ -1,0 +1,128 @@
+"""The evaluation topology as plain objects: h1 -> lb -> k Herd ingress switches ->
+aggregator -> h2. One description serves both targets: the model target builds it in Mininet
+directly, and ``p4app_json`` writes it as a p4-utils p4app for the BMv2 target.
+
+    python -m herd.testbed.topology --k 10 --out topologies/p4app_10_switches_herd.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HOST, LOAD_BALANCER, INGRESS, AGGREGATOR = "host", "load_balancer", "ingress", "aggregator"
+PROGRAMS = {LOAD_BALANCER: "p4src/load_balancer.p4", INGRESS: "p4src/herd.p4",
+            AGGREGATOR: "p4src/aggregator.p4"}
+
+
+@dataclass(frozen=True)
+class Node:
+    name: str
+    kind: str
+    index: int = 0  # an ingress switch's index: its controller's --switch, the LB's choice
+
+    @property
+    def program(self) -> str | None:
+        return PROGRAMS.get(self.kind)
+
+
+@dataclass(frozen=True)
+class Link:
+    a: str
+    b: str
+    port_a: int  # switch port numbers (hosts have one interface, eth0)
+    port_b: int
+
+
+@dataclass
+class Topology:
+    nodes: dict[str, Node] = field(default_factory=dict)
+    links: list[Link] = field(default_factory=list)
+
+    def add(self, node: Node) -> Node:
+        self.nodes[node.name] = node
+        return node
+
+    def link(self, a: str, b: str, port_a: int = 0, port_b: int = 0) -> None:
+        self.links.append(Link(a, b, port_a, port_b))
+
+    def of_kind(self, kind: str) -> list[Node]:
+        return [n for n in self.nodes.values() if n.kind == kind]
+
+    @property
+    def ingress_switches(self) -> list[Node]:
+        return sorted(self.of_kind(INGRESS), key=lambda n: n.index)
+
+    def port(self, node: str, peer: str) -> int:
+        for link in self.links:
+            if (link.a, link.b) == (node, peer):
+                return link.port_a
+            if (link.b, link.a) == (node, peer):
+                return link.port_b
+        raise KeyError(f"no link {node} - {peer}")
+
+
+def evaluation_topology(k: int = 10) -> Topology:
+    """h1 - lb; lb port i+2 - s{i+1} port 1; s{i+1} port 2 - agg port i+1; agg port k+1 - h2."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    t = Topology()
+    t.add(Node("h1", HOST))
+    t.add(Node("h2", HOST))
+    t.add(Node("lb", LOAD_BALANCER))
+    t.add(Node("agg", AGGREGATOR))
+    t.link("h1", "lb", 0, 1)
+    for i in range(k):
+        s = t.add(Node(f"s{i + 1}", INGRESS, i)).name
+        t.link("lb", s, i + 2, 1)
+        t.link(s, "agg", 2, i + 1)
+    t.link("agg", "h2", k + 1, 0)
+    return t
+
+
+def p4app_json(t: Topology, cpu_port: bool = True) -> dict[str, Any]:
+    """The topology as a p4-utils p4app (``sudo p4run --conf FILE``), ports pinned."""
+    links = []
+    for link in t.links:
+        opts: dict[str, Any] = {}
+        if t.nodes[link.a].kind != HOST:
+            opts["port1"] = link.port_a
+        if t.nodes[link.b].kind != HOST:
+            opts["port2"] = link.port_b
+        links.append([link.a, link.b, opts])
+    switches = {}
+    for node in t.nodes.values():
+        if node.kind == HOST:
+            continue
+        sw: dict[str, Any] = {"p4_src": node.program}
+        if node.kind == INGRESS:
+            sw["cpu_port"] = cpu_port
+        switches[node.name] = sw
+    return {
+        "p4_src": PROGRAMS[INGRESS],
+        "cli": True,
+        "pcap_dump": False,
+        "enable_log": False,
+        "topology": {
+            "assignment_strategy": "l2",
+            "default": {"auto_arp_tables": True},
+            "links": links,
+            "hosts": {n.name: {} for n in t.of_kind(HOST)},
+            "switches": switches,
+        },
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description="Write the evaluation topology as a p4app JSON.")
+    ap.add_argument("--k", type=int, default=10)
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    Path(args.out).write_text(json.dumps(p4app_json(evaluation_topology(args.k)), indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
