@@ -13,7 +13,7 @@ import pytest
 
 from herd.controller import LocalController, group_entry_nb, hold_start
 from herd.coordinator import Coordinator
-from herd.hashing import crc32_addr, crc32_flow, flow_slots
+from herd.hashing import crc32_addr, crc32_flow, flow_key_bytes, flow_slots
 from herd.loadbalancer import assign_ingress, ingress_pair
 from herd.messages import CpuMessage, MessageType, group_of
 from herd.prng import draws, probability_threshold, switch_seed, xorshift32
@@ -257,3 +257,30 @@ def test_load_balancer_pairs_and_probability() -> None:
     assert abs(np.mean(ing == primary) - 0.95) < 0.01
     assert np.array_equal(ing, assign_ingress(src, 10, probability_threshold(0.95), 99))
     assert np.all(assign_ingress(src, 10, probability_threshold(1.0), 99) == primary)
+
+
+def crc32_by_definition(data: bytes) -> int:
+    """CRC-32 as BMv2's ``crc32`` calculation defines it: polynomial 0x04C11DB7 processed
+    bit-reflected, initial value 0xFFFFFFFF, final xor 0xFFFFFFFF; bit by bit."""
+    crc = 0xFFFFFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xEDB88320 if crc & 1 else crc >> 1  # 0xEDB88320 = reflected poly
+    return crc ^ 0xFFFFFFFF
+
+
+def test_hash_vectors_from_bmv2_crc32_definition() -> None:
+    assert crc32_by_definition(b"123456789") == 0xCBF43926  # the standard check value
+    # {salt, srcAddr, dstAddr, srcPort, dstPort, protocol}, packed big-endian: 14 bytes.
+    vectors = [
+        ((1, 0x0A000001, 0x14000002, 1234, 80, 6), "010a0000011400000204d2005006", 0x0FC8086C),
+        ((0, 0xC0A80001, 0x08080808, 53, 53, 17), "00c0a80001080808080035003511", 0xE591FBD3),
+    ]
+    for fields, packed, crc in vectors:
+        assert flow_key_bytes(*fields).hex() == packed
+        assert crc32_by_definition(bytes.fromhex(packed)) == crc
+        assert int(crc32_flow(*fields)) == crc
+    # the load balancer's {salt, srcAddr}
+    assert crc32_by_definition(bytes.fromhex("400a000001")) == 0x866B7FA6
+    assert int(crc32_addr(0x40, 0x0A000001)) == 0x866B7FA6
