@@ -29,14 +29,20 @@ def ingress_pair(src: int, k: int) -> tuple[int, int]:
 
 
 @njit(cache=True)
+def choose_ingress(src: int, k: int, p_threshold: int, prng_state: int) -> tuple[int, int]:
+    """One packet's ingress switch: (switch index, the PRNG state after the draw)."""
+    primary, secondary = ingress_pair(src, k)
+    state = xorshift32(prng_state)
+    return (primary if state <= p_threshold else secondary), state
+
+
+@njit(cache=True)
 def assign_ingress(src: np.ndarray, k: int, p_threshold: int, prng_state: int) -> np.ndarray:
     """The ingress switch of every packet, in trace order."""
     out = np.empty(len(src), dtype=np.int16)
     state = np.uint32(prng_state)
     for i in range(len(src)):
-        primary, secondary = ingress_pair(src[i], k)
-        state = xorshift32(state)
-        out[i] = primary if state <= p_threshold else secondary
+        out[i], state = choose_ingress(src[i], k, p_threshold, state)
     return out
 
 
