@@ -40,35 +40,37 @@ control LbIngress(inout headers_t hdr, inout metadata_t meta,
         size = 4096;
     }
 
-    action choose_ingress() {
-        bit<32> k;
-        bit<32> p_threshold;
-        bit<32> x;
-        bit<32> primary;
-        bit<32> secondary;
-        lb_regs.read(k, LB_REG_K);
-        lb_regs.read(p_threshold, LB_REG_P_THRESHOLD);
-        hash(primary, HashAlgorithm.crc32, 32w0, { SALT_PRIMARY, hdr.ipv4.srcAddr }, k);
-        secondary = primary;
-        if (k > 1) {
-            bit<32> offset;
-            hash(offset, HashAlgorithm.crc32, 32w0, { SALT_SECONDARY, hdr.ipv4.srcAddr }, k - 1);
-            secondary = primary + 1 + offset;
-            if (secondary >= k) {
-                secondary = secondary - k;
-            }
-        }
+    /* One xorshift32 draw per IPv4 packet (herd.prng.xorshift32). */
+    action next_draw(out bit<32> x) {
         lb_regs.read(x, LB_REG_PRNG);
         x = x ^ (x << 13);
         x = x ^ (x >> 17);
         x = x ^ (x << 5);
         lb_regs.write(LB_REG_PRNG, x);
-        switch_index = (x <= p_threshold) ? primary : secondary;
     }
 
     apply {
         if (hdr.ipv4.isValid()) {
-            choose_ingress();
+            bit<32> k;
+            bit<32> p_threshold;
+            bit<32> primary;
+            bit<32> secondary;
+            bit<32> draw;
+            lb_regs.read(k, LB_REG_K);
+            lb_regs.read(p_threshold, LB_REG_P_THRESHOLD);
+            hash(primary, HashAlgorithm.crc32, 32w0, { SALT_PRIMARY, hdr.ipv4.srcAddr }, k);
+            secondary = primary;
+            if (k > 1) {
+                bit<32> offset;
+                hash(offset, HashAlgorithm.crc32, 32w0, { SALT_SECONDARY, hdr.ipv4.srcAddr },
+                     k - 1);
+                secondary = primary + 1 + offset;
+                if (secondary >= k) {
+                    secondary = secondary - k;
+                }
+            }
+            next_draw(draw);
+            switch_index = (draw <= p_threshold) ? primary : secondary;
         }
         ingress_switch.apply();
     }

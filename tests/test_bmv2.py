@@ -29,6 +29,7 @@ from herd.coordinator import Coordinator
 from herd.messages import CPU_HEADER_LEN, ETHERTYPE_HERD_CPU, CpuMessage, MessageType
 from herd.prng import probability_threshold
 from herd.switch import Switch
+from herd.testbed.rawsock import open_port, recv_frames
 
 TOOLS = ("p4c-bm2-ss", "simple_switch", "simple_switch_CLI")
 missing = [t for t in TOOLS if shutil.which(t) is None]
@@ -40,7 +41,6 @@ pytestmark = [
 ]
 
 PROGRAMS = ("herd.p4", "load_balancer.p4", "aggregator.p4")
-ETH_P_ALL = 0x0003
 
 
 def compile_p4(program: str, out_dir: Path, defines: dict[str, int] | None = None) -> Path:
@@ -82,12 +82,7 @@ class Bmv2Switch:
             args += ["-i", f"{p}@{b}"]
         self.proc = subprocess.Popen(args + [str(json_path)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
-        self.socks = {}
-        for p, (a, _) in self.names.items():
-            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-            s.bind((a, 0))
-            s.setblocking(False)
-            self.socks[p] = s
+        self.socks = {p: open_port(a) for p, (a, _) in self.names.items()}
         deadline = time.time() + 20
         while True:
             try:
@@ -112,31 +107,32 @@ class Bmv2Switch:
 
     def drain(self) -> None:
         for s in self.socks.values():
-            while True:
-                try:
-                    s.recv(65535)
-                except BlockingIOError:
-                    break
+            while recv_frames(s):
+                pass
 
     def send(self, port: int, frame: bytes) -> None:
         self.socks[port].send(frame)
 
-    def receive(self, wait_s: float) -> dict[int, list[bytes]]:
-        """Frames arriving on any port within wait_s (extended while frames keep coming)."""
+    def receive(self, settle_s: float = 0.02, timeout_s: float = 2.0) -> dict[int, list[bytes]]:
+        """Frames arriving on any port: wait for the first, then until none has come for
+        settle_s (a clone and its original leave through different egress threads)."""
         got: dict[int, list[bytes]] = {p: [] for p in self.ports}
-        deadline = time.time() + wait_s
+        deadline = time.time() + timeout_s
+        seen = False
         while True:
-            timeout = deadline - time.time()
-            if timeout <= 0:
+            wait = settle_s if seen else deadline - time.time()
+            if wait <= 0:
                 return got
-            ready, _, _ = select.select(list(self.socks.values()), [], [], timeout)
+            ready, _, _ = select.select(list(self.socks.values()), [], [], wait)
+            if not ready:
+                if seen or time.time() >= deadline:
+                    return got
+                continue
             for p, s in self.socks.items():
                 if s in ready:
-                    while True:
-                        try:
-                            got[p].append(s.recv(65535))
-                        except BlockingIOError:
-                            break
+                    frames = recv_frames(s)
+                    got[p] += frames
+                    seen = seen or bool(frames)
 
     def close(self) -> None:
         self.proc.terminate()
@@ -234,7 +230,7 @@ def test_herd_switch_matches_the_model(herd_bmv2: Bmv2Switch) -> None:
     bmv2_msgs, model_msgs = [], []
     for frame in frames(seed=4):
         sw.send(1, frame)
-        got = sw.receive(0.15)
+        got = sw.receive()
         assert got[2] == [frame], "BMv2 must forward every frame unchanged"
         cpu = [CpuMessage.unpack(f[14:14 + CPU_HEADER_LEN]) for f in got[3]]
         assert all(f[12:14] == ETHERTYPE_HERD_CPU.to_bytes(2, "big") for f in got[3])
@@ -279,7 +275,7 @@ def test_load_balancer_matches_the_model(tmp_path: Path) -> None:
                                   k, probability_threshold(p), prng)
         for frame, index in zip(ipv4, expected, strict=True):
             sw.send(1, frame)
-            got = sw.receive(0.1)
+            got = sw.receive()
             assert got[int(index) + 2] == [frame]
     finally:
         sw.close()
