@@ -42,6 +42,7 @@ __all__ = [
     "CACHE_VERSION",
     "Trace",
     "cache_dir",
+    "dissect_frames",
     "format_trace_info",
     "load_ingress_traces",
     "load_trace",
@@ -1498,3 +1499,19 @@ def format_trace_info(info: dict[str, Any]) -> str:
         ]
     width = max(len(k) for k, _ in lines)
     return "\n".join(f"{k:<{width}}  {v}" for k, v in lines)
+
+
+def dissect_frames(frames: Sequence[bytes]) -> tuple[np.ndarray, ...]:
+    """The 5-tuples of live Ethernet frames, by the same rules as captures (the model target's
+    switches read frames from interfaces): (is_ipv4 mask, src, dst, sport, dport, proto)."""
+    n = len(frames)
+    src = np.zeros(n, np.uint32)
+    dst = np.zeros(n, np.uint32)
+    sport = np.zeros(n, np.uint16)
+    dport = np.zeros(n, np.uint16)
+    proto = np.zeros(n, np.uint8)
+    ok = np.zeros(n, np.bool_)
+    for i, frame in enumerate(frames):
+        buf = np.frombuffer(frame, dtype=np.uint8)
+        ok[i] = _dissect(buf, 0, len(buf), 1, i, src, dst, sport, dport, proto) == _STORED
+    return ok, src, dst, sport, dport, proto

@@ -1,0 +1,330 @@
+"""The testbed harness: the evaluation topology in Mininet, the coordinator and one local
+controller per ingress switch as real processes, the pcap replayed from h1 with tcpreplay,
+swept over the values of a layout CSV whose rows it fills.
+
+    sudo bash scripts/start_topology_and_eval.sh <s> <epsilon> <T> <R> <csv> <pcap> <p4app> \
+        [--target model|bmv2] [--pps N]
+
+Per value: every switch process is restarted (fresh registers and tables; the load balancer
+reseeded), the coordinator and controllers start, tcpreplay sends the pcap (MACs rewritten
+for the topology) at the given rate, the harness waits until the network has drained and every
+CPU message is handled, scores the coordinator's elephants against the pcap's ground truth,
+and writes the row. Everything is torn down on exit, on error and on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import suppress
+from pathlib import Path
+from typing import Any
+
+from herd import __version__
+from herd.errors import HerdInputError
+from herd.loadbalancer import lb_seed
+from herd.params import Params
+from herd.prng import probability_threshold
+from herd.services.replay import ReplayRun
+from herd.simulator import PreparedTrace
+from herd.sweep import atomic_write, params_for, read_layout
+from herd.testbed.network import (
+    SwitchSpec,
+    build_network,
+    quiet_ipv6,
+    remove_leftovers,
+    require_root_and_mininet,
+    rx_packets,
+    wait_for,
+)
+from herd.testbed.topology import AGGREGATOR, INGRESS, LOAD_BALANCER, evaluation_topology
+from herd.trace import load_trace
+
+COLUMNS = ("f1score", "precision", "recall", "messages", "max_messages_per_switch", "hellos",
+           "reports", "overflows", "max_states", "detected", "heavy_hitters", "T", "R",
+           "sent_packets", "received_packets", "lost_packets", "lost_messages",
+           "hello_latency_ms_p50", "hello_latency_ms_p99", "measured_delay_ms", "simulated_f1",
+           "target", "pps", "seed", "trace_digest", "herd_version")
+
+
+class TestbedRun(ReplayRun):
+    """A replay whose switches are the testbed's (already running in Mininet), fed by
+    tcpreplay instead of packet files."""
+
+    __test__ = False  # not a pytest class
+
+    def _write_packets(self) -> None:
+        pass  # the packets come over the wire
+
+    def start_switch(self, i: int) -> None:
+        pass  # Mininet runs the switches
+
+    def wait_drained(self, received: Any, timeout: float) -> bool:
+        """Until nothing moves for a while: h2's counter, the switches' packets, and every CPU
+        message acknowledged (the controllers acknowledge only what the coordinator holds)."""
+        deadline = time.monotonic() + timeout
+        last: tuple[Any, ...] = ()
+        still_since = time.monotonic()
+        while time.monotonic() < deadline:
+            stats = self.switch_stats()
+            acked = all(s["cpu_acked"] == s["cpu_emitted"] for s in stats)
+            now = (received(), tuple(s["packets_done"] for s in stats),
+                   tuple(s["cpu_emitted"] for s in stats))
+            if now != last:
+                last, still_since = now, time.monotonic()
+            elif acked and time.monotonic() - still_since > 1.0:
+                self.wall_end_ns = time.time_ns()
+                return True
+            time.sleep(0.1)
+        self.wall_end_ns = time.time_ns()
+        return False
+
+
+class Testbed:
+    """The network, up for a whole sweep; switch processes restarted per run."""
+
+    def __init__(self, k: int, target: str, stages: tuple[int, ...], workdir: Path) -> None:
+        self.k = k
+        self.target = target
+        self.workdir = workdir
+        self.topology = evaluation_topology(k)
+        p4_json = compile_programs(workdir) if target == "bmv2" else {}
+        self.spec = SwitchSpec(target, workdir, k, stages, p4_json)
+        self.net: Any = None
+
+    def __enter__(self) -> Testbed:
+        remove_leftovers(self.topology)
+        self.net = build_network(self.topology, self.spec)
+        try:
+            self.net.build()
+            self.net.start()
+            quiet_ipv6(self.net)
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.net is not None:
+            with suppress(Exception):
+                self.net.stop()
+            self.net = None
+
+    def restart_switches(self, params: Params) -> None:
+        for sw in self.net.switches:
+            if sw.kind == LOAD_BALANCER:
+                sw.extra_args = ["--k", str(self.k), "--p-threshold",
+                                 str(probability_threshold(params.p)),
+                                 "--prng-seed", str(lb_seed(params.seed))]
+            ready = self.workdir / f"{sw.name}.ready"
+            with suppress(FileNotFoundError):
+                ready.unlink()
+            sw.restart_process()
+        for sw in self.net.switches:
+            wait_for(lambda sw=sw: (self.workdir / f"{sw.name}.ready").exists()
+                     or sw.proc.poll() is not None, 60, f"switch {sw.name}")
+            if sw.proc.poll() is not None:
+                raise RuntimeError(f"switch {sw.name} exited: "
+                                   f"{(self.workdir / (sw.name + '.log')).read_text()[-2000:]}")
+
+    def received(self) -> int:
+        return rx_packets(self.net.get("h2"), "h2-eth0")
+
+    def replay(self, pcap: Path, pps: float) -> int:
+        """tcpreplay the pcap from h1 at pps; the packets it says it sent."""
+        h1 = self.net.get("h1")
+        rate = f"--pps={pps:g}" if pps > 0 else "--topspeed"
+        out = h1.cmd(f"tcpreplay -q -i h1-eth0 {rate} {pcap} 2>&1")
+        m = re.search(r"Actual: (\d+) packets", out)
+        if not m:
+            raise RuntimeError(f"tcpreplay failed: {out.strip()[-500:]}")
+        return int(m.group(1))
+
+    def rewrite_macs(self, pcap: Path, out: Path) -> Path:
+        """The pcap with h1's and h2's MACs (and an Ethernet header if it had none)."""
+        h1, h2 = self.net.get("h1"), self.net.get("h2")
+        cmd = ["tcprewrite", f"--enet-smac={h1.MAC()}", f"--enet-dmac={h2.MAC()}",
+               "--fixlen=pad", f"--infile={pcap}", f"--outfile={out}"]
+        if _linktype(pcap) != 1:
+            cmd.insert(1, "--dlt=enet")
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise HerdInputError(f"{pcap}: tcprewrite failed: {proc.stderr.strip()[:300]}")
+        return out
+
+    def evaluate(self, prep: PreparedTrace, params: Params, pcap: Path,
+                 pps: float) -> dict[str, Any]:
+        self.restart_switches(params)
+        run = TestbedRun(prep, params, 0.0, workdir=str(self.workdir))
+        try:
+            run.start()
+            before = self.received()
+            sent = self.replay(pcap, pps)
+            drained = run.wait_drained(lambda: self.received() - before,
+                                       timeout=60 + sent / max(pps, 1000))
+            received = self.received() - before
+            run.pps = pps  # the replay rate: converts the measured latency to trace time
+            out = run.results(drained, compare=True)
+        finally:
+            run.close(keep=True)
+        out.update(sent_packets=sent, received_packets=received,
+                   lost_packets=max(0, sent - received), target=self.target, pps=pps)
+        return out
+
+
+def compile_programs(workdir: Path) -> dict[str, Path]:
+    """p4c-bm2-ss on the three programs (the BMv2 target)."""
+    if shutil.which("p4c-bm2-ss") is None or shutil.which("simple_switch") is None:
+        raise HerdInputError("--target bmv2 needs p4c-bm2-ss and simple_switch on PATH "
+                             "(a P4 machine: see the Vagrantfile); --target model runs anywhere")
+    repo = Path(__file__).resolve().parents[2]
+    out = {}
+    for kind, program in ((INGRESS, "herd.p4"), (LOAD_BALANCER, "load_balancer.p4"),
+                          (AGGREGATOR, "aggregator.p4")):
+        dest = workdir / f"{Path(program).stem}.json"
+        proc = subprocess.run(["p4c-bm2-ss", "--std", "p4-16", "-o", str(dest),
+                               str(repo / "p4src" / program)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise HerdInputError(f"p4src/{program}: p4c failed: {proc.stderr.strip()[:500]}")
+        out[kind] = dest
+    return out
+
+
+def _linktype(pcap: Path) -> int:
+    with open(pcap, "rb") as f:
+        head = f.read(24)
+    if len(head) < 24:
+        return -1
+    magic = head[:4]
+    if magic in (b"\xd4\xc3\xb2\xa1", b"\x4d\x3c\xb2\xa1"):
+        return int.from_bytes(head[20:24], "little")
+    if magic in (b"\xa1\xb2\xc3\xd4", b"\xa1\xb2\x3c\x4d"):
+        return int.from_bytes(head[20:24], "big")
+    return -1  # pcapng: tcprewrite handles it; assume not Ethernet-only
+
+
+def p4app_ingress_count(path: Path) -> int:
+    """k: the switches of a p4app JSON that run herd.p4."""
+    try:
+        app = json.loads(path.read_text())
+        switches = app["topology"]["switches"]
+    except FileNotFoundError:
+        raise HerdInputError(f"{path}: p4app file not found") from None
+    except (json.JSONDecodeError, KeyError, TypeError) as e:
+        raise HerdInputError(f"{path}: not a p4app topology ({e})") from None
+    k = sum(1 for sw in switches.values() if str(sw.get("p4_src", "")).endswith("herd.p4"))
+    if k < 1:
+        raise HerdInputError(f"{path}: no switch runs herd.p4")
+    return k
+
+
+def csv_rows(param: str, values: list[float], rows: dict[float, dict[str, Any]]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow([param, *COLUMNS])
+    for v in values:
+        r = rows.get(v)
+        w.writerow([v, *(_cell(r.get(c)) if r else "" for c in COLUMNS)])
+    return out.getvalue()
+
+
+def _cell(v: Any) -> str:
+    if v is None:
+        return ""
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    return str(v)
+
+
+def run_harness(args: argparse.Namespace) -> int:
+    csv_path, pcap = Path(args.csv), Path(args.pcap)
+    param, values = read_layout(csv_path)
+    k = p4app_ingress_count(Path(args.p4app))
+    base = Params(s=args.s, epsilon=args.epsilon, T=args.T or None, R=args.R or None, k=k,
+                  p=args.p, seed=args.seed, stages=tuple(args.stages))
+    for v in values:  # every point valid before anything starts
+        params_for(base, param, v, base.seed)
+    if args.pps < 0:
+        raise HerdInputError(f"--pps {args.pps}: must be >= 0 (0: as fast as possible)")
+    prep = PreparedTrace(load_trace(pcap))
+    require_root_and_mininet()
+    workdir = Path(tempfile.mkdtemp(prefix="herd-testbed-"))
+    rows: dict[float, dict[str, Any]] = {}
+    records = []
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupted)
+    try:
+        with Testbed(k, args.target, base.stages, workdir) as tb:
+            wire = tb.rewrite_macs(pcap, workdir / "replay.pcap")
+            for i, v in enumerate(values):
+                params = params_for(base, param, v, base.seed)
+                print(f"[{i + 1}/{len(values)}] {param}={v}: replaying {prep.trace.packets} "
+                      f"packets at {args.pps:g} pps on the {args.target} target", file=sys.stderr)
+                out = tb.evaluate(prep, params, wire, args.pps)
+                rows[v] = {**out, "f1score": out["f1"], "seed": params.seed}
+                records.append({param: v, **out})
+                atomic_write(csv_path, csv_rows(param, values, rows))
+                print(f"    F1 {out['f1']:.3f} (simulated {out['simulated_f1']:.3f}), "
+                      f"lost packets {rows[v]['lost_packets']}, lost messages "
+                      f"{out['lost_messages']}", file=sys.stderr)
+    finally:
+        if records:
+            atomic_write(csv_path.with_suffix(".json"), json.dumps({
+                "herd_version": __version__, "command": sys.argv, "target": args.target,
+                "pps": args.pps, "base_params": base.to_dict(), "trace": str(pcap),
+                "trace_digest": prep.trace.digest, "runs": records}, indent=1, default=str))
+        if args.keep:
+            print(f"testbed files kept in {workdir}", file=sys.stderr)
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    print(f"CSV: {csv_path}")
+    return 0
+
+
+def add_arguments(ap: argparse.ArgumentParser) -> None:
+    ap.add_argument("s", type=float, help="sampling probability")
+    ap.add_argument("epsilon", type=float)
+    ap.add_argument("T", type=int, help="heavy-hitter threshold (0: the pcap's 99th percentile)")
+    ap.add_argument("R", type=int, help="reports for an elephant (0: round(1/epsilon))")
+    ap.add_argument("csv", help="layout CSV: <parameter>,f1score,precision,recall + values")
+    ap.add_argument("pcap")
+    ap.add_argument("p4app", help="p4app JSON of the topology (k = its herd.p4 switches)")
+    ap.add_argument("--target", choices=("model", "bmv2"), default="model")
+    ap.add_argument("--pps", type=float, default=2000.0, help="tcpreplay rate (0: top speed)")
+    ap.add_argument("--p", type=float, default=0.95)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--stages", type=lambda t: [int(x) for x in t.split(",")],
+                    default=[4096, 2048, 1024])
+    ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="start_topology_and_eval.sh", description=__doc__.split(
+        "\n\n")[0])
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    try:
+        return run_harness(args)
+    except HerdInputError as e:
+        print(f"herd testbed: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("herd testbed: interrupted; everything torn down", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    with suppress(BrokenPipeError):
+        sys.exit(main())

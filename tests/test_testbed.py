@@ -1,0 +1,75 @@
+"""The testbed harness on the model target in Mininet (root; CI is root).
+
+The whole thing for real: Mininet hosts and veth links, the model switches as processes
+forwarding frames with packet sockets, the coordinator and ten local controllers, tcpreplay.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from herd.testbed.network import interface_names
+from herd.testbed.topology import evaluation_topology
+
+
+def _mininet() -> bool:
+    try:
+        import mininet.net  # noqa: F401
+    except ImportError:
+        return False
+    return all(shutil.which(t) for t in ("tcpreplay", "tcprewrite", "mnexec"))
+
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.mininet,
+    pytest.mark.skipif(os.geteuid() != 0, reason="the testbed needs root"),
+    pytest.mark.skipif(not _mininet(), reason="Mininet / tcpreplay not installed "
+                       "(bash scripts/setup.sh --testbed)"),
+]
+
+
+def test_harness_on_the_model_target(tmp_path: Path) -> None:
+    layout = tmp_path / "epsilon.csv"
+    layout.write_text("epsilon,f1score,precision,recall\n0.1\n0.2\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", "0", "0", str(layout),
+         str(REPO / "pcap" / "synth-20k.pcap"),
+         str(REPO / "topologies" / "p4app_10_switches_herd.json"),
+         "--target", "model", "--pps", "5000"],
+        capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = list(csv.DictReader(layout.read_text().splitlines()))
+    assert [r["epsilon"] for r in rows] == ["0.1", "0.2"]
+    for r in rows:
+        assert r["sent_packets"] == "20000" and r["lost_packets"] == "0", r
+        assert r["lost_messages"] == "0", r
+        assert abs(float(r["f1score"]) - float(r["simulated_f1"])) <= 0.05, r
+        assert float(r["hellos"]) > 0 and float(r["reports"]) > 0
+    assert (layout.with_suffix(".json")).exists()
+    # Nothing left behind: no interfaces, no switch or controller processes.
+    left = [n for n in interface_names(evaluation_topology(10))
+            if Path(f"/sys/class/net/{n}").exists()]
+    assert left == []
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "herd.testbed.model_node" not in ps and "controller_service" not in ps
+
+
+def test_harness_rejects_bad_input(tmp_path: Path) -> None:
+    layout = tmp_path / "bad.csv"
+    layout.write_text("epsilon,f1score,precision,recall\n2.0\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", "0", "0", str(layout),
+         str(REPO / "pcap" / "synth-20k.pcap"),
+         str(REPO / "topologies" / "p4app_10_switches_herd.json")],
+        capture_output=True, text=True, timeout=120, cwd=REPO)
+    assert proc.returncode == 2 and "epsilon=2.0" in proc.stderr
+    assert layout.read_text() == "epsilon,f1score,precision,recall\n2.0\n"
