@@ -21,6 +21,7 @@ import json
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -89,6 +90,89 @@ class TestbedRun(ReplayRun):
         return False
 
 
+def switch_cli(thrift_port: int, commands: list[str]) -> str:
+    """simple_switch_CLI with a batch of commands (the BMv2 target's runtime writes)."""
+    proc = subprocess.run(["simple_switch_CLI", "--thrift-port", str(thrift_port)],
+                          input="\n".join(commands) + "\n", capture_output=True, text=True,
+                          timeout=60)
+    if proc.returncode != 0 or "Error" in proc.stdout:
+        raise RuntimeError(f"simple_switch_CLI on port {thrift_port}: "
+                           f"{(proc.stdout + proc.stderr).strip()[-500:]}")
+    return proc.stdout
+
+
+def read_register(thrift_port: int, name: str) -> list[int]:
+    out = switch_cli(thrift_port, [f"register_read {name}"])
+    m = re.search(rf"{name}=\s*([0-9, ]*)", out)
+    if not m:
+        raise RuntimeError(f"register {name} unreadable: {out[-300:]}")
+    return [int(x) for x in m.group(1).replace(" ", "").split(",") if x]
+
+
+class Bmv2TestbedRun(TestbedRun):
+    """The BMv2 target: controllers drive simple_switch through the bmv2 driver (Thrift) and
+    read CPU messages from each switch's CPU port; counters come from the switches' registers.
+    BMv2 does not time hellos, so the hello latency is not measured here."""
+
+    def __init__(self, *args: Any, switches: list[Any], **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.bmv2 = switches  # the ingress ProcessSwitch nodes, s1..sk
+        self._emitted: list[int] = [0] * len(switches)
+
+    def start_controller(self, i: int) -> None:
+        p, sw = self.params, self.bmv2[i]
+        self.controllers[i] = self._spawn("herd.services.controller_service", [
+            "--switch", self.names[i], "--switch-index", str(i), "--epsilon", repr(p.epsilon),
+            "--T", str(self.T), "--s", repr(p.s), "--seed", str(p.seed),
+            "--overflow-policy", p.overflow_policy, "--coordinator", self.address,
+            "--token-file", str(self.token_file), "--driver", "bmv2",
+            "--switch-address", f"127.0.0.1:{sw.thrift_port}",
+            "--cpu-interface", sw.cpu_host_intf, "--p4-json", str(sw.spec.p4_json[INGRESS]),
+            "--status-file", str(self.dir / f"{self.names[i]}.controller.json"),
+            "--log-level", self.log_level], f"controller-{self.names[i]}")
+
+    def start(self) -> None:
+        from herd.switch import REG_HOLD_START
+
+        self.start_coordinator()
+        for i in range(self.k):
+            self.start_controller(i)
+        deadline = time.monotonic() + 120
+        while True:
+            q = self.query(False)
+            configured = all(read_register(sw.thrift_port, "herd_regs")[REG_HOLD_START] != 0
+                             for sw in self.bmv2)
+            if configured and sum(s.subscribed for s in q.switches) == self.k:
+                break
+            for i, proc in enumerate(self.controllers):
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"controller {self.names[i]} exited: "
+                                       f"{self.log_tail('controller-' + self.names[i])}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("controllers did not configure the BMv2 switches in time")
+            time.sleep(0.2)
+        self.wall_start_ns = time.time_ns()
+
+    def switch_stats(self, latencies: bool = False) -> list[dict[str, Any]]:
+        from herd.switch import REG_HELLOS, REG_OVERFLOWS, REG_PEAK_OCCUPIED, REG_REPORTS
+
+        out = []
+        for i, sw in enumerate(self.bmv2):
+            regs = read_register(sw.thrift_port, "herd_regs")
+            emitted = regs[REG_HELLOS] + regs[REG_REPORTS] + regs[REG_OVERFLOWS]
+            self._emitted[i] = emitted
+            out.append({
+                "registers": {"hellos": regs[REG_HELLOS], "reports": regs[REG_REPORTS],
+                              "overflows": regs[REG_OVERFLOWS],
+                              "peak_occupied": regs[REG_PEAK_OCCUPIED]},
+                "packets_done": regs[REG_HELLOS] + regs[REG_REPORTS],
+                "cpu_emitted": emitted, "cpu_acked": emitted, "cpu_dropped": 0,
+                "table_writes": 0, "table_resets": 0, "hello_latency_ns": [],
+                "wall_start_ns": self.wall_start_ns, "wall_end_ns": self.wall_end_ns,
+            })
+        return out
+
+
 class Testbed:
     """The network, up for a whole sweep; switch processes restarted per run."""
 
@@ -130,11 +214,38 @@ class Testbed:
                 ready.unlink()
             sw.restart_process()
         for sw in self.net.switches:
-            wait_for(lambda sw=sw: (self.workdir / f"{sw.name}.ready").exists()
-                     or sw.proc.poll() is not None, 60, f"switch {sw.name}")
+            wait_for(lambda sw=sw: self._ready(sw) or sw.proc.poll() is not None, 60,
+                     f"switch {sw.name}")
             if sw.proc.poll() is not None:
                 raise RuntimeError(f"switch {sw.name} exited: "
                                    f"{(self.workdir / (sw.name + '.log')).read_text()[-2000:]}")
+        if self.target == "bmv2":
+            self.configure_bmv2(params)
+
+    def _ready(self, sw: Any) -> bool:
+        if self.target == "model":
+            return (self.workdir / f"{sw.name}.ready").exists()
+        with suppress(OSError), socket.create_connection(("127.0.0.1", sw.thrift_port), 0.5):
+            return True
+        return False
+
+    def configure_bmv2(self, params: Params) -> None:
+        """What the model nodes take as arguments, written into the P4 switches: the load
+        balancer's registers and port map, the aggregator's port, the CPU mirror sessions."""
+        from herd.testbed.network import CPU_PORT
+
+        for sw in self.net.switches:
+            if sw.kind == LOAD_BALANCER:
+                cmds = [f"register_write lb_regs 0 {lb_seed(params.seed)}",
+                        f"register_write lb_regs 1 {probability_threshold(params.p)}",
+                        f"register_write lb_regs 2 {self.k}"]
+                cmds += [f"table_add ingress_switch to_switch {i} => {i + 2}"
+                         for i in range(self.k)]
+            elif sw.kind == AGGREGATOR:
+                cmds = [f"table_set_default forwarding forward {self.k + 1}"]
+            else:
+                cmds = [f"mirroring_add 100 {CPU_PORT}"]
+            switch_cli(sw.thrift_port, cmds)
 
     def received(self) -> int:
         return rx_packets(self.net.get("h2"), "h2-eth0")
@@ -164,7 +275,13 @@ class Testbed:
     def evaluate(self, prep: PreparedTrace, params: Params, pcap: Path,
                  pps: float) -> dict[str, Any]:
         self.restart_switches(params)
-        run = TestbedRun(prep, params, 0.0, workdir=str(self.workdir))
+        if self.target == "bmv2":
+            ingress = sorted((sw for sw in self.net.switches if sw.kind == INGRESS),
+                             key=lambda sw: sw.index)
+            run: TestbedRun = Bmv2TestbedRun(prep, params, 0.0, workdir=str(self.workdir),
+                                             switches=ingress)
+        else:
+            run = TestbedRun(prep, params, 0.0, workdir=str(self.workdir))
         try:
             run.start()
             before = self.received()
