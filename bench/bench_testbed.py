@@ -1,0 +1,83 @@
+"""Loss against replay rate on the testbed (root): data packets lost between h1 and h2, and
+control messages lost between the switches and the coordinator.
+
+    sudo .venv/bin/python bench/bench_testbed.py [--target model] [--rates 2000,5000,10000,20000]
+        [--runs 1] [--pcap pcap/synth-20k.pcap] [--plot out/testbed_loss.png]
+
+Prints one line per rate and a JSON summary; the highest lossless rate is the figure the
+issue asks for (the origin testbed: 300 packets/s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def one_run(target: str, pps: float, pcap: str) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as d:
+        layout = Path(d) / "layout.csv"
+        layout.write_text("epsilon,f1score,precision,recall\n0.1\n")
+        proc = subprocess.run(
+            [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", "0", "0", str(layout),
+             pcap, str(REPO / "topologies" / "p4app_10_switches_herd.json"),
+             "--target", target, "--pps", str(pps)], capture_output=True, text=True, cwd=REPO)
+        if proc.returncode != 0:
+            raise RuntimeError(proc.stderr[-2000:])
+        row = next(csv.DictReader(layout.read_text().splitlines()))
+    sent = float(row["sent_packets"])
+    return {"sent": sent, "lost_packets": float(row["lost_packets"]),
+            "loss_fraction": float(row["lost_packets"]) / sent,
+            "lost_messages": float(row["lost_messages"]), "f1": float(row["f1score"]),
+            "simulated_f1": float(row["simulated_f1"])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--target", default="model", choices=("model", "bmv2"))
+    ap.add_argument("--rates", default="2000,5000,10000,20000")
+    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--pcap", default=str(REPO / "pcap" / "synth-20k.pcap"))
+    ap.add_argument("--plot", help="PNG of loss against rate")
+    args = ap.parse_args()
+    curve = []
+    for pps in (float(x) for x in args.rates.split(",")):
+        runs = [one_run(args.target, pps, args.pcap) for _ in range(args.runs)]
+        point = {"pps": pps, **{k: statistics.median(r[k] for r in runs) for k in runs[0]}}
+        curve.append(point)
+        print(f"{pps:8.0f} pps: lost packets {point['lost_packets']:.0f} "
+              f"({point['loss_fraction']:.2%}), lost messages {point['lost_messages']:.0f}, "
+              f"F1 {point['f1']:.3f} (simulated {point['simulated_f1']:.3f})", file=sys.stderr)
+    lossless = [p["pps"] for p in curve if p["lost_packets"] == 0 and p["lost_messages"] == 0]
+    print(json.dumps({"target": args.target, "curve": curve,
+                      "highest_lossless_pps": max(lossless) if lossless else None,
+                      "ratio_to_origin_300pps": max(lossless) / 300 if lossless else None}))
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
+        ax.plot([p["pps"] for p in curve], [100 * p["loss_fraction"] for p in curve], "o-",
+                label="data packets lost (%)")
+        ax.plot([p["pps"] for p in curve], [p["lost_messages"] for p in curve], "s--",
+                label="control messages lost")
+        ax.set_xlabel("tcpreplay rate (packets/s)")
+        ax.set_title(f"{args.target} target, {Path(args.pcap).name}", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        fig.savefig(args.plot)
+
+
+if __name__ == "__main__":
+    main()
