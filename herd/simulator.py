@@ -211,6 +211,9 @@ class SimulationResult:
     trace_path: str
     detected: np.ndarray = field(repr=False)
     detect_ts: np.ndarray = field(repr=False)
+    # The coordinator's reports per flow (None where a detector has none): one run then
+    # tells the F1 of every R, which herd.tuning uses to choose R.
+    report_count: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def f1(self) -> float:
@@ -290,4 +293,5 @@ def simulate(trace: Trace | PreparedTrace, params: Params) -> SimulationResult:
     detect_ts = coordinator.detect_ts[: t.flows]
     metrics.update(detection_delays_ms(detect_ts, prep.crossing(T), detected & heavy))
     return SimulationResult(params, T, R, metrics, seconds, t.packets, t.digest, t.paths[0],
-                            detected, np.where(detected, detect_ts, NOT_DETECTED))
+                            detected, np.where(detected, detect_ts, NOT_DETECTED),
+                            coordinator.report_count[: t.flows].copy())
