@@ -1,0 +1,120 @@
+"""What the services share: the token, addresses, atomic JSON files, refusal counters."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from herd.errors import HerdInputError
+
+TOKEN_ENV = "HERD_TOKEN"
+TOKEN_METADATA_KEY = "x-herd-token"
+DEFAULT_COORDINATOR = "127.0.0.1:50051"
+
+
+def load_token(token_file: str | None, required: bool = True) -> str | None:
+    """The shared token: from ``token_file`` if given, else $HERD_TOKEN. Surrounding
+    whitespace (a trailing newline) is not part of it."""
+    if token_file:
+        try:
+            token = Path(token_file).read_text().strip()
+        except OSError as e:
+            raise HerdInputError(
+                f"{token_file}: cannot read the token file ({e.strerror})") from None
+        if not token:
+            raise HerdInputError(f"{token_file}: the token file is empty")
+        return token
+    token = os.environ.get(TOKEN_ENV, "").strip()
+    if token:
+        return token
+    if required:
+        raise HerdInputError(f"no token: give --token-file FILE or set {TOKEN_ENV}")
+    return None
+
+
+def write_token_file(path: str | os.PathLike[str]) -> str:
+    """A fresh random token written to ``path`` readable by the owner only."""
+    import secrets
+
+    token = secrets.token_hex(24)
+    fd = os.open(os.fspath(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(token + "\n")
+    return token
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
+    """Write ``text`` to a temporary file beside ``path``, fsync it, rename it over ``path``:
+    a reader sees the old file or the whole new one, never a part."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
+
+
+def _json_default(o: Any) -> Any:
+    import numpy as np
+
+    if isinstance(o, np.integer):
+        return int(o)
+    if isinstance(o, np.floating):
+        return float(o)
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+
+
+def rss_bytes() -> int:
+    """Resident set size of this process (Linux), 0 where unknown."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Rejections:
+    """Counts rejected input by kind and logs the first one of each (peer, kind) only: a
+    misbehaving client must not be able to fill the log, and the service keeps running."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self._log = log
+        self._lock = threading.Lock()
+        self.counts: Counter[str] = Counter()
+        self._logged: set[tuple[str, str]] = set()
+
+    def reject(self, kind: str, peer: str, detail: str) -> None:
+        host = peer.rsplit(":", 1)[0] if peer.count(":") > 1 else peer
+        with self._lock:
+            self.counts[kind] += 1
+            first = (host, kind) not in self._logged
+            if first:
+                self._logged.add((host, kind))
+        if first:
+            self._log.warning("rejected %s from %s: %s (logged once per peer and kind; "
+                              "further ones are only counted)", kind, host, detail)
+
+
+def setup_logging(level: str = "INFO", name: str = "herd") -> None:
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO),
+                        format=f"%(asctime)s {name} %(levelname)s %(message)s")

@@ -1,0 +1,104 @@
+"""The one small interface between a local controller and its switch.
+
+Table writes, register reads and writes, and the stream of CPU messages: what BMv2's runtime
+API offers, and what the model switch process serves. The names of the tables, actions and
+registers are those of the P4 program; they are written here once, so that they can be
+adjusted to it in one place.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from herd.switch import REG_OCCUPIED
+
+# The P4 program's names (p4src/herd.p4).
+GROUP_TABLE = "group_table"  # key (src8, dst8), exact
+GROUP_ACTION = "set_group_params"  # (tau, r): r the 32-bit report threshold
+FORWARD_TABLE = "forwarding"  # key (ingress_port), exact; the default forwards
+FORWARD_ACTION = "forward"  # (egress_port)
+REG_HERD = "herd_regs"  # bit<32>, indices herd.switch.REG_*
+REG_STAGE_FP = "stage_fp"  # flat over the stages, like Switch.fps
+REG_STAGE_COUNT = "stage_count"  # flat over the stages, like Switch.counts
+REG_HELLO_SENT = "hello_sent"  # one bit per group g
+AGGREGATOR_PORT = 2  # where an ingress switch forwards every packet (topology: port 2)
+
+
+@dataclass(frozen=True, slots=True)
+class CpuRecord:
+    """One CPU message as the driver delivers it: the switch's sequence number (or the
+    driver's, where the switch has none), when the switch saw the packet (0 if unknown), and
+    the raw payload (``herd.messages.CpuMessage.unpack`` parses and validates it)."""
+
+    seq: int
+    ts_ns: int
+    payload: bytes
+
+
+class SwitchDriver(ABC):
+    """Access to one switch. Methods may be called from several threads."""
+
+    name: str
+    #: True where the switch keeps CPU messages until acknowledged and resends them to a new
+    #: reader (the model switch); False where messages not read are gone (BMv2's CPU port).
+    replays_unacked: bool = False
+
+    @abstractmethod
+    def table_add(self, table: str, key: Sequence[int], action: str,
+                  params: Sequence[int]) -> None: ...
+
+    @abstractmethod
+    def table_modify(self, table: str, key: Sequence[int], action: str,
+                     params: Sequence[int]) -> None: ...
+
+    @abstractmethod
+    def table_clear(self, table: str) -> None: ...
+
+    @abstractmethod
+    def table_set_default(self, table: str, action: str, params: Sequence[int]) -> None: ...
+
+    @abstractmethod
+    def register_read(self, name: str, index: int) -> int: ...
+
+    @abstractmethod
+    def register_write(self, name: str, index: int, value: int) -> None: ...
+
+    @abstractmethod
+    def register_reset(self, name: str) -> None: ...
+
+    @abstractmethod
+    def messages(self) -> Iterator[CpuRecord]:
+        """The CPU messages, in order, blocking; raises ConnectionError when the stream
+        breaks (call again to reconnect)."""
+
+    @abstractmethod
+    def ack(self, seq: int) -> None:
+        """Every message up to ``seq`` is handled: the switch may forget it."""
+
+    def close(self) -> None:  # noqa: B027 - optional
+        pass
+
+    # ------------------------------------------------------------ Herd operations
+
+    def install_group(self, g: int, tau: int, r_threshold: int, modify: bool) -> None:
+        """Add (or modify) the group-table entry of g = (src8 << 8 | dst8)."""
+        key = (g >> 8, g & 0xFF)
+        if modify:
+            self.table_modify(GROUP_TABLE, key, GROUP_ACTION, (tau, r_threshold))
+        else:
+            self.table_add(GROUP_TABLE, key, GROUP_ACTION, (tau, r_threshold))
+
+    def install_groups(self, entries: Sequence[tuple[int, int, int, bool]]) -> None:
+        """Several (g, tau, r_threshold, modify) entries; drivers that can send them in one
+        round trip override this (a burst of new groups is answered in one go)."""
+        for g, tau, r, modify in entries:
+            self.install_group(g, tau, r, modify)
+
+    def reset_tables(self) -> None:
+        """The overflow policy "reset": clear every stage of the hash table. Drivers that
+        can do it in one step override this."""
+        self.register_reset(REG_STAGE_FP)
+        self.register_reset(REG_STAGE_COUNT)
+        self.register_write(REG_HERD, REG_OCCUPIED, 0)

@@ -1,0 +1,741 @@
+"""The model switch process: the core's ``herd.switch.Switch`` behind a local socket.
+
+It stands where BMv2 would: the local controller drives it through the model driver
+(``herd.services.drivers.model``) with table writes and register operations, and reads the
+switch's CPU messages from it. Packets come from a :class:`PacketSource` - a trace file or the
+per-switch arrays ``herd replay`` writes; another source (frames from veth interfaces via raw
+sockets, for Mininet) only has to yield :class:`PacketBatch` es.
+
+Wire protocol (one listening socket, Unix-domain ``unix:/path`` or TCP ``host:port``):
+  - every connection starts with a frame ``u32 length | JSON``; ``{"op": "subscribe"}`` makes
+    it the CPU message stream, anything else is a control request answered with one JSON
+    frame (``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``), and the connection
+    stays a control connection;
+  - the CPU stream sends records ``u32 length | u64 seq | i64 ts_ns | payload``, payload
+    being the 18-byte CPU header of ``herd.messages`` (``ts_ns`` is the time of the packet
+    that caused it: its trace timestamp when replaying a trace); the reader answers with
+    cumulative acks, ``u64 seq`` each, 8 bytes, no framing.
+The switch keeps every CPU message until it is acknowledged and resends the unacknowledged
+ones to a new subscriber, so a controller killed and restarted resumes exactly where its
+predecessor stopped acknowledging: the switch-to-controller channel never drops (up to
+``--cpu-buffer`` messages held; more are dropped and counted, as a CPU port queue would).
+
+Control operations (``op``): table_add / table_modify (table, key, action, params), batch
+(ops: a list of requests, one round trip),
+table_clear (table), table_set_default (table, action, params), register_read (name, index),
+register_write (name, index, value), register_reset (name), reset_tables, stats, start
+(t0_ns, pps), inject_cpu (hex: a raw CPU payload, for tests of malformed messages), shutdown.
+Names are those of ``herd.services.drivers.base`` (the P4 program's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import struct
+import sys
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from numba import njit
+
+from herd.errors import HerdInputError
+from herd.hashing import flows_slots
+from herd.messages import CPU_HEADER
+from herd.services.common import atomic_write_json, atomic_write_text, setup_logging
+from herd.services.drivers.base import (
+    FORWARD_TABLE,
+    GROUP_ACTION,
+    GROUP_TABLE,
+    REG_HELLO_SENT,
+    REG_HERD,
+    REG_STAGE_COUNT,
+    REG_STAGE_FP,
+)
+from herd.switch import (
+    EV_HELLO,
+    EV_NONE,
+    GROUP_HELLO_SENT,
+    GROUP_INSTALLED,
+    GROUP_MISS,
+    REG_HOLD_START,
+    Switch,
+    process_packet,
+)
+
+log = logging.getLogger("herd.model_switch")
+
+FRAME = struct.Struct("!I")
+RECORD_HEAD = struct.Struct("!IQq")  # length, seq, ts_ns
+ACK = struct.Struct("!Q")
+MAX_FRAME = 1 << 20
+CHUNK = 4096  # packets per locked step at full speed: control writes land between steps
+DEFAULT_CPU_BUFFER = 2_000_000
+PACE_STEP = 0.001  # seconds: the pacing granularity
+
+
+# ------------------------------------------------------------------------------- packets
+
+
+@dataclass
+class PacketBatch:
+    """Packets in order, by flow: packet i is flow ``flow[i]`` of the batch's flow table.
+    ``due`` (optional) is each packet's position in the global schedule: with a rate of N
+    packets/s, packet i is due at t0 + due[i] / N. Without it packets are numbered in
+    order across the batches."""
+
+    ts_ns: np.ndarray
+    flow: np.ndarray
+    flow_src: np.ndarray
+    flow_dst: np.ndarray
+    flow_sport: np.ndarray
+    flow_dport: np.ndarray
+    flow_proto: np.ndarray
+    due: np.ndarray | None = None
+
+
+class PacketSource(ABC):
+    """Where a model switch's packets come from."""
+
+    #: packets in all, when known in advance
+    total: int | None = None
+
+    @abstractmethod
+    def batches(self) -> Iterator[PacketBatch]:
+        """Batches in order; the iteration ends when the source is exhausted."""
+
+
+class ArraySource(PacketSource):
+    """The per-switch packet file ``herd replay`` writes (numpy .npz: ts_ns, flow, due and
+    the flow table flow_src ... flow_proto)."""
+
+    def __init__(self, path: str, batch: int = 1 << 16) -> None:
+        try:
+            with np.load(path) as z:
+                self._data = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise HerdInputError(f"{path}: not a packet array file ({e})") from None
+        self.total = len(self._data["ts_ns"])
+        self._batch = batch
+
+    def batches(self) -> Iterator[PacketBatch]:
+        d = self._data
+        for a in range(0, self.total, self._batch):
+            b = min(a + self._batch, self.total)
+            yield PacketBatch(d["ts_ns"][a:b], d["flow"][a:b], d["flow_src"], d["flow_dst"],
+                              d["flow_sport"], d["flow_dport"], d["flow_proto"],
+                              d["due"][a:b] if "due" in d else None)
+
+
+class TraceSource(PacketSource):
+    """Every IPv4 packet of a capture file, in order (``herd.trace.load_trace``)."""
+
+    def __init__(self, path: str, batch: int = 1 << 16) -> None:
+        from herd.trace import load_trace
+
+        self._t = load_trace(path)
+        self.total = self._t.packets
+        self._batch = batch
+
+    def batches(self) -> Iterator[PacketBatch]:
+        t = self._t
+        for a in range(0, self.total, self._batch):
+            b = min(a + self._batch, self.total)
+            yield PacketBatch(t.ts_ns[a:b], t.flow[a:b].astype(np.int64), t.flow_src,
+                              t.flow_dst, t.flow_sport, t.flow_dport, t.flow_proto)
+
+
+@njit(cache=True, nogil=True)
+def _run_packets(regs: np.ndarray, group_state: np.ndarray, group_tau: np.ndarray,
+                 group_r: np.ndarray, fps: np.ndarray, counts: np.ndarray,
+                 pkt_flow: np.ndarray, flow_group: np.ndarray, flow_slot: np.ndarray,
+                 flow_fp: np.ndarray, start: int, end: int, ev_pkt: np.ndarray,
+                 ev_type: np.ndarray, ev_count: np.ndarray) -> int:
+    """Packets [start, end) through the switch (``process_packet``, the one semantics);
+    the events they cause go to ev_*; returns how many."""
+    n = 0
+    for i in range(start, end):
+        f = pkt_flow[i]
+        ev, c = process_packet(regs, group_state, group_tau, group_r, fps, counts,
+                               flow_group[f], flow_slot[f], flow_fp[f])
+        if ev != EV_NONE:
+            ev_pkt[n] = i
+            ev_type[n] = ev
+            ev_count[n] = c
+            n += 1
+    return n
+
+
+# ------------------------------------------------------------------------------- switch
+
+
+class ModelSwitch:
+    """A Switch, its CPU message buffer and its control operations (thread-safe)."""
+
+    def __init__(self, name: str, stages: tuple[int, ...],
+                 cpu_buffer: int = DEFAULT_CPU_BUFFER) -> None:
+        self.name = name
+        self.switch = Switch(stages)
+        self.lock = threading.Lock()  # the data plane: packets vs control writes
+        self.cond = threading.Condition()  # the CPU buffer
+        self._buf: list[bytes] = []  # packed records, seq _base, _base + 1, ...
+        self._base = 1
+        self.last_seq = 0
+        self.acked = 0
+        self.cursor = 1  # next seq to send to the subscriber
+        self.cpu_limit = cpu_buffer
+        self.cpu_dropped = 0
+        self.subscriber: socket.socket | None = None
+        self.forwarding: dict[str, Any] = {}
+        self.table_writes = 0
+        self.table_resets = 0
+        self.malformed_requests = 0
+        self.hello_emit_ns: dict[int, int] = {}
+        self.hello_latency_ns: list[int] = []
+        self.packets_done = 0
+        self.packets_total: int | None = None
+        self.started = threading.Event()
+        self.done = threading.Event()
+        self.t0_ns = 0
+        self.pps = 0.0
+        self.wall_start_ns = 0
+        self.wall_end_ns = 0
+        self.stopping = threading.Event()
+        self._warm_up(stages)
+
+    @staticmethod
+    def _warm_up(stages: tuple[int, ...]) -> None:
+        """Load the compiled kernels before the first packet (a second, the first time)."""
+        sw = Switch(stages)
+        sw.install_group(0, 1, 0)
+        sw.reset_tables()
+        z = np.zeros(1, np.uint32)
+        slot, fp = flows_slots(z, z, z.astype(np.uint16), z.astype(np.uint16),
+                               z.astype(np.uint8), sw.stage_offsets, sw.stage_sizes)
+        e = np.zeros(1, np.int64)
+        _run_packets(sw.regs, sw.group_state, sw.group_tau, sw.group_r, sw.fps, sw.counts,
+                     e, e, slot, fp, 0, 1, e.copy(), e.copy(), e.copy())
+
+    # ---------------------------------------------------------------- CPU messages
+
+    def emit(self, payload: bytes, ts_ns: int) -> None:
+        with self.cond:
+            if self.last_seq - self.acked >= self.cpu_limit:
+                self.cpu_dropped += 1
+                return
+            self.last_seq += 1
+            self._buf.append(RECORD_HEAD.pack(16 + len(payload), self.last_seq, ts_ns) + payload)
+            self.cond.notify_all()
+
+    def ack(self, seq: int) -> None:
+        with self.cond:
+            if seq <= self.acked or seq > self.last_seq:
+                return
+            self.acked = seq
+            drop = seq - self._base + 1
+            # Trim in chunks: deleting from the head of a list is a memmove.
+            if drop >= 4096 or drop * 2 >= len(self._buf):
+                del self._buf[:drop]
+                self._base = seq + 1
+            self.cond.notify_all()
+
+    def _pending_records(self, limit: int = 8192) -> list[bytes]:
+        """Records from the cursor on (caller holds cond)."""
+        a = self.cursor - self._base
+        return self._buf[a: a + limit]
+
+    def serve_subscriber(self, sock: socket.socket) -> None:
+        """Stream CPU messages to ``sock`` until it closes or another subscriber takes over."""
+        with self.cond:
+            old = self.subscriber
+            self.subscriber = sock
+            # Resend everything not acknowledged: the new controller may be a restarted one.
+            self.cursor = self.acked + 1
+            self.cond.notify_all()
+        if old is not None:
+            with contextlib.suppress(OSError):
+                old.shutdown(socket.SHUT_RDWR)
+        log.info("%s: CPU subscriber connected; resending from seq %d", self.name, self.cursor)
+        reader = threading.Thread(target=self._read_acks, args=(sock,), daemon=True)
+        reader.start()
+        try:
+            while not self.stopping.is_set():
+                with self.cond:
+                    while (self.subscriber is sock and self.cursor > self.last_seq
+                           and not self.stopping.is_set()):
+                        self.cond.wait(0.5)
+                    if self.subscriber is not sock:
+                        return
+                    recs = self._pending_records()
+                    self.cursor += len(recs)
+                if recs:
+                    sock.sendall(b"".join(recs))
+        except OSError:
+            pass
+        finally:
+            with self.cond:
+                if self.subscriber is sock:
+                    self.subscriber = None
+            with contextlib.suppress(OSError):
+                sock.close()
+            log.info("%s: CPU subscriber gone (acked %d of %d)", self.name, self.acked,
+                     self.last_seq)
+
+    def _read_acks(self, sock: socket.socket) -> None:
+        buf = b""
+        try:
+            while True:
+                data = sock.recv(4096)
+                if not data:
+                    break
+                buf += data
+                n = len(buf) // 8 * 8
+                if n:
+                    seqs = struct.unpack(f"!{n // 8}Q", buf[:n])
+                    buf = buf[n:]
+                    self.ack(max(seqs))
+        except OSError:
+            pass
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    # ---------------------------------------------------------------- control
+
+    def control(self, req: dict[str, Any]) -> dict[str, Any]:
+        op = req.get("op")
+        handler = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+        if handler is None:
+            raise ValueError(f"unknown op {op!r}")
+        return handler(req) or {}
+
+    @staticmethod
+    def _ints(req: dict[str, Any], key: str) -> list[int]:
+        v = req.get(key, [])
+        if not isinstance(v, list) or not all(isinstance(x, int) for x in v):
+            raise ValueError(f"{key} must be a list of integers")
+        return v
+
+    def _group_entry(self, req: dict[str, Any]) -> None:
+        table = req.get("table")
+        if table == FORWARD_TABLE:
+            self.forwarding[json.dumps(req.get("key"))] = [req.get("action"), req.get("params")]
+            return
+        if table != GROUP_TABLE:
+            raise ValueError(f"no table {table!r}")
+        if req.get("action") != GROUP_ACTION:
+            raise ValueError(f"table {GROUP_TABLE} has no action {req.get('action')!r}")
+        key = self._ints(req, "key")
+        params = self._ints(req, "params")
+        if len(key) != 2 or not all(0 <= x < 256 for x in key):
+            raise ValueError("group_table key is (src8, dst8), each 0..255")
+        if len(params) != 2 or params[0] < 1 or not all(0 <= x < 1 << 32 for x in params):
+            raise ValueError("set_group_params takes (tau >= 1, r), 32-bit")
+        g = key[0] << 8 | key[1]
+        with self.lock:
+            self.switch.install_group(g, params[0], params[1])
+            self.table_writes += 1
+            emitted = self.hello_emit_ns.pop(g, None)
+        if emitted is not None:
+            self.hello_latency_ns.append(time.monotonic_ns() - emitted)
+
+    def op_batch(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Several operations in one request, in order; stops at the first refused one."""
+        ops = req.get("ops")
+        if not isinstance(ops, list) or len(ops) > 65536:
+            raise ValueError("batch takes ops: a list of at most 65536 requests")
+        for i, sub in enumerate(ops):
+            if not isinstance(sub, dict) or sub.get("op") in ("batch", "subscribe", "stats"):
+                raise ValueError(f"batch op {i}: not a plain request")
+            try:
+                self.control(sub)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"batch op {i}: {e}") from None
+        return {"done": len(ops)}
+
+    def op_table_add(self, req: dict[str, Any]) -> None:
+        self._group_entry(req)
+
+    def op_table_modify(self, req: dict[str, Any]) -> None:
+        self._group_entry(req)
+
+    def op_table_set_default(self, req: dict[str, Any]) -> None:
+        if req.get("table") != FORWARD_TABLE:
+            raise ValueError(f"no default action for table {req.get('table')!r}")
+        self.forwarding["default"] = [req.get("action"), req.get("params")]
+
+    def op_table_clear(self, req: dict[str, Any]) -> None:
+        table = req.get("table")
+        if table == FORWARD_TABLE:
+            self.forwarding.clear()
+        elif table == GROUP_TABLE:
+            with self.lock:
+                self.switch.clear_groups()
+        else:
+            raise ValueError(f"no table {table!r}")
+
+    def _register(self, name: Any) -> np.ndarray:
+        sw = self.switch
+        arrays = {REG_HERD: sw.regs, REG_STAGE_FP: sw.fps, REG_STAGE_COUNT: sw.counts,
+                  REG_HELLO_SENT: sw.group_state}
+        if name not in arrays:
+            raise ValueError(f"no register {name!r}")
+        return arrays[name]
+
+    def _index(self, req: dict[str, Any], size: int) -> int:
+        i = req.get("index")
+        if not isinstance(i, int) or not 0 <= i < size:
+            raise ValueError(f"register index {i!r} out of range 0..{size - 1}")
+        return i
+
+    def op_register_read(self, req: dict[str, Any]) -> dict[str, Any]:
+        arr = self._register(req.get("name"))
+        i = self._index(req, len(arr))
+        with self.lock:
+            v = int(arr[i])
+        if req.get("name") == REG_HELLO_SENT:
+            v = int(v == GROUP_HELLO_SENT)
+        return {"value": v}
+
+    def op_register_write(self, req: dict[str, Any]) -> None:
+        name = req.get("name")
+        arr = self._register(name)
+        i = self._index(req, len(arr))
+        v = req.get("value")
+        if not isinstance(v, int) or not 0 <= v < 1 << 32:
+            raise ValueError(f"register value {v!r} is not 32-bit")
+        with self.lock:
+            if name == REG_HELLO_SENT:
+                # One bit per group beside the table: only a group without an entry has one.
+                if arr[i] != GROUP_INSTALLED:
+                    arr[i] = GROUP_HELLO_SENT if v else GROUP_MISS
+            else:
+                arr[i] = v
+
+    def op_register_reset(self, req: dict[str, Any]) -> None:
+        name = req.get("name")
+        arr = self._register(name)
+        with self.lock:
+            if name == REG_HELLO_SENT:
+                arr[arr == GROUP_HELLO_SENT] = GROUP_MISS
+            else:
+                arr[:] = 0
+
+    def op_reset_tables(self, req: dict[str, Any]) -> None:
+        with self.lock:
+            self.switch.reset_tables()
+            self.table_resets += 1
+
+    def op_inject_cpu(self, req: dict[str, Any]) -> None:
+        try:
+            payload = bytes.fromhex(req.get("hex", ""))
+        except (TypeError, ValueError):
+            raise ValueError("hex must be a hex string") from None
+        if len(payload) > 1024:
+            raise ValueError("injected payload longer than 1024 bytes")
+        self.emit(payload, 0)
+
+    def op_start(self, req: dict[str, Any]) -> None:
+        t0 = req.get("t0_ns", 0)
+        pps = req.get("pps", 0)
+        if not isinstance(t0, int) or not isinstance(pps, int | float) or pps < 0:
+            raise ValueError("start takes t0_ns (int) and pps (>= 0)")
+        self.t0_ns = t0 or time.time_ns()
+        self.pps = float(pps)
+        self.started.set()
+
+    def op_shutdown(self, req: dict[str, Any]) -> None:
+        self.stopping.set()
+
+    def op_stats(self, req: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            regs = self.switch.registers()
+            installed = int(np.count_nonzero(self.switch.group_state == GROUP_INSTALLED))
+            pending = len(self.hello_emit_ns)
+        with self.cond:
+            cpu = {"cpu_emitted": self.last_seq, "cpu_acked": self.acked,
+                   "cpu_dropped": self.cpu_dropped, "subscriber": self.subscriber is not None}
+        out = {
+            "name": self.name, "configured": regs["hold_start"] != 0,
+            "started": self.started.is_set(), "done": self.done.is_set(),
+            "packets_done": self.packets_done, "packets_total": self.packets_total,
+            "registers": regs, "groups_installed": installed, "pending_hellos": pending,
+            "table_writes": self.table_writes, "table_resets": self.table_resets,
+            "malformed_requests": self.malformed_requests,
+            "wall_start_ns": self.wall_start_ns, "wall_end_ns": self.wall_end_ns, **cpu,
+        }
+        if req.get("latencies"):
+            out["hello_latency_ns"] = list(self.hello_latency_ns)
+        return out
+
+    # ---------------------------------------------------------------- packets
+
+    def run(self, source: PacketSource) -> None:
+        """Feed the source through the switch once started; pace by the schedule."""
+        self.packets_total = source.total
+        self.started.wait()
+        # Every switch starts at the same instant t0 (paced or not).
+        delay = (self.t0_ns - time.time_ns()) / 1e9
+        if delay > 0:
+            self.stopping.wait(delay)
+        if self.stopping.is_set():
+            return
+        sw = self.switch
+        self.wall_start_ns = time.time_ns()
+        numbered = 0
+        for batch in source.batches():
+            if self.stopping.is_set():
+                break
+            n = len(batch.ts_ns)
+            flow_group = (((batch.flow_src >> 24) << 8) | (batch.flow_dst >> 24)).astype(np.int64)
+            slot, fp = self._slots(batch)
+            due = batch.due if batch.due is not None else np.arange(numbered, numbered + n)
+            numbered += n
+            ev_pkt = np.empty(min(n, CHUNK), np.int64)
+            ev_type = np.empty(min(n, CHUNK), np.int64)
+            ev_cnt = np.empty(min(n, CHUNK), np.int64)
+            flow = np.asarray(batch.flow, np.int64)
+            i = 0
+            while i < n and not self.stopping.is_set():
+                end = min(i + CHUNK, n)
+                if self.pps > 0:
+                    now_due = (time.time_ns() - self.t0_ns) * self.pps / 1e9
+                    end = min(end, int(np.searchsorted(due, now_due, side="right")))
+                    if end <= i:
+                        # Sleep in steps of at least PACE_STEP: waking per packet would cost
+                        # more CPU than the packets; a packet is late by less than a step.
+                        wait = (self.t0_ns + due[i] / self.pps * 1e9 - time.time_ns()) / 1e9
+                        time.sleep(min(max(wait, PACE_STEP), 0.005))
+                        continue
+                with self.lock:
+                    k = _run_packets(sw.regs, sw.group_state, sw.group_tau, sw.group_r,
+                                     sw.fps, sw.counts, flow, flow_group, slot, fp, i, end,
+                                     ev_pkt, ev_type, ev_cnt)
+                    now = time.monotonic_ns()
+                    for j in range(k):
+                        if ev_type[j] == EV_HELLO:
+                            g = int(flow_group[flow[ev_pkt[j]]])
+                            self.hello_emit_ns.setdefault(g, now)
+                self.packets_done += end - i
+                for j in range(k):
+                    p = int(ev_pkt[j])
+                    f = flow[p]
+                    self.emit(CPU_HEADER.pack(int(ev_type[j]), int(batch.flow_src[f]),
+                                              int(batch.flow_dst[f]), int(batch.flow_sport[f]),
+                                              int(batch.flow_dport[f]), int(batch.flow_proto[f]),
+                                              int(ev_cnt[j])), int(batch.ts_ns[p]))
+                i = end
+        self.wall_end_ns = time.time_ns()
+        self.done.set()
+        log.info("%s: %d packets done, %d CPU messages", self.name, self.packets_done,
+                 self.last_seq)
+
+    _slot_cache: tuple[int, np.ndarray, np.ndarray] | None = None
+
+    def _slots(self, batch: PacketBatch) -> tuple[np.ndarray, np.ndarray]:
+        # Batches of one source share the flow table: hash it once.
+        key = id(batch.flow_src)
+        if self._slot_cache is None or self._slot_cache[0] != key:
+            sw = self.switch
+            slot, fp = flows_slots(batch.flow_src, batch.flow_dst, batch.flow_sport,
+                                   batch.flow_dport, batch.flow_proto, sw.stage_offsets,
+                                   sw.stage_sizes)
+            self._slot_cache = (key, slot, fp)
+        return self._slot_cache[1], self._slot_cache[2]
+
+
+# ------------------------------------------------------------------------------- server
+
+
+def parse_address(address: str) -> tuple[int, Any]:
+    """``unix:/path`` -> (AF_UNIX, path); ``host:port`` -> (AF_INET, (host, port))."""
+    if address.startswith("unix:"):
+        return socket.AF_UNIX, address[5:]
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise HerdInputError(f"address {address!r}: use unix:/path or host:port")
+    return socket.AF_INET, (host or "127.0.0.1", int(port))
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        data = sock.recv(n - len(buf))
+        if not data:
+            raise ConnectionError("connection closed")
+        buf += data
+    return bytes(buf)
+
+
+def recv_frame(sock: socket.socket) -> bytes:
+    (n,) = FRAME.unpack(recv_exact(sock, 4))
+    if n > MAX_FRAME:
+        raise ConnectionError(f"frame of {n} bytes exceeds {MAX_FRAME}")
+    return recv_exact(sock, n)
+
+
+def send_frame(sock: socket.socket, data: bytes) -> None:
+    sock.sendall(FRAME.pack(len(data)) + data)
+
+
+class ModelSwitchServer:
+    """Accepts driver connections for one ModelSwitch."""
+
+    def __init__(self, model: ModelSwitch, address: str) -> None:
+        self.model = model
+        family, addr = parse_address(address)
+        if family == socket.AF_UNIX:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(addr)
+        self.sock = socket.socket(family, socket.SOCK_STREAM)
+        if family == socket.AF_INET:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(addr)
+        if family == socket.AF_UNIX:
+            os.chmod(addr, 0o600)  # only this user's controllers may drive the switch
+        self.sock.listen(16)
+        self.family = family
+        if family == socket.AF_UNIX:
+            self.address = f"unix:{addr}"
+        else:
+            h, p = self.sock.getsockname()[:2]
+            self.address = f"{h}:{p}"
+
+    def serve_forever(self) -> None:
+        self.sock.settimeout(0.5)
+        while not self.model.stopping.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                break
+            conn.settimeout(None)
+            if self.family == socket.AF_INET:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+
+    def _connection(self, conn: socket.socket) -> None:
+        m = self.model
+        try:
+            while not m.stopping.is_set():
+                try:
+                    raw = recv_frame(conn)
+                except (ConnectionError, OSError):
+                    return
+                try:
+                    req = json.loads(raw)
+                    if not isinstance(req, dict):
+                        raise ValueError("a request is a JSON object")
+                except (ValueError, UnicodeDecodeError) as e:
+                    m.malformed_requests += 1
+                    send_frame(conn, json.dumps({"ok": False, "error": f"malformed: {e}"})
+                               .encode())
+                    continue
+                if req.get("op") == "subscribe":
+                    m.serve_subscriber(conn)
+                    return
+                try:
+                    reply = {"ok": True, **m.control(req)}
+                except (ValueError, TypeError) as e:
+                    reply = {"ok": False, "error": str(e)}
+                send_frame(conn, json.dumps(reply).encode())
+        except OSError:
+            pass
+        finally:
+            with contextlib.suppress(OSError):
+                conn.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        if self.family == socket.AF_UNIX:
+            with contextlib.suppress(OSError):
+                os.unlink(self.address[5:])
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--name", required=True, help="switch name, e.g. s1")
+    p.add_argument("--listen", required=True, help="unix:/path or host:port")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--packets", help="per-switch packet arrays (.npz, as herd replay writes)")
+    src.add_argument("--trace", help="a capture: every IPv4 packet goes through this switch")
+    p.add_argument("--stages", default="4096,2048,1024", help="hash-table stage sizes")
+    p.add_argument("--start", choices=("command", "configured", "now"), default="configured",
+                   help="when packets begin: on a start command, once a controller has "
+                   "configured the switch (default), or at once")
+    p.add_argument("--pps", type=float, default=0.0,
+                   help="packets/s when not started by command (0: full speed)")
+    p.add_argument("--cpu-buffer", type=int, default=DEFAULT_CPU_BUFFER,
+                   help="CPU messages held unacknowledged at most")
+    p.add_argument("--ready-file", help="written with the address once listening")
+    p.add_argument("--stats-file", help="switch counters written here on exit")
+    p.add_argument("--log-level", default="INFO")
+
+
+def serve(args: argparse.Namespace) -> int:
+    setup_logging(args.log_level, f"switch-{args.name}")
+    sys.setswitchinterval(0.0005)  # control writes must not wait 5 ms for the packet thread
+    try:
+        stages = tuple(int(x) for x in args.stages.split(","))
+    except ValueError:
+        raise HerdInputError(f"--stages {args.stages!r}: not comma-separated integers") from None
+    source: PacketSource = ArraySource(args.packets) if args.packets else TraceSource(args.trace)
+    model = ModelSwitch(args.name, stages, args.cpu_buffer)
+    server = ModelSwitchServer(model, args.listen)
+
+    def on_signal(signum: int, frame: Any) -> None:
+        model.stopping.set()
+        model.started.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    threading.Thread(target=server.serve_forever, daemon=True, name="accept").start()
+    if args.start == "now":
+        model.op_start({"pps": args.pps})
+    elif args.start == "configured":
+        def starter() -> None:
+            while not model.stopping.is_set():
+                if model.switch.regs[REG_HOLD_START] != 0:
+                    model.op_start({"pps": args.pps})
+                    return
+                time.sleep(0.05)
+
+        threading.Thread(target=starter, daemon=True).start()
+    if args.ready_file:
+        atomic_write_text(args.ready_file, server.address + "\n")
+    log.info("%s listening on %s, %s packets", args.name, server.address, source.total)
+    runner = threading.Thread(target=model.run, args=(source,), daemon=True, name="packets")
+    runner.start()
+    while not model.stopping.is_set():
+        model.stopping.wait(0.5)
+    with model.cond:
+        model.cond.notify_all()
+    server.close()
+    if args.stats_file:
+        atomic_write_json(args.stats_file, model.op_stats({"latencies": True}))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="herd model-switch", description=__doc__.split("\n")[0])
+    add_arguments(p)
+    args = p.parse_args(argv)
+    try:
+        return serve(args)
+    except HerdInputError as e:
+        print(f"herd model-switch: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

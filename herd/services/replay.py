@@ -1,0 +1,470 @@
+"""``herd replay``: the whole distributed system on one machine, without Mininet.
+
+One coordinator process, k model-switch processes and k local controller processes, all
+talking over real sockets (gRPC on loopback, Unix-domain sockets switch <-> controller); the
+trace is fed through the switches, each switch getting exactly the packets
+``herd.simulator.PreparedTrace.ingress`` assigns it, in trace order.
+
+Timing. With ``--pps N`` the packets follow one global schedule: trace packet i is due at
+t0 + i / N on every switch's clock, so the switches interleave as the trace does. Without it
+each switch runs as fast as it can (full speed). The simulator's control-loop delay is in
+trace time; the replay measures the wall-clock hello -> entry-installed latency at the
+switches and converts its mean to trace time: delay_ms = mean latency_ms * replay_rate /
+trace_rate, where trace_rate = packets per second of trace time and replay_rate = N (or the
+achieved rate at full speed). That is the ``delay_ms`` reported in ``params``, and the
+delay ``--compare`` runs ``herd simulate`` with (``simulated_f1``; ``simulated_f1_mean`` is
+the simulator's mean over 0.5x..1.5x that delay, which smooths the ~0.01-0.02 that one run's
+F1 moves when the delay moves by a hair). At a rate well below the trace's own the delay is
+close to 0.
+
+Losses. lost_messages = hellos and reports the switches sent (their registers) minus those
+the coordinator holds (distinct group memberships, and reports after the sequence-number
+dedupe). It is 0 unless something was dropped; a double count would make it negative.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+from herd import __version__
+from herd.errors import HerdInputError
+from herd.groundtruth import heavy_hitters
+from herd.metrics import accuracy, detection_delays_ms, memory_summary, message_summary
+from herd.params import Params
+from herd.services.common import write_token_file
+from herd.services.controller_service import CoordinatorClient
+from herd.services.drivers.model import ModelDriver
+from herd.services.flowtable import FlowTable
+from herd.services.rpc import herd_pb2 as pb
+from herd.simulator import PreparedTrace
+
+STARTUP_TIMEOUT = 60.0
+MAX_K = 64
+COMPARE_DELAY_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class ReplayRun:
+    """One replay: start the processes, run the trace, collect the results, clean up.
+    Methods to kill and restart processes mid-run are there for the fault tests."""
+
+    def __init__(self, prep: PreparedTrace, params: Params, pps: float = 0.0,
+                 workdir: str | None = None, log_level: str = "WARNING",
+                 python: str = sys.executable) -> None:
+        if params.algorithm != "herd":
+            raise HerdInputError("replay runs Herd only (--algorithm herd)")
+        if pps < 0:
+            raise HerdInputError(f"--pps {pps}: must be >= 0")
+        if params.k > MAX_K:
+            raise HerdInputError(f"parameter k={params.k}: a replay runs 2k + 1 processes on "
+                                 f"this machine; at most k={MAX_K}")
+        self.prep = prep
+        self.params = params
+        self.pps = float(pps)
+        self.k = params.k
+        self.names = [f"s{i + 1}" for i in range(self.k)]
+        self.T = prep.threshold(params)
+        self.R = params.reports_needed
+        self._own_dir = workdir is None
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="herd-replay-"))
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "logs").mkdir(exist_ok=True)
+        self.log_level = log_level
+        self.python = python
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        # A replay is a fresh run: never recover a previous run's journal.
+        for f in ("journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm"):
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / f).unlink()
+        self.token_file = self.dir / "token"
+        write_token_file(self.token_file)
+        self.coordinator: subprocess.Popen[bytes] | None = None
+        self.switches: list[subprocess.Popen[bytes] | None] = [None] * self.k
+        self.controllers: list[subprocess.Popen[bytes] | None] = [None] * self.k
+        self.drivers: list[ModelDriver] = []
+        self.restarts = {"controllers": 0, "coordinator": 0}
+        self.wall_start_ns = 0
+        self.wall_end_ns = 0
+        self._write_packets()
+
+    # ---------------------------------------------------------------- files
+
+    def _write_packets(self) -> None:
+        t = self.prep.trace
+        ingress = self.prep.ingress(self.k, self.params.p, self.params.seed)
+        for i in range(self.k):
+            idx = np.flatnonzero(ingress == i)
+            flows = t.flow[idx]
+            uf, local = np.unique(flows, return_inverse=True)
+            np.savez(self.dir / f"{self.names[i]}.npz", ts_ns=t.ts_ns[idx],
+                     flow=local.astype(np.int64), due=idx.astype(np.int64),
+                     flow_src=t.flow_src[uf], flow_dst=t.flow_dst[uf],
+                     flow_sport=t.flow_sport[uf], flow_dport=t.flow_dport[uf],
+                     flow_proto=t.flow_proto[uf])
+
+    def _spawn(self, module: str, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = open(self.dir / "logs" / f"{log_name}.log", "ab")  # noqa: SIM115 - child owns it
+        try:
+            return subprocess.Popen([self.python, "-m", module, *args], stdout=log,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        finally:
+            log.close()
+
+    # ---------------------------------------------------------------- processes
+
+    def start_coordinator(self) -> None:
+        ready = self.dir / "coordinator.ready"
+        with contextlib.suppress(FileNotFoundError):
+            ready.unlink()
+        self.coordinator = self._spawn("herd.services.coordinator_service", [
+            "--listen", self.address, "--switches", ",".join(self.names), "--R", str(self.R),
+            "--token-file", str(self.token_file), "--journal", str(self.dir / "journal.sqlite"),
+            "--results", str(self.dir / "coordinator-results.json"),
+            "--ready-file", str(ready), "--log-level", self.log_level], "coordinator")
+        self._wait_file(ready, self.coordinator, "coordinator")
+
+    def start_switch(self, i: int) -> None:
+        ready = self.dir / f"{self.names[i]}.ready"
+        with contextlib.suppress(FileNotFoundError):
+            ready.unlink()
+        self.switches[i] = self._spawn("herd.services.model_switch", [
+            "--name", self.names[i], "--listen", f"unix:{self.dir / (self.names[i] + '.sock')}",
+            "--packets", str(self.dir / f"{self.names[i]}.npz"),
+            "--stages", ",".join(map(str, self.params.stages)), "--start", "command",
+            "--ready-file", str(ready), "--stats-file",
+            str(self.dir / f"{self.names[i]}.stats.json"), "--log-level", self.log_level],
+            f"switch-{self.names[i]}")
+
+    def start_controller(self, i: int) -> None:
+        p = self.params
+        self.controllers[i] = self._spawn("herd.services.controller_service", [
+            "--switch", self.names[i], "--switch-index", str(i), "--epsilon", repr(p.epsilon),
+            "--T", str(self.T), "--s", repr(p.s), "--seed", str(p.seed),
+            "--overflow-policy", p.overflow_policy, "--coordinator", self.address,
+            "--token-file", str(self.token_file), "--driver", "model",
+            "--switch-address", f"unix:{self.dir / (self.names[i] + '.sock')}",
+            "--status-file", str(self.dir / f"{self.names[i]}.controller.json"),
+            "--log-level", self.log_level], f"controller-{self.names[i]}")
+
+    def _wait_file(self, path: Path, proc: subprocess.Popen[bytes] | None, what: str,
+                   timeout: float = STARTUP_TIMEOUT) -> None:
+        deadline = time.monotonic() + timeout
+        while not path.exists():
+            if proc is not None and proc.poll() is not None:
+                raise RuntimeError(f"{what} exited with {proc.returncode} at start; see "
+                                   f"{self.dir / 'logs'}: {self.log_tail(what)}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{what} not ready after {timeout:.0f} s")
+            time.sleep(0.02)
+
+    def log_tail(self, what: str, lines: int = 20) -> str:
+        name = what if what == "coordinator" else what
+        p = self.dir / "logs" / f"{name}.log"
+        if not p.exists():
+            return ""
+        return "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
+
+    def kill_controller(self, i: int) -> None:
+        proc = self.controllers[i]
+        if proc is not None:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            self.controllers[i] = None
+
+    def restart_controller(self, i: int) -> None:
+        self.kill_controller(i)
+        self.start_controller(i)
+        self.restarts["controllers"] += 1
+
+    def kill_coordinator(self) -> None:
+        if self.coordinator is not None:
+            self.coordinator.send_signal(signal.SIGKILL)
+            self.coordinator.wait()
+            self.coordinator = None
+
+    def restart_coordinator(self) -> None:
+        self.kill_coordinator()
+        self.start_coordinator()
+        self.restarts["coordinator"] += 1
+
+    def start(self) -> None:
+        """Everything up, switches configured by their controllers, clocks aligned; then the
+        packets start."""
+        self.start_coordinator()
+        for i in range(self.k):
+            self.start_switch(i)
+        for i in range(self.k):
+            self._wait_file(self.dir / f"{self.names[i]}.ready", self.switches[i],
+                            f"switch-{self.names[i]}")
+            self.drivers.append(ModelDriver(self.names[i],
+                                            f"unix:{self.dir / (self.names[i] + '.sock')}"))
+        for i in range(self.k):
+            self.start_controller(i)
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            stats = [d.stats() for d in self.drivers]
+            q = self.query(False)
+            subscribed = sum(s.subscribed for s in q.switches)
+            if all(s["configured"] and s["subscriber"] for s in stats) and subscribed == self.k:
+                break
+            for i, proc in enumerate(self.controllers):
+                if proc is not None and proc.poll() is not None:
+                    raise RuntimeError(f"controller {self.names[i]} exited with "
+                                       f"{proc.returncode}: "
+                                       f"{self.log_tail('controller-' + self.names[i])}")
+            if time.monotonic() > deadline:
+                raise RuntimeError("controllers did not configure their switches in time")
+            time.sleep(0.05)
+        t0 = time.time_ns() + 200_000_000
+        for d in self.drivers:
+            d.request(op="start", t0_ns=t0, pps=self.pps)
+        self.wall_start_ns = t0
+
+    # ---------------------------------------------------------------- progress
+
+    def query(self, elephants: bool) -> pb.QueryReply:
+        client = CoordinatorClient(self.address, self.token_file.read_text().strip())
+        try:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    return client.query(pb.QueryRequest(elephants=elephants), timeout=10,
+                                        metadata=client.metadata)
+                except grpc.RpcError:
+                    if time.monotonic() > deadline:
+                        raise
+                    time.sleep(0.1)
+        finally:
+            client.close()
+
+    def switch_stats(self, latencies: bool = False) -> list[dict[str, Any]]:
+        return [d.stats(latencies) for d in self.drivers]
+
+    def progress(self) -> float:
+        done = sum(s["packets_done"] for s in self.switch_stats())
+        return done / max(1, self.prep.trace.packets)
+
+    def wait_progress(self, fraction: float, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.progress() < fraction:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"replay did not reach {fraction:.0%} in {timeout:.0f} s")
+            time.sleep(0.02)
+
+    def wait_done(self, timeout: float = 600.0) -> bool:
+        """Until every packet went through and every CPU message is handled (acknowledged by
+        the controllers, which acknowledge only what the coordinator holds)."""
+        deadline = time.monotonic() + timeout
+        end_seen = 0
+        while time.monotonic() < deadline:
+            stats = self.switch_stats()
+            if all(s["done"] for s in stats):
+                if not end_seen:
+                    end_seen = max(s["wall_end_ns"] for s in stats)
+                if all(s["cpu_acked"] == s["cpu_emitted"] for s in stats):
+                    self.wall_end_ns = max(end_seen, time.time_ns())
+                    return True
+            time.sleep(0.05)
+        self.wall_end_ns = time.time_ns()
+        return False
+
+    # ---------------------------------------------------------------- results
+
+    def results(self, drained: bool, compare: bool = False) -> dict[str, Any]:
+        prep, t = self.prep, self.prep.trace
+        stats = self.switch_stats(latencies=True)
+        q = self.query(True)
+        counters = dict(q.counters)
+        # Map the coordinator's elephants (5-tuples) to the trace's flow indices.
+        table = FlowTable(max(1, t.flows))
+        table.index(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport, t.flow_proto)
+        detected = np.zeros(t.flows, dtype=bool)
+        detect_ts = np.full(t.flows, np.iinfo(np.int64).max, dtype=np.int64)
+        if len(q.elephants):
+            e = q.elephants
+            idx = table.index(np.array([x.src for x in e], np.uint32),
+                              np.array([x.dst for x in e], np.uint32),
+                              np.array([x.sport for x in e], np.uint32),
+                              np.array([x.dport for x in e], np.uint32),
+                              np.array([x.proto for x in e], np.uint32))
+            ok = (idx >= 0) & (idx < t.flows)
+            detected[idx[ok]] = True
+            detect_ts[idx[ok]] = np.array([x.detected_ns for x in e], np.int64)[ok]
+        heavy = heavy_hitters(prep.counts, self.T)
+        regs = [s["registers"] for s in stats]
+        hellos = np.array([r["hellos"] for r in regs], np.int64)
+        reports = np.array([r["reports"] for r in regs], np.int64)
+        overflows = np.array([r["overflows"] for r in regs], np.int64)
+        peak = np.array([r["peak_occupied"] for r in regs], np.int64)
+        lat = np.array([x for s in stats for x in s.get("hello_latency_ns", [])], np.float64) / 1e6
+        lat_p50 = float(np.percentile(lat, 50)) if len(lat) else None
+        lat_p99 = float(np.percentile(lat, 99)) if len(lat) else None
+        run_s = max(1e-9, (self.wall_end_ns - self.wall_start_ns) / 1e9)
+        # The packets' own wall time: first switch start to last switch end.
+        starts = [s["wall_start_ns"] for s in stats if s["wall_start_ns"]]
+        packet_start = min(starts) if starts else self.wall_start_ns
+        packet_end = max(s["wall_end_ns"] for s in stats) or self.wall_end_ns
+        packet_s = max(1e-6, (packet_end - packet_start) / 1e9)
+        span_ns = int(t.ts_ns[-1] - t.ts_ns[0]) if t.packets > 1 else 0
+        trace_pps = (t.packets - 1) / (span_ns / 1e9) if span_ns > 0 else None
+        replay_pps = self.pps if self.pps > 0 else t.packets / packet_s
+        # The mean, not the median: the packets a switch does not count while an entry is
+        # pending add up with the mean latency, tail included.
+        lat_mean = float(lat.mean()) if len(lat) else None
+        delay_ms = (lat_mean * replay_pps / trace_pps) if (lat_mean is not None and trace_pps) \
+            else 0.0
+        coord_hellos = int(counters.get("memberships", 0))
+        coord_reports = int(counters.get("reports", 0))
+        lost_hellos = int(hellos.sum()) - coord_hellos
+        lost_reports = int(reports.sum()) - coord_reports
+        params = self.params.with_(delay_ms=round(delay_ms, 6))
+        metrics: dict[str, Any] = {
+            "heavy_hitters": int(heavy.sum()),
+            "detected": int(detected.sum()),
+            **accuracy(detected, heavy),
+            **message_summary(hellos, reports, overflows),
+            **memory_summary(peak, sum(self.params.stages)),
+            "table_writes": int(sum(s["table_writes"] for s in stats)),
+            "l_g_pushes": int(counters.get("l_g_pushes", 0)),
+            "table_resets": int(sum(s["table_resets"] for s in stats)),
+            "groups": int(counters.get("groups", 0)),
+            "flows": t.flows,
+            "skipped_packets": t.skipped,
+        }
+        metrics.update(detection_delays_ms(detect_ts, prep.crossing(self.T), detected & heavy))
+        out: dict[str, Any] = {
+            "T": self.T,
+            "R": self.R,
+            **metrics,
+            "packets": t.packets,
+            "seconds": run_s,
+            "packets_per_second": t.packets / packet_s,
+            "params": params.to_dict(),
+            "trace": t.paths[0],
+            "trace_digest": t.digest,
+            "herd_version": __version__,
+            "lost_messages": lost_hellos + lost_reports,
+            "lost_hellos": lost_hellos,
+            "lost_reports": lost_reports,
+            "drained": drained,
+            "hello_latency_ms_p50": lat_p50,
+            "hello_latency_ms_p99": lat_p99,
+            "hello_latency_ms_mean": lat_mean,
+            "reports_per_second": coord_reports / run_s,
+            "replay_pps": replay_pps,
+            "trace_pps": trace_pps,
+            "measured_delay_ms": delay_ms,
+            "cpu_dropped": int(sum(s["cpu_dropped"] for s in stats)),
+            "coordinator": {k: int(v) for k, v in counters.items()},
+            "restarts": dict(self.restarts),
+        }
+        if compare:
+            from herd.simulator import simulate
+
+            sim = simulate(prep, params)
+            out["simulated_f1"] = sim.f1
+            out["f1_difference"] = out["f1"] - sim.f1
+            # One run's F1 moves by ~0.01-0.02 when the delay moves by a hair (the coin flips
+            # of every later packet shift): compare also with the simulator's mean over
+            # delays around the measured one.
+            near = [simulate(prep, params.with_(delay_ms=delay_ms * f)).f1
+                    for f in COMPARE_DELAY_FACTORS]
+            out["simulated_f1_mean"] = float(np.mean(near))
+            out["f1_difference_mean"] = out["f1"] - out["simulated_f1_mean"]
+        return out
+
+    # ---------------------------------------------------------------- cleanup
+
+    def close(self, keep: bool = False) -> None:
+        """Stop every process (SIGTERM: the coordinator writes its results JSON), then
+        anything still alive is killed. Always safe to call."""
+        for d in self.drivers:
+            with contextlib.suppress(Exception):
+                d.request(op="shutdown")
+            d.close()
+        procs = [p for p in (*self.controllers, self.coordinator, *self.switches)
+                 if p is not None]
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(OSError):
+                    p.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        for p in procs:
+            try:
+                p.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if self._own_dir and not keep:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+    def __enter__(self) -> ReplayRun:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def run_replay(prep: PreparedTrace, params: Params, pps: float = 0.0, *,
+               workdir: str | None = None, keep: bool = False, compare: bool = False,
+               timeout: float = 3600.0, results: str | None = None,
+               log_level: str = "WARNING") -> dict[str, Any]:
+    run = ReplayRun(prep, params, pps, workdir, log_level)
+    try:
+        run.start()
+        drained = run.wait_done(timeout)
+        out = run.results(drained, compare)
+    except BaseException:
+        run.close(keep=True)
+        print(f"herd replay: logs kept in {run.dir / 'logs'}", file=sys.stderr)
+        raise
+    coordinator_json = run.dir / "coordinator-results.json"
+    run.close(keep=True)
+    if results:
+        shutil.copyfile(coordinator_json, results)
+        out["coordinator_results"] = results
+    if keep or workdir is not None:
+        out["workdir"] = str(run.dir)
+    elif run._own_dir:
+        shutil.rmtree(run.dir, ignore_errors=True)
+    return out
+
+
+def format_result(d: dict[str, Any]) -> str:
+    def ms(v: float | None) -> str:
+        return "n/a" if v is None else f"{v:.2f} ms"
+
+    return "\n".join([
+        f"trace {d['trace']} ({d['packets']} packets, digest {d['trace_digest'][:12]})",
+        f"T={d['T']} R={d['R']} heavy hitters={d['heavy_hitters']} detected={d['detected']}",
+        f"F1={d['f1']:.4f} precision={d['precision']:.4f} recall={d['recall']:.4f}"
+        + (f" (simulator at delay {d['measured_delay_ms']:.4f} ms: {d['simulated_f1']:.4f}, "
+           f"mean around it {d['simulated_f1_mean']:.4f})" if "simulated_f1" in d else ""),
+        f"messages={d['messages']} (hellos {d['hellos']}, reports {d['reports']}, overflows "
+        f"{d['overflows']}); lost {d['lost_messages']}",
+        f"hello -> install latency p50 {ms(d['hello_latency_ms_p50'])}, p99 "
+        f"{ms(d['hello_latency_ms_p99'])} (trace-time delay {d['measured_delay_ms']:.4f} ms)",
+        f"replayed in {d['seconds']:.2f} s: {d['packets_per_second']:.0f} packets/s, "
+        f"{d['reports_per_second']:.0f} reports/s",
+    ])
+
+
+__all__ = ["ReplayRun", "format_result", "run_replay"]

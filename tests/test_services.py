@@ -1,0 +1,488 @@
+"""The control plane as real services: coordinator (gRPC), local controllers, model switches,
+``herd replay``. Real processes on loopback, always cleaned up; small synthetic traces."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+
+from herd.messages import CPU_HEADER_LEN, CpuMessage, MessageType
+from herd.params import Params
+from herd.services.common import TOKEN_METADATA_KEY, write_token_file
+from herd.services.controller_service import CoordinatorClient
+from herd.services.drivers.model import ModelDriver, SwitchError
+from herd.services.flowtable import FlowTable
+from herd.services.replay import ReplayRun, free_port
+from herd.services.rpc import herd_pb2 as pb
+from herd.simulator import PreparedTrace
+from herd.synth import write_synthetic_pcap
+from herd.trace import load_trace
+
+ROOT = Path(__file__).resolve().parents[1]
+PY = sys.executable
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERD_CACHE_DIR", str(tmp_path / "cache"))
+
+
+@pytest.fixture(scope="module")
+def trace_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("trace")
+    os.environ.setdefault("HERD_CACHE_DIR", str(d / "cache"))
+    path = d / "t.pcap"
+    # 60k packets: ~400 heavy hitters at the 95th percentile, so that one flow more or
+    # less moves F1 by ~0.003 and the replay-vs-simulator check is not a coin toss.
+    write_synthetic_pcap(path, 60_000, seed=3)
+    return path
+
+
+@pytest.fixture(scope="module")
+def prep(trace_file: Path) -> PreparedTrace:
+    return PreparedTrace(load_trace(trace_file))
+
+
+class Procs:
+    """Processes a test starts; all are killed at the end, whatever happened."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, module: str, args: list[str], log: str) -> subprocess.Popen[bytes]:
+        with open(self.tmp / f"{log}.log", "ab") as out:
+            p = subprocess.Popen([PY, "-m", module, *args], stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL)
+        self.procs.append(p)
+        return p
+
+    def log(self, name: str) -> str:
+        return (self.tmp / f"{name}.log").read_text(errors="replace")
+
+    def close(self) -> None:
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Procs]:
+    ps = Procs(tmp_path)
+    try:
+        yield ps
+    finally:
+        ps.close()
+
+
+def wait_for(cond: Any, timeout: float = 30.0, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        v = cond()
+        if v:
+            return v
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+class Coord:
+    """A coordinator process for the tests, with a client."""
+
+    def __init__(self, procs: Procs, tmp: Path, switches: str = "s1,s2,s3", R: int = 3,
+                 extra: list[str] | None = None) -> None:
+        self.procs, self.tmp = procs, tmp
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.token_file = tmp / "token"
+        if not self.token_file.exists():
+            write_token_file(self.token_file)
+        self.token = self.token_file.read_text().strip()
+        self.args = ["--listen", self.address, "--switches", switches, "--R", str(R),
+                     "--token-file", str(self.token_file), "--journal", str(tmp / "j.sqlite"),
+                     "--results", str(tmp / "results.json"), *(extra or [])]
+        self.start()
+
+    def start(self) -> None:
+        ready = self.tmp / "coord.ready"
+        if ready.exists():
+            ready.unlink()
+        self.proc = self.procs.start("herd.services.coordinator_service",
+                                     [*self.args, "--ready-file", str(ready)], "coordinator")
+        wait_for(lambda: ready.exists() or self.proc.poll() is not None, what="coordinator")
+        assert self.proc.poll() is None, self.procs.log("coordinator")
+        self.client = CoordinatorClient(self.address, self.token)
+
+    def kill9(self) -> None:
+        self.client.close()
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait()
+
+    def query(self, elephants: bool = False) -> pb.QueryReply:
+        return self.client.query(pb.QueryRequest(elephants=elephants), timeout=10,
+                                 metadata=self.client.metadata)
+
+    def counters(self) -> dict[str, int]:
+        return dict(self.query().counters)
+
+
+def batch(switch: int, seqs: list[int], flows: list[tuple[int, int, int, int, int]],
+          ts: int = 1) -> pb.ReportBatch:
+    cols = list(zip(*flows, strict=True))
+    return pb.ReportBatch(switch_id=switch, seq=seqs, ts_ns=[ts] * len(seqs), src=cols[0],
+                          dst=cols[1], sport=cols[2], dport=cols[3], proto=cols[4],
+                          count=[9] * len(seqs))
+
+
+FLOW_A = (0x0A000001, 0x14000002, 1234, 80, 6)
+FLOW_B = (0x0B000001, 0x14000002, 999, 443, 6)
+
+
+# ------------------------------------------------------------------------------ replay
+
+
+def test_replay_matches_simulator_and_loses_nothing(trace_file: Path, tmp_path: Path) -> None:
+    """``herd replay`` end to end (the CLI): lost_messages = 0 and F1 within 0.03 of
+    ``herd simulate`` at the delay the replay measured (its mean over 0.5x..1.5x that delay:
+    a single simulator run moves by ~0.01-0.02 when the delay moves by a hair)."""
+    out = subprocess.run(
+        [PY, "-m", "herd.cli", "replay", "--trace", str(trace_file), "--k", "4",
+         "--percentile", "95", "--pps", "4000", "--compare", "--json",
+         "--results", str(tmp_path / "coord.json")],
+        capture_output=True, text=True, timeout=240, env=os.environ.copy())
+    assert out.returncode == 0, out.stderr[-3000:]
+    d = json.loads(out.stdout)
+    assert d["lost_messages"] == 0 and d["lost_reports"] == 0 and d["lost_hellos"] == 0
+    assert d["drained"] and d["cpu_dropped"] == 0
+    assert d["reports"] > 50 and d["hellos"] > 100
+    assert abs(d["f1"] - d["simulated_f1_mean"]) <= 0.03, (d["f1"], d["simulated_f1_mean"])
+    assert abs(d["f1"] - d["simulated_f1"]) <= 0.05, (d["f1"], d["simulated_f1"])
+    assert d["hello_latency_ms_p50"] is not None and d["hello_latency_ms_p99"] is not None
+    for key in ("T", "R", "precision", "recall", "messages", "max_states", "table_writes",
+                "l_g_pushes", "groups", "params", "trace_digest", "reports_per_second"):
+        assert key in d
+    coord = json.loads((tmp_path / "coord.json").read_text())
+    assert coord["counters"]["reports"] == d["reports"]
+    assert len(coord["elephants"]) == d["detected"]
+
+
+def test_controller_kill9_and_restart_loses_and_double_counts_nothing(
+        prep: PreparedTrace) -> None:
+    run = ReplayRun(prep, Params(k=3, percentile=95), pps=6000)
+    try:
+        run.start()
+        run.wait_progress(0.3)
+        run.kill_controller(1)  # -9, mid-run: its switch keeps sending
+        time.sleep(0.7)
+        run.start_controller(1)
+        run.restarts["controllers"] += 1
+        drained = run.wait_done(120)
+        d = run.results(drained)
+    finally:
+        run.close()
+    assert drained
+    # The switches' registers say what was sent; the coordinator holds exactly that.
+    assert d["lost_reports"] == 0 and d["lost_hellos"] == 0 and d["lost_messages"] == 0
+    assert d["reports"] > 0
+    assert d["restarts"]["controllers"] == 1
+
+
+def test_coordinator_kill9_and_restart_loses_nothing(prep: PreparedTrace) -> None:
+    run = ReplayRun(prep, Params(k=3, percentile=95), pps=6000)
+    try:
+        run.start()
+        run.wait_progress(0.3)
+        before = run.query(False)
+        run.kill_coordinator()
+        time.sleep(0.7)  # the controllers buffer reports and retry meanwhile
+        run.start_coordinator()
+        run.restarts["coordinator"] += 1
+        after = run.query(False)
+        drained = run.wait_done(120)
+        d = run.results(drained)
+    finally:
+        run.close()
+    assert drained
+    c = d["coordinator"]
+    # What was acknowledged before the kill came back from the journal.
+    assert after.counters["recovered_reports"] >= before.counters["reports"]
+    assert after.counters["recovered_memberships"] >= before.counters["memberships"]
+    assert c["recovered_memberships"] > 0
+    assert d["lost_reports"] == 0 and d["lost_hellos"] == 0 and d["lost_messages"] == 0
+
+
+# ------------------------------------------------------------------------------ coordinator
+
+
+def test_coordinator_restart_keeps_acknowledged_reports_and_groups(
+        procs: Procs, tmp_path: Path) -> None:
+    co = Coord(procs, tmp_path, R=2)
+    c = co.client
+    for name in ("s1", "s2", "s3"):
+        c.register(pb.RegisterRequest(switch_name=name), metadata=c.metadata)
+    g = (10 << 8) | 20
+    # s1 then s2 say hello for g: the second makes l_g 2 (2 members >= 2 * 1).
+    answers = list(c.hellos(iter([pb.HelloBatch(hellos=[
+        pb.HelloRequest(switch_id=0, group=g, seq=1),
+        pb.HelloRequest(switch_id=1, group=g, seq=1)])]), metadata=c.metadata))
+    assert [r.l_g for r in answers[0].answers] == [1, 2]
+    acks = list(c.reports(iter([batch(0, [2, 3], [FLOW_A, FLOW_B]),
+                                batch(1, [5], [FLOW_A])]), metadata=c.metadata))
+    assert [a.acked_seq for a in acks] == [3, 5]
+    co.kill9()
+    co.start()
+    c = co.client
+    q = co.query(True)
+    assert q.counters["reports"] == 3 and q.counters["recovered_reports"] == 3
+    assert q.counters["memberships"] == 2
+    elephants = {(e.src, e.dst, e.sport, e.dport, e.proto) for e in q.elephants}
+    assert elephants == {FLOW_A}  # FLOW_A has R = 2 reports
+    # The l_g of the group survived: a third member sees 2, a subscriber gets g -> 2.
+    assert c.hello(pb.HelloRequest(switch_id=2, group=g, seq=1),
+                   metadata=c.metadata).l_g == 2
+    sub = c.subscribe(pb.SubscribeRequest(switch_id=0), metadata=c.metadata)
+    snap = []
+    for u in sub:
+        if u.snapshot_end:
+            break
+        snap.append((u.group, u.l_g))
+    sub.cancel()
+    assert snap == [(g, 2)]
+    # A resent batch (the controller did not see the ack) is not counted twice.
+    ack = list(c.reports(iter([batch(0, [2, 3], [FLOW_A, FLOW_B])]), metadata=c.metadata))[0]
+    assert ack.duplicates == 2 and ack.accepted == 0
+    assert co.counters()["reports"] == 3
+
+
+def test_wrong_or_missing_token_refused_counted_logged_once(procs: Procs,
+                                                             tmp_path: Path) -> None:
+    co = Coord(procs, tmp_path)
+    wrong = CoordinatorClient(co.address, "not-the-token")
+    missing = CoordinatorClient(co.address, None)
+    try:
+        for _ in range(3):
+            for client in (wrong, missing):
+                with pytest.raises(grpc.RpcError) as e:
+                    client.register(pb.RegisterRequest(switch_name="s1"), timeout=5,
+                                    metadata=client.metadata)
+                assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        with pytest.raises(grpc.RpcError) as e:
+            list(wrong.reports(iter([batch(0, [1], [FLOW_A])]), metadata=wrong.metadata))
+        assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    finally:
+        wrong.close()
+        missing.close()
+    c = co.counters()
+    assert c["rejected_token_wrong"] == 4 and c["rejected_token_missing"] == 3
+    assert c["reports"] == 0
+    log = procs.log("coordinator")
+    assert log.count("rejected token_wrong") == 1 and log.count("rejected token_missing") == 1
+
+
+def test_malformed_requests_and_unknown_switches_rejected_service_alive(
+        procs: Procs, tmp_path: Path) -> None:
+    co = Coord(procs, tmp_path)
+    c = co.client
+    md = ((TOKEN_METADATA_KEY, co.token),)
+    raw_register = c.channel.unary_unary("/herd.v1.Coordinator/Register")  # bytes in, out
+    for junk in (b"\x0a\xff", b"\xff\xff\xff\xff", b"\x12\x05abc"):
+        with pytest.raises(grpc.RpcError) as e:
+            raw_register(junk, timeout=5, metadata=md)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    raw_reports = c.channel.stream_stream("/herd.v1.Coordinator/Reports")
+    with pytest.raises(grpc.RpcError) as e:
+        list(raw_reports(iter([b"\x12\x03\x01\x02"]), timeout=5, metadata=md))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    bad = batch(0, [1, 2], [FLOW_A, FLOW_B])
+    del bad.src[1]  # columns of different lengths
+    with pytest.raises(grpc.RpcError) as e:
+        list(c.reports(iter([bad]), timeout=5, metadata=c.metadata))
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as e:
+        list(c.reports(iter([batch(0, [3, 2], [FLOW_A, FLOW_B])]), timeout=5,
+                       metadata=c.metadata))  # sequence numbers going backwards
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.RpcError) as e:
+        c.register(pb.RegisterRequest(switch_name="s99"), timeout=5, metadata=c.metadata)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as e:
+        c.hello(pb.HelloRequest(switch_id=7, group=1, seq=1), timeout=5, metadata=c.metadata)
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    with pytest.raises(grpc.RpcError) as e:
+        list(c.reports(iter([batch(42, [1], [FLOW_A])]), timeout=5, metadata=c.metadata))
+    assert e.value.code() == grpc.StatusCode.NOT_FOUND
+    # Still serving, and nothing of the above was counted as data.
+    assert c.register(pb.RegisterRequest(switch_name="s2"), timeout=5,
+                      metadata=c.metadata).switch_id == 1
+    assert c.hello(pb.HelloRequest(switch_id=1, group=5, seq=1), timeout=5,
+                   metadata=c.metadata).l_g == 1
+    n = co.counters()
+    assert n["rejected_malformed"] == 6 and n["rejected_unknown_switch"] == 3
+    assert n["reports"] == 0 and n["memberships"] == 1
+    assert procs.log("coordinator").count("rejected malformed") == 1
+    assert co.proc.poll() is None
+
+
+def test_sigterm_writes_results_json_atomically(procs: Procs, tmp_path: Path) -> None:
+    co = Coord(procs, tmp_path, R=1)
+    c = co.client
+    c.register(pb.RegisterRequest(switch_name="s1"), metadata=c.metadata)
+    list(c.reports(iter([batch(0, [1], [FLOW_A], ts=12345)]), metadata=c.metadata))
+    co.proc.send_signal(signal.SIGTERM)
+    assert co.proc.wait(20) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["params"]["R"] == 1 and res["params"]["switches"] == ["s1", "s2", "s3"]
+    assert res["elephants"] == [{"src": FLOW_A[0], "dst": FLOW_A[1], "sport": FLOW_A[2],
+                                 "dport": FLOW_A[3], "proto": FLOW_A[4], "reports": 1,
+                                 "detected_ns": 12345}]
+    assert res["switches"][0]["reports"] == 1 and res["counters"]["reports"] == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".results.json")]
+
+
+def test_unique_flow_flood_keeps_coordinator_memory_bounded(procs: Procs,
+                                                            tmp_path: Path) -> None:
+    """A DDoS of 1M one-packet flows, as the coordinator sees it at worst: a hello per
+    (group, switch) and, if every flow's hold start crossed tau, one report per flow. The
+    flow table stops at --max-flows; RSS stays bounded."""
+    co = Coord(procs, tmp_path, switches="s1,s2", R=2, extra=["--max-flows", "100000"])
+    c = co.client
+    c.register(pb.RegisterRequest(switch_name="s1"), metadata=c.metadata)
+    hellos = (pb.HelloBatch(hellos=[pb.HelloRequest(switch_id=sw, group=g, seq=g + 1)
+                                    for g in range(a, a + 1024)])
+              for sw in (0, 1) for a in range(0, 1 << 16, 1024))
+    answered = sum(len(a.answers) for a in c.hellos(hellos, metadata=c.metadata))
+    assert answered == 2 * 65536  # every group from two switches: the whole member matrix
+    rss0 = co.counters()["rss_bytes"]
+    n, size = 1_000_000, 20_000
+    rng = np.random.default_rng(1)
+    src = rng.integers(1, 1 << 32, n, dtype=np.uint64).astype(np.uint32)
+
+    def batches() -> Iterator[pb.ReportBatch]:
+        for a in range(0, n, size):
+            b = min(n, a + size)
+            k = b - a
+            yield pb.ReportBatch(switch_id=0, seq=range(a + 1, b + 1), ts_ns=[1] * k,
+                                 src=src[a:b].tolist(), dst=[0x0A000001] * k,
+                                 sport=(np.arange(a, b) & 0xFFFF).tolist(), dport=[80] * k,
+                                 proto=[17] * k, count=[5] * k)
+
+    acks = list(c.reports(batches(), metadata=c.metadata))
+    assert acks[-1].acked_seq == n
+    q = co.counters()
+    assert q["reports"] == n and q["flows"] == 100_000
+    assert q["untracked_reports"] == n - 100_000
+    assert q["memberships"] == 2 * 65536
+    # 100k flows cost ~8-16 MB in the table; RSS must not grow with the 1M flood.
+    assert q["flow_table_bytes"] < 20 << 20
+    assert q["rss_bytes"] - rss0 < 120 << 20, (rss0, q["rss_bytes"])
+
+
+# ------------------------------------------------------------------------------ switch + controller
+
+
+def test_malformed_cpu_messages_rejected_controller_keeps_working(procs: Procs,
+                                                                  tmp_path: Path) -> None:
+    co = Coord(procs, tmp_path)
+    pk = tmp_path / "none.npz"
+    np.savez(pk, ts_ns=np.zeros(0, np.int64), flow=np.zeros(0, np.int64),
+             flow_src=np.zeros(0, np.uint32), flow_dst=np.zeros(0, np.uint32),
+             flow_sport=np.zeros(0, np.uint16), flow_dport=np.zeros(0, np.uint16),
+             flow_proto=np.zeros(0, np.uint8))
+    sock = f"unix:{tmp_path / 's1.sock'}"
+    ready = tmp_path / "s1.ready"
+    procs.start("herd.services.model_switch", ["--name", "s1", "--listen", sock, "--packets",
+                str(pk), "--start", "command", "--ready-file", str(ready)], "switch")
+    wait_for(ready.exists, what="switch")
+    status = tmp_path / "ctl.json"
+    procs.start("herd.services.controller_service", [
+        "--switch", "s1", "--T", "50", "--coordinator", co.address, "--token-file",
+        str(co.token_file), "--switch-address", sock, "--status-file", str(status)],
+        "controller")
+    drv = ModelDriver("s1", sock)
+    try:
+        wait_for(lambda: drv.stats()["configured"] and drv.stats()["subscriber"],
+                 what="controller configures the switch")
+        hello = CpuMessage(MessageType.HELLO, 0x0A000001, 0x14000002, 1, 2, 6, 0).pack()
+        for payload in (b"\x01\x02", bytes([9]) + bytes(CPU_HEADER_LEN - 1), hello + b"\x00",
+                        hello):
+            drv.request(op="inject_cpu", hex=payload.hex())
+        # The good hello after three bad ones: the entry of 10/8 -> 20/8 gets installed.
+        wait_for(lambda: drv.register_read("hello_sent", (10 << 8) | 20) == 0
+                 and drv.stats()["groups_installed"] == 1, what="entry installed")
+        wait_for(lambda: drv.stats()["cpu_acked"] == 4, what="all acknowledged")
+
+        def counters() -> dict[str, Any]:
+            return json.loads(status.read_text())["counters"] if status.exists() else {}
+
+        wait_for(lambda: counters().get("malformed_cpu") == 3, what="malformed counted")
+        assert procs.log("controller").count("rejected malformed_cpu") == 1
+        # The switch rejects bad control requests and keeps serving.
+        with pytest.raises(SwitchError):
+            drv.request(op="register_read", name="nope", index=0)
+        with pytest.raises(SwitchError):
+            drv.table_add("group_table", (1, 2, 3), "set_group_params", (1, 1))
+        assert drv.register_read("herd_regs", 2) == 5  # hold start round(1 / 0.2)
+    finally:
+        drv.close()
+
+
+# ------------------------------------------------------------------------------ units
+
+
+def test_flow_table_matches_a_dict_and_honours_its_cap() -> None:
+    rng = np.random.default_rng(5)
+    keys = [tuple(int(x) for x in row) for row in
+            np.column_stack([rng.integers(0, 4, 30000), rng.integers(0, 3, 30000),
+                             rng.integers(0, 50, 30000), rng.integers(0, 2, 30000),
+                             rng.integers(0, 3, 30000)])]
+    cols = [np.array(c) for c in zip(*keys, strict=True)]
+    table = FlowTable(max_flows=1000)
+    got = np.concatenate([table.index(*(c[a:a + 700] for c in cols))
+                          for a in range(0, 30000, 700)])
+    ref: dict[tuple[int, ...], int] = {}
+    for k, v in zip(keys, got, strict=True):
+        if k not in ref and len(ref) < 1000:
+            ref[k] = len(ref)
+        assert v == ref.get(k, -1)
+    assert table.n == 1000
+    assert (int(table.src[3]), int(table.dport[3])) == next(
+        (k[0], k[3]) for k, v in ref.items() if v == 3)
+
+
+def test_bmv2_driver_clear_error_without_bmv2_and_cpu_frames() -> None:
+    from herd.errors import HerdInputError
+    from herd.messages import ETHERTYPE_HERD_CPU
+    from herd.services.drivers import open_driver
+    from herd.services.drivers.bmv2 import parse_cpu_frame
+
+    try:
+        import p4utils  # noqa: F401
+    except ImportError:
+        with pytest.raises(HerdInputError, match="p4-utils"):
+            open_driver("bmv2", "s1", "127.0.0.1:9090")
+    msg = CpuMessage(MessageType.REPORT, 1, 2, 3, 4, 6, 99).pack()
+    eth = bytes(12) + ETHERTYPE_HERD_CPU.to_bytes(2, "big")
+    assert parse_cpu_frame(eth + msg + bytes(10)) == msg  # Ethernet padding dropped
+    assert parse_cpu_frame(bytes(12) + b"\x08\x00" + msg) is None  # IPv4, not ours
+    assert parse_cpu_frame(eth + msg[:5]) == msg[:5]  # short: the controller rejects it
+
+
+def test_runnable_scripts_and_subcommands_have_help() -> None:
+    for script in ("coordinator.py", "local_controller.py", "model_switch.py"):
+        out = subprocess.run([PY, str(ROOT / "controllers" / script), "--help"],
+                             capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0 and "usage" in out.stdout
+    out = subprocess.run([PY, "-m", "herd.cli", "replay", "--help"], capture_output=True,
+                         text=True, timeout=60)
+    assert out.returncode == 0 and "--pps" in out.stdout
