@@ -11,6 +11,7 @@ from typing import Any
 
 from herd import __version__
 from herd.errors import HerdInputError
+from herd.fileio import json_default
 from herd.params import ALGORITHMS, Params, load_params_file
 
 
@@ -70,20 +71,8 @@ def params_from_args(args: argparse.Namespace) -> Params:
 
 
 def _print_json(obj: Any) -> None:
-    json.dump(obj, sys.stdout, indent=1, default=_json_default)
+    json.dump(obj, sys.stdout, indent=1, default=json_default)
     sys.stdout.write("\n")
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
 # ---------------------------------------------------------------- trace

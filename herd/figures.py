@@ -400,7 +400,7 @@ def _figure(title: str, subtitle: str) -> tuple[Any, Any]:
 def _save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    from herd.sweep import atomic_write
+    from herd.fileio import atomic_write
 
     fig.tight_layout()
     buf = io.BytesIO()
@@ -434,7 +434,7 @@ def _accuracy_figure(out: Path, prep: PreparedTrace, plan: Plan, rows: list[dict
               "max_states_per_switch": r["max_states"]} for r in data]
     name = "accuracy_vs_epsilon" if figure == "epsilon" else "accuracy_vs_s"
     csv_path = out / f"{name}.csv"
-    from herd.sweep import atomic_write
+    from herd.fileio import atomic_write
 
     atomic_write(csv_path, _csv((figure, *ACCURACY_COLUMNS), table))
     stages = "/".join(map(str, b.stages))
@@ -468,7 +468,7 @@ COST_COLUMNS = ("algorithm", "max_messages_per_switch", "messages", "max_states_
 
 def _cost_figure(out: Path, prep: PreparedTrace, plan: Plan, rows: list[dict[str, Any]],
                  figure: str) -> list[Path]:
-    from herd.sweep import atomic_write
+    from herd.fileio import atomic_write
 
     b = plan.base
     key = "max_messages" if figure == "epsilon" else "max_states"
@@ -525,7 +525,7 @@ BUDGET_COLUMNS = ("algorithm", "fits", "f1score", "precision", "recall", "f1scor
 
 def _budget_figure(out: Path, prep: PreparedTrace, plan: Plan, rows: list[dict[str, Any]],
                    figure: str) -> list[Path]:
-    from herd.sweep import atomic_write
+    from herd.fileio import atomic_write
 
     name = "f1_vs_memory_budget" if figure == "memory" else "f1_vs_message_budget"
     table = []
@@ -572,7 +572,7 @@ def _budget_figure(out: Path, prep: PreparedTrace, plan: Plan, rows: list[dict[s
 def make_figures(prep: PreparedTrace, out: str | Path, plan: Plan, *, workers: int = 1,
                  progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Compute and write every figure (PNG + CSV) and ``figures.json`` into ``out``."""
-    from herd.sweep import atomic_write
+    from herd.fileio import atomic_write
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -22,6 +22,7 @@ import numpy as np
 
 from herd import __version__
 from herd.errors import HerdInputError
+from herd.fileio import atomic_write
 from herd.params import Params
 from herd.simulator import PreparedTrace, SimulationResult, simulate
 
@@ -159,17 +160,6 @@ def _fmt(v: Any) -> str:
             return str(int(v)) if not isinstance(v, bool) else str(v)
         return f"{v:.6g}"
     return str(v)
-
-
-def atomic_write(path: str | os.PathLike, data: str | bytes) -> None:
-    """Write a whole file or nothing: a reader never sees a half-written result."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    mode = "wb" if isinstance(data, bytes) else "w"
-    with open(tmp, mode) as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def write_results(csv_path: str | os.PathLike, param: str, rows: Sequence[dict[str, Any]],

@@ -12,7 +12,6 @@ re-parses nor re-hashes the file.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import hashlib
 import json
@@ -35,6 +34,7 @@ import numpy as np
 from numba import njit
 
 from herd.errors import HerdInputError
+from herd.fileio import atomic_write
 from herd.groundtruth import flow_counts as _flow_counts
 from herd.groundtruth import threshold as _threshold
 
@@ -1188,18 +1188,6 @@ def _entry_dir(root: Path, digest: str) -> Path:
     return root / f"trace-v{CACHE_VERSION}-{digest}"
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def _file_sha256(path: str) -> str:
     with open(path, "rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
@@ -1245,7 +1233,7 @@ def _index_store(root: Path, key: tuple[str, dict[str, Any]], digest: str) -> No
             "digest": digest,
             "indexed_ns": time.time_ns(),
         }
-        _atomic_write_text(root / "index" / f"{name}.json", json.dumps(entry))
+        atomic_write(root / "index" / f"{name}.json", json.dumps(entry))
     except OSError as e:
         log.debug("trace cache: cannot write the index in %s: %s", root, e)
 

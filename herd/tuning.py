@@ -891,7 +891,7 @@ def params_file_object(result: TuneResult) -> dict[str, Any]:
 
 
 def write_params_file(path: str | os.PathLike[str], result: TuneResult) -> None:
-    from herd.sweep import atomic_write
+    from herd.fileio import atomic_write
 
     atomic_write(path, json.dumps(params_file_object(result), indent=1) + "\n")
 

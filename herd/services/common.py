@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
-import json
 import logging
 import os
-import tempfile
 import threading
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 from herd.errors import HerdInputError
+from herd.fileio import atomic_write, atomic_write_json, json_default  # noqa: F401
 
 TOKEN_ENV = "HERD_TOKEN"
 TOKEN_METADATA_KEY = "x-herd-token"
@@ -50,38 +47,8 @@ def write_token_file(path: str | os.PathLike[str]) -> str:
     return token
 
 
-def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
-    """Write ``text`` to a temporary file beside ``path``, fsync it, rename it over ``path``:
-    a reader sees the old file or the whole new one, never a part."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", dir=p.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=1, default=_json_default) + "\n")
-
-
-def _json_default(o: Any) -> Any:
-    import numpy as np
-
-    if isinstance(o, np.integer):
-        return int(o)
-    if isinstance(o, np.floating):
-        return float(o)
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
+# One implementation of atomic writes for the whole package (herd.fileio).
+atomic_write_text = atomic_write
 
 
 def rss_bytes() -> int:

@@ -32,12 +32,13 @@ from typing import Any
 
 from herd import __version__
 from herd.errors import HerdInputError
+from herd.fileio import atomic_write
 from herd.loadbalancer import lb_seed
 from herd.params import Params
 from herd.prng import probability_threshold
 from herd.services.replay import ReplayRun
 from herd.simulator import PreparedTrace
-from herd.sweep import atomic_write, params_for, read_layout
+from herd.sweep import params_for, read_layout
 from herd.testbed.network import (
     SwitchSpec,
     build_network,
@@ -82,7 +83,7 @@ class TestbedRun(ReplayRun):
                    tuple(s["cpu_emitted"] for s in stats))
             if now != last:
                 last, still_since = now, time.monotonic()
-            elif acked and time.monotonic() - still_since > 1.0:
+            elif acked and time.monotonic() - still_since > 2.0:
                 self.wall_end_ns = time.time_ns()
                 return True
             time.sleep(0.1)

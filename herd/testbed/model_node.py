@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
         _ready(args.ready_file)
         run_forwarder(ports, stopping, choose)
     if args.stats_file:
-        from herd.sweep import atomic_write
+        from herd.fileio import atomic_write
 
         atomic_write(args.stats_file, json.dumps({**stats, "ports": ports.counters()}) + "\n")
     return 0
@@ -213,7 +213,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _ready(path: str | None) -> None:
     if path:
-        from herd.sweep import atomic_write
+        from herd.fileio import atomic_write
 
         atomic_write(path, "ready\n")
 
