@@ -52,7 +52,9 @@ def test_harness_on_the_model_target(tmp_path: Path) -> None:
     for r in rows:
         assert r["sent_packets"] == "20000" and r["lost_packets"] == "0", r
         assert r["lost_messages"] == "0", r
-        assert abs(float(r["f1score"]) - float(r["simulated_f1"])) <= 0.05, r
+        # The simulator's mean around the measured delay: one run moves by a flow (~0.03 F1
+        # on this trace's 28 heavy hitters) when the delay moves by a hair.
+        assert abs(float(r["f1score"]) - float(r["simulated_f1_mean"])) <= 0.05, r
         assert float(r["hellos"]) > 0 and float(r["reports"]) > 0
     assert (layout.with_suffix(".json")).exists()
     # Nothing left behind: no interfaces, no switch or controller processes.

@@ -55,6 +55,7 @@ COLUMNS = ("f1score", "precision", "recall", "messages", "max_messages_per_switc
            "reports", "overflows", "max_states", "detected", "heavy_hitters", "T", "R",
            "sent_packets", "received_packets", "lost_packets", "lost_messages",
            "hello_latency_ms_p50", "hello_latency_ms_p99", "measured_delay_ms", "simulated_f1",
+           "simulated_f1_mean",
            "target", "pps", "seed", "trace_digest", "herd_version")
 
 
