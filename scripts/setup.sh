@@ -33,7 +33,12 @@ fi
 stamp=.venv/.herd-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     echo "setup: installing herd and its dependencies into .venv" >&2
-    .venv/bin/python -m pip install -q --upgrade pip
-    .venv/bin/python -m pip install -q -e '.[dev]'
+    # Quiet unless it fails: then the whole log is shown.
+    if ! { .venv/bin/python -m pip install -q --upgrade pip &&
+           .venv/bin/python -m pip install -q -e '.[dev]'; } > .venv/pip.log 2>&1; then
+        cat .venv/pip.log >&2
+        echo "setup: pip install failed (log above, also in .venv/pip.log)" >&2
+        exit 1
+    fi
     touch "$stamp"
 fi
