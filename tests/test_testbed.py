@@ -41,7 +41,9 @@ def test_harness_on_the_model_target(tmp_path: Path) -> None:
     layout = tmp_path / "epsilon.csv"
     layout.write_text("epsilon,f1score,precision,recall\n0.1\n0.2\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", "0", "0", str(layout),
+        # T = 20: 176 heavy hitters, so one flow moves F1 by ~0.006, not ~0.03 as at the
+        # 99th percentile (28 flows): the 0.05 comparison measures the testbed, not the dice.
+        [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", "20", "0", str(layout),
          str(REPO / "pcap" / "synth-20k.pcap"),
          str(REPO / "topologies" / "p4app_10_switches_herd.json"),
          "--target", "model", "--pps", "5000"],
@@ -52,8 +54,8 @@ def test_harness_on_the_model_target(tmp_path: Path) -> None:
     for r in rows:
         assert r["sent_packets"] == "20000" and r["lost_packets"] == "0", r
         assert r["lost_messages"] == "0", r
-        # The simulator's mean around the measured delay: one run moves by a flow (~0.03 F1
-        # on this trace's 28 heavy hitters) when the delay moves by a hair.
+        # Against the simulator's mean around the measured delay: one simulator run moves by
+        # a flow or two when the delay moves by a hair.
         assert abs(float(r["f1score"]) - float(r["simulated_f1_mean"])) <= 0.05, r
         assert float(r["hellos"]) > 0 and float(r["reports"]) > 0
     assert (layout.with_suffix(".json")).exists()
