@@ -54,9 +54,10 @@ def test_harness_on_the_model_target(tmp_path: Path) -> None:
     for r in rows:
         assert r["sent_packets"] == "20000" and r["lost_packets"] == "0", r
         assert r["lost_messages"] == "0", r
-        # Against the simulator's mean around the measured delay: one simulator run moves by
-        # a flow or two when the delay moves by a hair.
-        assert abs(float(r["f1score"]) - float(r["simulated_f1_mean"])) <= 0.05, r
+        # Between the simulator without delay and at the mean measured delay (the testbed's
+        # hello latency is heavy-tailed: a constant delay at its mean overstates it).
+        bounds = (float(r["simulated_f1_no_delay"]), float(r["simulated_f1_mean"]))
+        assert min(bounds) - 0.05 <= float(r["f1score"]) <= max(bounds) + 0.05, r
         assert float(r["hellos"]) > 0 and float(r["reports"]) > 0
     assert (layout.with_suffix(".json")).exists()
     # Nothing left behind: no interfaces, no switch or controller processes.
