@@ -13,9 +13,9 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
-from pathlib import Path
+
+from _trace import bench_trace  # noqa: E402 - bench/ is sys.path[0] when run
 
 from herd.controller import LocalController
 from herd.coordinator import Coordinator
@@ -23,7 +23,6 @@ from herd.messages import MessageType
 from herd.params import Params
 from herd.simulator import PreparedTrace, simulate
 from herd.switch import Switch
-from herd.synth import write_synthetic_pcap
 from herd.trace import load_trace
 
 
@@ -63,13 +62,7 @@ def main() -> None:
     ap.add_argument("--baseline-packets", type=int, default=200_000)
     args = ap.parse_args()
 
-    if args.trace:
-        path = Path(args.trace)
-    else:
-        path = Path(tempfile.gettempdir()) / f"herd-bench-{args.packets}.pcap"
-        if not path.exists():
-            print(f"writing {path} ...", file=sys.stderr)
-            write_synthetic_pcap(path, args.packets, seed=1)
+    path = bench_trace(args.packets, args.trace)
     prep = PreparedTrace(load_trace(path))
     params = Params()
     simulate(prep, params)  # compile, hash the flows, assign ingress: not what we time

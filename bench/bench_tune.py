@@ -31,9 +31,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from _trace import bench_trace  # noqa: E402 - bench/ is sys.path[0] when run
+
 from herd.params import Params  # noqa: E402
 from herd.simulator import PreparedTrace, simulate  # noqa: E402
-from herd.synth import write_synthetic_pcap  # noqa: E402
 from herd.trace import load_trace  # noqa: E402
 from herd.tuning import tune  # noqa: E402
 
@@ -58,13 +59,7 @@ def main() -> None:
 
     cache = tempfile.mkdtemp(prefix="herd-bench-cache-")
     os.environ["HERD_CACHE_DIR"] = cache
-    if args.trace:
-        path = Path(args.trace)
-    else:
-        path = Path(tempfile.gettempdir()) / f"herd-bench-{args.packets}.pcap"
-        if not path.exists():
-            print(f"writing {path} ...", file=sys.stderr)
-            write_synthetic_pcap(path, args.packets, seed=1)
+    path = bench_trace(args.packets, args.trace)
     warm = PreparedTrace(load_trace(path))  # parse once into the cache
     simulate(warm, Params())  # compile (or load) the kernels: not what we time
 

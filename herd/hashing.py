@@ -116,3 +116,16 @@ def flow_key_bytes(salt: int, src: int, dst: int, sport: int, dport: int, proto:
 
 def crc32_reference(data: bytes) -> int:
     return zlib.crc32(data) & 0xFFFFFFFF
+
+
+@njit(cache=True, inline="always")
+def mix64(k1: np.uint64, k2: np.uint64) -> np.uint64:
+    """A splitmix64-style finaliser over a two-word key: the host-side flow tables' slot hash
+    (not a data-plane hash)."""
+    h = k1 ^ (k2 * np.uint64(0x9E3779B97F4A7C15))
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xFF51AFD7ED558CCD)
+    h ^= h >> np.uint64(33)
+    h *= np.uint64(0xC4CEB9FE1A85EC53)
+    h ^= h >> np.uint64(33)
+    return h

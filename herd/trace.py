@@ -37,6 +37,7 @@ from herd.errors import HerdInputError
 from herd.fileio import atomic_write
 from herd.groundtruth import flow_counts as _flow_counts
 from herd.groundtruth import threshold as _threshold
+from herd.hashing import mix64
 
 __all__ = [
     "CACHE_VERSION",
@@ -443,19 +444,6 @@ def _pcapng_kernel(
 
 
 @njit(cache=True, nogil=True)
-def _mix(k1: np.uint64, k2: np.uint64) -> np.uint64:
-    # splitmix64-style finaliser over both key words: cheap and well spread in the low bits
-    # that index the table.
-    h = k1 ^ (k2 * np.uint64(0x9E3779B97F4A7C15))
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xFF51AFD7ED558CCD)
-    h ^= h >> np.uint64(33)
-    h *= np.uint64(0xC4CEB9FE1A85EC53)
-    h ^= h >> np.uint64(33)
-    return h
-
-
-@njit(cache=True, nogil=True)
 def _flow_keys(
     src: np.ndarray,
     dst: np.ndarray,
@@ -501,7 +489,7 @@ def _number_flows_kernel(
         if nf >= limit:
             return i, nf
         k1, k2 = _flow_keys(src, dst, sport, dport, proto, i)
-        j = np.int64(_mix(k1, k2) & np.uint64(mask))
+        j = np.int64(mix64(k1, k2) & np.uint64(mask))
         while True:
             f = table[j]
             if f < 0:
@@ -522,7 +510,7 @@ def _number_flows_kernel(
 def _rehash(table: np.ndarray, keys: np.ndarray, nf: int) -> None:
     mask = len(table) - 1
     for f in range(nf):
-        j = np.int64(_mix(keys[f, 0], keys[f, 1]) & np.uint64(mask))
+        j = np.int64(mix64(keys[f, 0], keys[f, 1]) & np.uint64(mask))
         while table[j] >= 0:
             j = (j + 1) & mask
         table[j] = f

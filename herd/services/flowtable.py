@@ -15,20 +15,10 @@ from __future__ import annotations
 import numpy as np
 from numba import njit
 
+from herd.hashing import mix64
+
 _EMPTY = np.uint64(0xFFFFFFFFFFFFFFFF)  # the lo word of a real key is < 2^40
 _MIN_CAPACITY = 1 << 12
-
-
-@njit(cache=True, inline="always")
-def _hash(hi: np.uint64, lo: np.uint64) -> np.uint64:
-    # splitmix64-style finaliser over both words: cheap and well spread
-    x = hi ^ (lo * np.uint64(0x9E3779B97F4A7C15))
-    x ^= x >> np.uint64(30)
-    x *= np.uint64(0xBF58476D1CE4E5B9)
-    x ^= x >> np.uint64(27)
-    x *= np.uint64(0x94D049BB133111EB)
-    x ^= x >> np.uint64(31)
-    return x
 
 
 @njit(cache=True)
@@ -39,7 +29,7 @@ def _find_or_insert(tab_hi: np.ndarray, tab_lo: np.ndarray, tab_val: np.ndarray,
     Returns the new n."""
     mask = np.uint64(len(tab_hi) - 1)
     for i in range(len(hi)):
-        h = _hash(hi[i], lo[i]) & mask
+        h = mix64(hi[i], lo[i]) & mask
         while True:
             if tab_lo[h] == _EMPTY:
                 if n >= max_flows:
@@ -65,7 +55,7 @@ def _rehash(tab_hi: np.ndarray, tab_lo: np.ndarray, tab_val: np.ndarray,
     for j in range(len(tab_hi)):
         if tab_lo[j] == _EMPTY:
             continue
-        h = _hash(tab_hi[j], tab_lo[j]) & mask
+        h = mix64(tab_hi[j], tab_lo[j]) & mask
         while new_lo[h] != _EMPTY:
             h = (h + np.uint64(1)) & mask
         new_hi[h] = tab_hi[j]

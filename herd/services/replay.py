@@ -159,10 +159,14 @@ class ReplayRun:
             "--switch", self.names[i], "--switch-index", str(i), "--epsilon", repr(p.epsilon),
             "--T", str(self.T), "--s", repr(p.s), "--seed", str(p.seed),
             "--overflow-policy", p.overflow_policy, "--coordinator", self.address,
-            "--token-file", str(self.token_file), "--driver", "model",
-            "--switch-address", f"unix:{self.dir / (self.names[i] + '.sock')}",
+            "--token-file", str(self.token_file), *self.driver_args(i),
             "--status-file", str(self.dir / f"{self.names[i]}.controller.json"),
             "--log-level", self.log_level], f"controller-{self.names[i]}")
+
+    def driver_args(self, i: int) -> list[str]:
+        """How controller i reaches its switch (the model switch's control socket)."""
+        return ["--driver", "model", "--switch-address",
+                f"unix:{self.dir / (self.names[i] + '.sock')}"]
 
     def _wait_file(self, path: Path, proc: subprocess.Popen[bytes] | None, what: str,
                    timeout: float = STARTUP_TIMEOUT) -> None:

@@ -121,17 +121,11 @@ class Bmv2TestbedRun(TestbedRun):
         self.bmv2 = switches  # the ingress ProcessSwitch nodes, s1..sk
         self._emitted: list[int] = [0] * len(switches)
 
-    def start_controller(self, i: int) -> None:
-        p, sw = self.params, self.bmv2[i]
-        self.controllers[i] = self._spawn("herd.services.controller_service", [
-            "--switch", self.names[i], "--switch-index", str(i), "--epsilon", repr(p.epsilon),
-            "--T", str(self.T), "--s", repr(p.s), "--seed", str(p.seed),
-            "--overflow-policy", p.overflow_policy, "--coordinator", self.address,
-            "--token-file", str(self.token_file), "--driver", "bmv2",
-            "--switch-address", f"127.0.0.1:{sw.thrift_port}",
-            "--cpu-interface", sw.cpu_host_intf, "--p4-json", str(sw.spec.p4_json[INGRESS]),
-            "--status-file", str(self.dir / f"{self.names[i]}.controller.json"),
-            "--log-level", self.log_level], f"controller-{self.names[i]}")
+    def driver_args(self, i: int) -> list[str]:
+        sw = self.bmv2[i]
+        return ["--driver", "bmv2", "--switch-address", f"127.0.0.1:{sw.thrift_port}",
+                "--cpu-interface", sw.cpu_host_intf, "--p4-json",
+                str(sw.spec.p4_json[INGRESS])]
 
     def start(self) -> None:
         from herd.switch import REG_HOLD_START
