@@ -112,8 +112,15 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     from herd.simulator import simulate
 
     params = params_from_args(args)
-    result = simulate(_load(args.trace), params)
+    delays = None
+    if args.delays:
+        from herd.delays import read_delays
+
+        delays = read_delays(args.delays)
+    result = simulate(_load(args.trace), params, delays)
     d = result.to_dict()
+    if delays is not None:
+        d["delays_file"] = args.delays
     if args.json:
         _print_json(d)
     else:
@@ -124,6 +131,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"messages={d['messages']} (hellos {d['hellos']}, reports {d['reports']}, "
               f"overflows {d['overflows']}), max per switch {d['max_messages_per_switch']}")
         print(f"max states per switch={d['max_states']} of {d['slots_per_switch']} slots")
+        if delays is not None:
+            print(f"measured delays used for {d['measured_delays']} hellos "
+                  f"({d['measured_delays_mismatched']} rows did not match this trace)")
         print(f"simulated in {d['seconds']:.3f} s")
     return 0
 
@@ -191,6 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="run Herd (or a baseline) over a trace")
     sim.add_argument("--trace", required=True)
     add_param_arguments(sim)
+    sim.add_argument("--delays", help="per-hello control-loop delays measured by a testbed run "
+                     "(its *-delays-*.csv); --delay-ms then covers only the hellos it lacks")
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(func=cmd_simulate)
 

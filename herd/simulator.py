@@ -4,7 +4,9 @@ coordinator, in one compiled loop that calls the very same semantics as everythi
 
 Control-loop delay: every control-plane action caused by a message the switches send at
 time t (a group entry installed or modified, a table reset) takes effect at t + delay, in
-the order the messages were sent. With delay 0 it takes effect before the next packet.
+time order and, at equal times, in the order the messages were sent. With delay 0 it takes
+effect before the next packet. The delay is one constant (``params.delay_ms``) or, action by
+action, the one a testbed run measured (``herd.delays``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from numba import njit
 from herd import __version__
 from herd.controller import LocalController, group_entry_nb
 from herd.coordinator import NOT_DETECTED, Coordinator, register_hello
+from herd.delays import NEVER, EffectTimes, EntryWrite, hello_effect_times
 from herd.errors import HerdInputError
 from herd.groundtruth import crossing_times, heavy_hitters, threshold
 from herd.hashing import flows_slots
@@ -104,25 +107,85 @@ def _grow(a: np.ndarray, n: int) -> np.ndarray:
 
 
 @njit(cache=True)
+def _heap_push(heap: np.ndarray, n: int, item: int, key: np.ndarray) -> np.ndarray:
+    """Push item onto the binary min-heap heap[:n] ordered by (key[item], item)."""
+    if n == len(heap):
+        heap = _grow(heap, n + 1)
+    i = n
+    heap[i] = item
+    while i > 0:
+        parent = (i - 1) >> 1
+        a, b = heap[parent], heap[i]
+        if key[a] < key[b] or (key[a] == key[b] and a < b):
+            break
+        heap[parent], heap[i] = b, a
+        i = parent
+    return heap
+
+
+@njit(cache=True)
+def _heap_pop(heap: np.ndarray, n: int, key: np.ndarray) -> int:
+    """Pop the least item of heap[:n] (n > 0); the heap is then heap[:n - 1]."""
+    top = heap[0]
+    n -= 1
+    heap[0] = heap[n]
+    i = 0
+    while True:
+        least = i
+        for c in (2 * i + 1, 2 * i + 2):
+            if c < n:
+                a, b = heap[c], heap[least]
+                if key[a] < key[b] or (key[a] == key[b] and a < b):
+                    least = c
+        if least == i:
+            return top
+        heap[least], heap[i] = heap[i], heap[least]
+        i = least
+
+
+@njit(cache=True)
+def _measured_effect(eff_start: np.ndarray, eff_lg: np.ndarray, eff_at: np.ndarray, key: int,
+                     lg: int, fallback: int) -> int:
+    """When the run's entry for key = (switch, group) took effect: its first write (lg -1, the
+    asker's own install) or its first write of at least l_g lg (a push); fallback where the
+    run has no write for key."""
+    a, b = eff_start[key], eff_start[key + 1]
+    if a == b:
+        return fallback
+    if lg < 0:
+        return eff_at[a]
+    for j in range(a, b):
+        if eff_lg[j] >= lg:
+            return eff_at[j]
+    return NEVER
+
+
+@njit(cache=True)
 def _simulate_herd(
     ts: np.ndarray, pkt_ingress: np.ndarray, pkt_flow: np.ndarray,
     flow_group: np.ndarray, flow_slot: np.ndarray, flow_fp: np.ndarray,
     regs: np.ndarray, group_state: np.ndarray, group_tau: np.ndarray, group_r: np.ndarray,
     fps: np.ndarray, counts: np.ndarray,
     members: np.ndarray, member_count: np.ndarray, l_g: np.ndarray,
-    epsilon: float, T: int, delay_ns: int, reset_on_overflow: bool,
+    epsilon: float, T: int, delay_ns: int,
+    eff_start: np.ndarray, eff_lg: np.ndarray, eff_at: np.ndarray,
+    reset_on_overflow: bool,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     k = regs.shape[0]
+    n_groups = group_state.shape[1]
+    measured = len(eff_start) > 1
     rep_flow = np.empty(1024, dtype=np.int64)
     rep_ts = np.empty(1024, dtype=np.int64)
     nrep = 0
-    # The control plane's pending actions, FIFO in send order: (time, switch, group, l_g).
+    # The control plane's pending actions (time, switch, group, l_g), taken in time order and,
+    # at equal times, in the order the messages were sent: a heap of indices into q_*.
     q_ts = np.empty(1024, dtype=np.int64)
     q_sw = np.empty(1024, dtype=np.int32)
     q_g = np.empty(1024, dtype=np.int32)
     q_l = np.empty(1024, dtype=np.int32)
-    qh = 0
-    qt = 0
+    qn = 0
+    heap = np.empty(1024, dtype=np.int64)
+    hn = 0
     controller_l = np.zeros((k, group_state.shape[1]), dtype=np.int32)  # l_g each controller holds
     reset_pending = np.zeros(k, dtype=np.bool_)
     # counters: [table writes, l_g pushes to switches other than the asker, resets]
@@ -130,21 +193,24 @@ def _simulate_herd(
 
     for i in range(len(ts)):
         t = ts[i]
-        while qh < qt and q_ts[qh] <= t:
-            sw = q_sw[qh]
-            if q_l[qh] == RESET:
+        while hn > 0 and q_ts[heap[0]] <= t:
+            e = _heap_pop(heap, hn, q_ts)
+            hn -= 1
+            sw = q_sw[e]
+            if q_l[e] == RESET:
                 reset_tables(regs[sw], fps[sw], counts[sw])
                 reset_pending[sw] = False
                 stats[2] += 1
             else:
-                g = q_g[qh]
-                lg = q_l[qh]
+                g = q_g[e]
+                lg = q_l[e]
                 if controller_l[sw, g] != lg:  # the controller writes only when l_g changes
                     controller_l[sw, g] = lg
                     tau, r = group_entry_nb(epsilon, T, lg)
                     install_group(group_state[sw], group_tau[sw], group_r[sw], g, tau, r)
                     stats[0] += 1
-            qh += 1
+        if hn == 0:
+            qn = 0  # nothing pending: reuse the entry arrays from the start
 
         sw = pkt_ingress[i]
         f = pkt_flow[i]
@@ -162,38 +228,37 @@ def _simulate_herd(
             nrep += 1
             continue
         # Hellos and overflows make control-plane actions; queue them.
-        if qt + k >= len(q_ts):
-            if qh > 0:  # compact before growing
-                m = qt - qh
-                q_ts[:m] = q_ts[qh:qt]
-                q_sw[:m] = q_sw[qh:qt]
-                q_g[:m] = q_g[qh:qt]
-                q_l[:m] = q_l[qh:qt]
-                qh = 0
-                qt = m
-            if qt + k >= len(q_ts):
-                q_ts = _grow(q_ts, qt + k + 1)
-                q_sw = _grow(q_sw, qt + k + 1)
-                q_g = _grow(q_g, qt + k + 1)
-                q_l = _grow(q_l, qt + k + 1)
+        if qn + k >= len(q_ts):
+            q_ts = _grow(q_ts, qn + k + 1)
+            q_sw = _grow(q_sw, qn + k + 1)
+            q_g = _grow(q_g, qn + k + 1)
+            q_l = _grow(q_l, qn + k + 1)
         if ev == EV_HELLO:
             lg, changed = register_hello(members, member_count, l_g, g, sw)
             for m in range(k):
                 if m == sw or (changed and members[g, m]):
-                    q_ts[qt] = t + delay_ns
-                    q_sw[qt] = m
-                    q_g[qt] = g
-                    q_l[qt] = lg
-                    qt += 1
+                    at = t + delay_ns
+                    if measured:
+                        at = _measured_effect(eff_start, eff_lg, eff_at, m * n_groups + g,
+                                              -1 if m == sw else lg, at)
+                    q_ts[qn] = max(at, t)
+                    q_sw[qn] = m
+                    q_g[qn] = g
+                    q_l[qn] = lg
+                    heap = _heap_push(heap, hn, qn, q_ts)
+                    hn += 1
+                    qn += 1
                     if m != sw:
                         stats[1] += 1
         elif ev == EV_OVERFLOW and reset_on_overflow and not reset_pending[sw]:
             reset_pending[sw] = True
-            q_ts[qt] = t + delay_ns
-            q_sw[qt] = sw
-            q_g[qt] = 0
-            q_l[qt] = RESET
-            qt += 1
+            q_ts[qn] = t + delay_ns
+            q_sw[qn] = sw
+            q_g[qn] = 0
+            q_l[qn] = RESET
+            heap = _heap_push(heap, hn, qn, q_ts)
+            hn += 1
+            qn += 1
     return rep_flow[:nrep], rep_ts[:nrep], stats
 
 
@@ -234,8 +299,11 @@ class SimulationResult:
         }
 
 
-def simulate(trace: Trace | PreparedTrace, params: Params) -> SimulationResult:
-    """Run Herd over the trace with these parameters."""
+def simulate(trace: Trace | PreparedTrace, params: Params,
+             delays: list[EntryWrite] | None = None) -> SimulationResult:
+    """Run Herd over the trace with these parameters. ``delays``: when each entry took effect
+    in a testbed run (``herd.delays``); ``params.delay_ms`` applies to the actions it does not
+    cover and to table resets."""
     prep = trace if isinstance(trace, PreparedTrace) else PreparedTrace(trace)
     if params.algorithm != "herd":
         from herd.baselines import simulate_baseline
@@ -261,6 +329,9 @@ def simulate(trace: Trace | PreparedTrace, params: Params) -> SimulationResult:
     fps = np.zeros((k, slots), dtype=np.uint32)
     counts = np.zeros((k, slots), dtype=np.uint32)
     coordinator = Coordinator(k, R)
+    effect = EffectTimes.empty()
+    if delays is not None:
+        effect = hello_effect_times(delays, t.ts_ns, ingress, prep.flow_group, t.flow, k)
 
     start = time.perf_counter()
     rep_flow, rep_ts, stats = _simulate_herd(
@@ -268,6 +339,7 @@ def simulate(trace: Trace | PreparedTrace, params: Params) -> SimulationResult:
         regs, group_state, group_tau, group_r, fps, counts,
         coordinator.members, coordinator.member_count, coordinator.l_g,
         float(params.epsilon), int(T), int(round(params.delay_ms * 1e6)),
+        effect.start, effect.l_g, effect.at_ns,
         params.overflow_policy == "reset",
     )
     coordinator.hellos = int(regs[:, REG_HELLOS].sum())
@@ -290,6 +362,9 @@ def simulate(trace: Trace | PreparedTrace, params: Params) -> SimulationResult:
         "flows": t.flows,
         "skipped_packets": t.skipped,
     }
+    if delays is not None:
+        metrics["measured_delays"] = len(delays) - effect.mismatched
+        metrics["measured_delays_mismatched"] = effect.mismatched
     detect_ts = coordinator.detect_ts[: t.flows]
     metrics.update(detection_delays_ms(detect_ts, prep.crossing(T), detected & heavy))
     return SimulationResult(params, T, R, metrics, seconds, t.packets, t.digest, t.paths[0],

@@ -154,20 +154,28 @@ FLOW_B = (0x0B000001, 0x14000002, 999, 443, 6)
 
 def test_replay_matches_simulator_and_loses_nothing(trace_file: Path, tmp_path: Path) -> None:
     """``herd replay`` end to end (the CLI): lost_messages = 0 and F1 within 0.03 of
-    ``herd simulate`` at the delay the replay measured (its mean over 0.5x..1.5x that delay:
-    a single simulator run moves by ~0.01-0.02 when the delay moves by a hair)."""
+    ``herd simulate`` with the delays the replay measured, hello by hello; the delays file it
+    writes gives ``herd simulate --delays`` that same F1."""
+    delays = tmp_path / "delays.csv"
     out = subprocess.run(
         [PY, "-m", "herd.cli", "replay", "--trace", str(trace_file), "--k", "4",
          "--percentile", "95", "--pps", "4000", "--compare", "--json",
-         "--results", str(tmp_path / "coord.json")],
+         "--results", str(tmp_path / "coord.json"), "--delays-out", str(delays)],
         capture_output=True, text=True, timeout=240, env=os.environ.copy())
     assert out.returncode == 0, out.stderr[-3000:]
     d = json.loads(out.stdout)
     assert d["lost_messages"] == 0 and d["lost_reports"] == 0 and d["lost_hellos"] == 0
     assert d["drained"] and d["cpu_dropped"] == 0
     assert d["reports"] > 50 and d["hellos"] > 100
-    assert abs(d["f1"] - d["simulated_f1_mean"]) <= 0.03, (d["f1"], d["simulated_f1_mean"])
-    assert abs(d["f1"] - d["simulated_f1"]) <= 0.05, (d["f1"], d["simulated_f1"])
+    assert abs(d["f1"] - d["simulated_f1"]) <= 0.03, (d["f1"], d["simulated_f1"])
+    # Every hello's delay was measured, and each names a hello packet of its group here.
+    assert d["measured_delays"] >= d["hellos"] and d["measured_delays_mismatched"] == 0
+    sim = subprocess.run(
+        [PY, "-m", "herd.cli", "simulate", "--trace", str(trace_file), "--k", "4",
+         "--percentile", "95", "--delay-ms", str(d["measured_delay_ms"]), "--delays",
+         str(delays), "--json"], capture_output=True, text=True, timeout=120)
+    assert sim.returncode == 0, sim.stderr[-2000:]
+    assert json.loads(sim.stdout)["f1"] == d["simulated_f1"]
     assert d["hello_latency_ms_p50"] is not None and d["hello_latency_ms_p99"] is not None
     for key in ("T", "R", "precision", "recall", "messages", "max_states", "table_writes",
                 "l_g_pushes", "groups", "params", "trace_digest", "reports_per_second"):

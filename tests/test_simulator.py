@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 from conftest import write_capture
 
+from herd.delays import EntryWrite, delays_csv, l_g_of_threshold, read_delays
+from herd.errors import HerdInputError
 from herd.params import Params
 from herd.prng import draws, probability_threshold, switch_seed
 from herd.simulator import PreparedTrace, simulate
@@ -103,3 +105,72 @@ def test_identical_seeds_identical_output_and_seeds_matter(tmp_path: Path) -> No
     assert one == two
     other = simulate(prep, params.with_(seed=2)).to_dict()
     assert (other["reports"], other["max_states"]) != (one["reports"], one["max_states"])
+
+
+# ------------------------------------------------------------- measured delays (herd.delays)
+
+
+def test_measured_entry_time_replaces_the_constant_delay(tmp_path: Path) -> None:
+    """The run's entry for A's group took effect at packet #4 (0-based 3): exactly what a
+    constant 2.5 ms delay gives (counting starts at #4), whatever delay_ms says."""
+    prep = capture(tmp_path, [A] * 21)
+    g = (10 << 8) | 20
+    writes = [EntryWrite(0, g, 0, 1, 3, 2.5)]
+    measured = simulate(prep, one_switch(delay_ms=9.0), writes)
+    constant = simulate(prep, one_switch(delay_ms=2.5))
+    assert measured.metrics["reports"] == constant.metrics["reports"] == 3
+    assert int(measured.detect_ts[0]) == int(constant.detect_ts[0])
+    assert measured.metrics["measured_delays"] == 1
+    assert measured.metrics["measured_delays_mismatched"] == 0
+    # An entry that never came: nothing counted, nothing reported.
+    never = simulate(prep, one_switch(), [EntryWrite(0, g, 0, 0, -1)])
+    assert never.metrics["reports"] == 0 and never.metrics["detected"] == 0
+    # A row whose hello packet is of another group is not used, and counted.
+    other = simulate(prep, one_switch(), [EntryWrite(0, g + 1, 0, 1, 3)])
+    assert other.metrics["measured_delays_mismatched"] == 1
+    assert other.metrics["reports"] == simulate(prep, one_switch()).metrics["reports"]
+
+
+def test_measured_push_waits_for_the_member_to_reach_l_g(tmp_path: Path) -> None:
+    """Two switches, one group: A's switch says hello at #1 (l_g 1), C's switch at #2 (l_g 2,
+    pushed to A's switch). Entries in effect at each switch's next packet are exactly delay
+    0; the same file with A's switch reaching l_g 2 only at its packet 5 counts A's packets
+    2..5 with tau(1) = 5 instead of tau(2) = 3, and so reports differently."""
+    C = ("10.0.0.4", "20.0.0.9", 7, 7, "udp")  # same group as A, on the other switch
+    prep = capture(tmp_path, [A, C] + [A] * 19)
+    two = one_switch(k=2, p=1.0)
+    ingress = prep.ingress(2, 1.0, two.seed)
+    sw_a, sw_c = int(ingress[0]), int(ingress[1])
+    assert sw_a != sw_c
+    g = (10 << 8) | 20
+    early = [EntryWrite(sw_a, g, 0, 1, 1), EntryWrite(sw_a, g, 0, 2, 1),
+             EntryWrite(sw_c, g, 0, 2, 1)]
+    late = [EntryWrite(sw_a, g, 0, 1, 1), EntryWrite(sw_a, g, 0, 2, 5),
+            EntryWrite(sw_c, g, 0, 2, 1)]
+    zero = simulate(prep, two)
+    r_early = simulate(prep, two.with_(delay_ms=50.0), early)
+    r_late = simulate(prep, two, late)
+    assert r_early.metrics["measured_delays_mismatched"] == 0
+    assert r_early.metrics["reports"] == zero.metrics["reports"]
+    assert list(r_early.detect_ts) == list(zero.detect_ts)
+    assert (r_late.metrics["reports"], list(r_late.detect_ts)) != \
+        (r_early.metrics["reports"], list(r_early.detect_ts))
+
+
+def test_l_g_of_threshold_inverts_r_g() -> None:
+    for l_g in range(1, 65):
+        assert l_g_of_threshold(probability_threshold(1.0 / l_g)) == l_g
+    assert l_g_of_threshold(0) == 0 and l_g_of_threshold(probability_threshold(0.7)) == 0
+
+
+def test_delays_file_round_trip_and_bad_rows(tmp_path: Path) -> None:
+    rows = [EntryWrite(0, 2580, 0, 1, 15, 37.9), EntryWrite(3, 7, 2, 0, -1)]
+    path = tmp_path / "d.csv"
+    path.write_text(delays_csv(rows))
+    assert read_delays(path) == rows
+    path.write_text("switch,group,hello_packet,l_g,packet,latency_ms\n0,70000,0,1,3,\n")
+    with pytest.raises(HerdInputError, match=r"d.csv: line 2: value out of range"):
+        read_delays(path)
+    path.write_text("switch,group\n0,1\n")
+    with pytest.raises(HerdInputError, match="not a delays file"):
+        read_delays(path)

@@ -200,8 +200,12 @@ class ModelSwitch:
         self.table_writes = 0
         self.table_resets = 0
         self.malformed_requests = 0
-        self.hello_emit_ns: dict[int, int] = {}
-        self.hello_latency_ns: list[int] = []
+        # Per pending hello: when it went out and the switch's packet number that said it.
+        self.hello_emit: dict[int, tuple[int, int]] = {}
+        self.hello_packet: dict[int, int] = {}  # per group: the packet of its last hello
+        # Every group entry write: (group, r_g threshold, first packet to see it, hello ->
+        # entry latency ns or -1): the timing ``herd simulate --delays`` replays (herd.delays).
+        self.entry_writes: list[tuple[int, int, int, int]] = []
         self.packets_done = 0
         self.packets_total: int | None = None
         self.started = threading.Event()
@@ -344,9 +348,10 @@ class ModelSwitch:
         with self.lock:
             self.switch.install_group(g, params[0], params[1])
             self.table_writes += 1
-            emitted = self.hello_emit_ns.pop(g, None)
-        if emitted is not None:
-            self.hello_latency_ns.append(time.monotonic_ns() - emitted)
+            emitted = self.hello_emit.pop(g, None)
+            # packets_done moves under the lock: the next packet is the first to see it.
+            self.entry_writes.append((g, params[1], self.packets_done, -1 if emitted is None
+                                      else time.monotonic_ns() - emitted[0]))
 
     def op_batch(self, req: dict[str, Any]) -> dict[str, Any]:
         """Several operations in one request, in order; stops at the first refused one."""
@@ -460,7 +465,10 @@ class ModelSwitch:
         with self.lock:
             regs = self.switch.registers()
             installed = int(np.count_nonzero(self.switch.group_state == GROUP_INSTALLED))
-            pending = len(self.hello_emit_ns)
+            pending = len(self.hello_emit)
+            writes = [(g, self.hello_packet.get(g, -1), r, packet, ns)
+                      for g, r, packet, ns in self.entry_writes]
+            writes += [(g, packet, 0, -1, -1) for g, (_, packet) in self.hello_emit.items()]
         with self.cond:
             cpu = {"cpu_emitted": self.last_seq, "cpu_acked": self.acked,
                    "cpu_dropped": self.cpu_dropped, "subscriber": self.subscriber is not None}
@@ -474,7 +482,8 @@ class ModelSwitch:
             "wall_start_ns": self.wall_start_ns, "wall_end_ns": self.wall_end_ns, **cpu,
         }
         if req.get("latencies"):
-            out["hello_latency_ns"] = list(self.hello_latency_ns)
+            out["hello_latency_ns"] = [w[4] for w in writes if w[4] >= 0]
+            out["entry_writes"] = writes
         return out
 
     # ---------------------------------------------------------------- packets
@@ -521,11 +530,14 @@ class ModelSwitch:
                                      sw.fps, sw.counts, flow, flow_group, slot, fp, i, end,
                                      ev_pkt, ev_type, ev_cnt)
                     now = time.monotonic_ns()
+                    first = numbered - n  # the switch's number of this batch's packet 0
                     for j in range(k):
                         if ev_type[j] == EV_HELLO:
                             g = int(flow_group[flow[ev_pkt[j]]])
-                            self.hello_emit_ns.setdefault(g, now)
-                self.packets_done += end - i
+                            packet = first + int(ev_pkt[j])
+                            self.hello_emit.setdefault(g, (now, packet))
+                            self.hello_packet[g] = packet
+                    self.packets_done += end - i
                 for j in range(k):
                     p = int(ev_pkt[j])
                     f = flow[p]

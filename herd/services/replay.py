@@ -7,15 +7,15 @@ trace is fed through the switches, each switch getting exactly the packets
 
 Timing. With ``--pps N`` the packets follow one global schedule: trace packet i is due at
 t0 + i / N on every switch's clock, so the switches interleave as the trace does. Without it
-each switch runs as fast as it can (full speed). The simulator's control-loop delay is in
-trace time; the replay measures the wall-clock hello -> entry-installed latency at the
-switches and converts its mean to trace time: delay_ms = mean latency_ms * replay_rate /
-trace_rate, where trace_rate = packets per second of trace time and replay_rate = N (or the
-achieved rate at full speed). That is the ``delay_ms`` reported in ``params``, and the
-delay ``--compare`` runs ``herd simulate`` with (``simulated_f1``; ``simulated_f1_mean`` is
-the simulator's mean over 0.5x..1.5x that delay, which smooths the ~0.01-0.02 that one run's
-F1 moves when the delay moves by a hair). At a rate well below the trace's own the delay is
-close to 0.
+each switch runs as fast as it can (full speed).
+
+Delays. The model switches record, for every hello, the packet that said it and the first
+packet that saw the entry (``herd.delays``). ``--compare`` runs ``herd simulate`` with exactly
+those per-hello delays (``simulated_f1``: any difference is then the system, not the delay
+model), and also with one constant delay, the mean wall-clock hello -> entry-installed
+latency converted to trace time (delay_ms = mean latency_ms * replay_rate / trace_rate;
+``simulated_f1_mean_delay``), which is what ``herd simulate --delay-ms`` can express. At a
+rate well below the trace's own the delay is close to 0.
 
 Losses. lost_messages = hellos and reports the switches sent (their registers) minus those
 the coordinator holds (distinct group memberships, and reports after the sequence-number
@@ -39,7 +39,9 @@ import grpc
 import numpy as np
 
 from herd import __version__
+from herd.delays import EntryWrite, delays_csv, l_g_of_threshold
 from herd.errors import HerdInputError
+from herd.fileio import atomic_write
 from herd.groundtruth import heavy_hitters
 from herd.metrics import accuracy, detection_delays_ms, memory_summary, message_summary
 from herd.params import Params
@@ -52,7 +54,6 @@ from herd.simulator import PreparedTrace
 
 STARTUP_TIMEOUT = 60.0
 MAX_K = 64
-COMPARE_DELAY_FACTORS = (0.5, 0.75, 1.0, 1.25, 1.5)
 
 
 def free_port() -> int:
@@ -103,6 +104,7 @@ class ReplayRun:
         self.restarts = {"controllers": 0, "coordinator": 0}
         self.wall_start_ns = 0
         self.wall_end_ns = 0
+        self.entry_writes: list[EntryWrite] = []  # measured by results()
         self._write_packets()
 
     # ---------------------------------------------------------------- files
@@ -319,6 +321,10 @@ class ReplayRun:
         overflows = np.array([r["overflows"] for r in regs], np.int64)
         peak = np.array([r["peak_occupied"] for r in regs], np.int64)
         lat = np.array([x for s in stats for x in s.get("hello_latency_ns", [])], np.float64) / 1e6
+        self.entry_writes = [
+            EntryWrite(i, int(g), int(hp), l_g_of_threshold(int(r)), int(packet),
+                       ns / 1e6 if ns >= 0 else None)
+            for i, s in enumerate(stats) for g, hp, r, packet, ns in s.get("entry_writes", [])]
         lat_p50 = float(np.percentile(lat, 50)) if len(lat) else None
         lat_p99 = float(np.percentile(lat, 99)) if len(lat) else None
         run_s = max(1e-9, (self.wall_end_ns - self.wall_start_ns) / 1e9)
@@ -383,16 +389,13 @@ class ReplayRun:
         if compare:
             from herd.simulator import simulate
 
-            sim = simulate(prep, params)
+            constant = simulate(prep, params)
+            out["simulated_f1_mean_delay"] = constant.f1
+            sim = simulate(prep, params, self.entry_writes) if self.entry_writes else constant
             out["simulated_f1"] = sim.f1
             out["f1_difference"] = out["f1"] - sim.f1
-            # One run's F1 moves by ~0.01-0.02 when the delay moves by a hair (the coin flips
-            # of every later packet shift): compare also with the simulator's mean over
-            # delays around the measured one.
-            near = [simulate(prep, params.with_(delay_ms=delay_ms * f)).f1
-                    for f in COMPARE_DELAY_FACTORS]
-            out["simulated_f1_mean"] = float(np.mean(near))
-            out["f1_difference_mean"] = out["f1"] - out["simulated_f1_mean"]
+            out["measured_delays"] = sim.metrics.get("measured_delays", 0)
+            out["measured_delays_mismatched"] = sim.metrics.get("measured_delays_mismatched", 0)
         return out
 
     # ---------------------------------------------------------------- cleanup
@@ -430,7 +433,7 @@ class ReplayRun:
 def run_replay(prep: PreparedTrace, params: Params, pps: float = 0.0, *,
                workdir: str | None = None, keep: bool = False, compare: bool = False,
                timeout: float = 3600.0, results: str | None = None,
-               log_level: str = "WARNING") -> dict[str, Any]:
+               log_level: str = "WARNING", delays_out: str | None = None) -> dict[str, Any]:
     run = ReplayRun(prep, params, pps, workdir, log_level)
     try:
         run.start()
@@ -442,6 +445,9 @@ def run_replay(prep: PreparedTrace, params: Params, pps: float = 0.0, *,
         raise
     coordinator_json = run.dir / "coordinator-results.json"
     run.close(keep=True)
+    if delays_out:
+        atomic_write(delays_out, delays_csv(run.entry_writes))
+        out["delays_file"] = delays_out
     if results:
         shutil.copyfile(coordinator_json, results)
         out["coordinator_results"] = results
@@ -460,8 +466,9 @@ def format_result(d: dict[str, Any]) -> str:
         f"trace {d['trace']} ({d['packets']} packets, digest {d['trace_digest'][:12]})",
         f"T={d['T']} R={d['R']} heavy hitters={d['heavy_hitters']} detected={d['detected']}",
         f"F1={d['f1']:.4f} precision={d['precision']:.4f} recall={d['recall']:.4f}"
-        + (f" (simulator at delay {d['measured_delay_ms']:.4f} ms: {d['simulated_f1']:.4f}, "
-           f"mean around it {d['simulated_f1_mean']:.4f})" if "simulated_f1" in d else ""),
+        + (f" (simulator with the measured delays: {d['simulated_f1']:.4f}; at their mean "
+           f"{d['measured_delay_ms']:.4f} ms: {d['simulated_f1_mean_delay']:.4f})"
+           if "simulated_f1" in d else ""),
         f"messages={d['messages']} (hellos {d['hellos']}, reports {d['reports']}, overflows "
         f"{d['overflows']}); lost {d['lost_messages']}",
         f"hello -> install latency p50 {ms(d['hello_latency_ms_p50'])}, p99 "

@@ -10,6 +10,11 @@ reseeded), the coordinator and controllers start, tcpreplay sends the pcap (MACs
 for the topology) at the given rate, the harness waits until the network has drained and every
 CPU message is handled, scores the coordinator's elephants against the pcap's ground truth,
 and writes the row. Everything is torn down on exit, on error and on Ctrl-C.
+
+Beside the CSV, each value leaves ``<csv stem>-delays-<param>=<value>.csv``: the control-loop
+delay every hello met, as the switches measured it (``herd.delays``). ``simulated_f1`` is
+``herd simulate --delays`` on that file: the same pcap through the simulator with the very
+delays of the run, so a difference between the two is the testbed, not the delay model.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from herd import __version__
+from herd.delays import delays_csv
 from herd.errors import HerdInputError
 from herd.fileio import atomic_write
 from herd.loadbalancer import lb_seed
@@ -55,7 +61,7 @@ COLUMNS = ("f1score", "precision", "recall", "messages", "max_messages_per_switc
            "reports", "overflows", "max_states", "detected", "heavy_hitters", "T", "R",
            "sent_packets", "received_packets", "lost_packets", "lost_messages",
            "hello_latency_ms_p50", "hello_latency_ms_p99", "measured_delay_ms", "simulated_f1",
-           "simulated_f1_mean", "simulated_f1_no_delay",
+           "simulated_f1_mean_delay", "simulated_f1_no_delay", "measured_delays",
            "target", "pps", "seed", "trace_digest", "herd_version")
 
 
@@ -268,8 +274,8 @@ class Testbed:
             raise HerdInputError(f"{pcap}: tcprewrite failed: {proc.stderr.strip()[:300]}")
         return out
 
-    def evaluate(self, prep: PreparedTrace, params: Params, pcap: Path,
-                 pps: float) -> dict[str, Any]:
+    def evaluate(self, prep: PreparedTrace, params: Params, pcap: Path, pps: float,
+                 delays_out: Path | None = None) -> dict[str, Any]:
         self.restart_switches(params)
         if self.target == "bmv2":
             ingress = sorted((sw for sw in self.net.switches if sw.kind == INGRESS),
@@ -291,9 +297,10 @@ class Testbed:
             run.close(keep=True)
         from herd.simulator import simulate
 
-        # The ideal: no control-loop delay. The testbed's latency is heavy-tailed, so its F1
-        # lies between this and the simulator at the mean measured delay.
-        out["simulated_f1_no_delay"] = simulate(prep, params.with_(delay_ms=0.0)).f1
+        out["simulated_f1_no_delay"] = simulate(prep, params.with_(delay_ms=0.0)).f1  # the ideal
+        if delays_out is not None and run.entry_writes:
+            atomic_write(delays_out, delays_csv(run.entry_writes))
+            out["delays_file"] = str(delays_out)
         out.update(sent_packets=sent, received_packets=received,
                    lost_packets=max(0, sent - received), target=self.target, pps=pps)
         return out
@@ -390,11 +397,13 @@ def run_harness(args: argparse.Namespace) -> int:
                 params = params_for(base, param, v, base.seed)
                 print(f"[{i + 1}/{len(values)}] {param}={v}: replaying {prep.trace.packets} "
                       f"packets at {args.pps:g} pps on the {args.target} target", file=sys.stderr)
-                out = tb.evaluate(prep, params, wire, args.pps)
+                out = tb.evaluate(prep, params, wire, args.pps,
+                                  csv_path.with_name(f"{csv_path.stem}-delays-{param}={v}.csv"))
                 rows[v] = {**out, "f1score": out["f1"], "seed": params.seed}
                 records.append({param: v, **out})
                 atomic_write(csv_path, csv_rows(param, values, rows))
-                print(f"    F1 {out['f1']:.3f} (simulated {out['simulated_f1']:.3f}), "
+                print(f"    F1 {out['f1']:.3f} (simulated with the measured delays "
+                      f"{out['simulated_f1']:.3f}), "
                       f"lost packets {rows[v]['lost_packets']}, lost messages "
                       f"{out['lost_messages']}", file=sys.stderr)
     finally:

@@ -1,0 +1,131 @@
+"""Measured control-plane timing: when each group entry a testbed (or replay) run wrote took
+effect at its switch, so that ``herd simulate --delays`` gives every control action the delay
+the run measured for it instead of one constant.
+
+Times are kept in the switch's own packets (0-based, IPv4 packets only): ``packet`` is the
+first packet that saw the entry. Packets, not milliseconds, because that is what decides the
+switch's behaviour whatever the replay rate and the pacing jitter. One row per entry write:
+
+    switch,group,hello_packet,l_g,packet,latency_ms
+
+``hello_packet`` is the packet that said hello for the group there; ``l_g`` the locality the
+entry was written for (from its r_g); ``latency_ms`` the wall-clock hello -> entry latency of a
+group's first write (empty for later ones). A hello whose entry never came has ``l_g`` 0 and
+``packet`` -1.
+
+In the simulator (``hello_effect_times``) the controller of the switch that said hello installs
+its entry when the run's first write for that (switch, group) took effect, and an l_g push to
+another member takes effect when that member's entry first reached at least that l_g in the
+run; actions the file does not cover fall back to the constant ``delay_ms``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from herd.errors import HerdInputError
+from herd.prng import MASK32, probability_threshold
+from herd.switch import N_GROUPS
+
+COLUMNS = ("switch", "group", "hello_packet", "l_g", "packet", "latency_ms")
+NEVER = np.iinfo(np.int64).max // 4  # past any trace: the entry never took effect
+
+
+@dataclass(frozen=True)
+class EntryWrite:
+    switch: int
+    group: int
+    hello_packet: int  # -1: unknown
+    l_g: int  # 0: the hello's entry never came
+    packet: int  # first packet of the switch to see the entry; -1: never
+    latency_ms: float | None = None
+
+
+def l_g_of_threshold(r_threshold: int) -> int:
+    """The l_g whose r_g = 1 / l_g has this 32-bit threshold (0 if none does)."""
+    if r_threshold <= 0:
+        return 0
+    l_g = max(1, round(MASK32 / r_threshold))
+    return l_g if probability_threshold(1.0 / l_g) == r_threshold else 0
+
+
+def delays_csv(rows: list[EntryWrite]) -> str:
+    out = io.StringIO()
+    w = csv.writer(out, lineterminator="\n")
+    w.writerow(COLUMNS)
+    for r in rows:
+        w.writerow([r.switch, r.group, r.hello_packet, r.l_g, r.packet,
+                    "" if r.latency_ms is None else f"{r.latency_ms:.6g}"])
+    return out.getvalue()
+
+
+def read_delays(path: str | os.PathLike) -> list[EntryWrite]:
+    try:
+        with open(path, newline="") as f:
+            reader = csv.DictReader(f)
+            missing = [c for c in COLUMNS[:5] if c not in (reader.fieldnames or [])]
+            if missing:
+                raise HerdInputError(f"{path}: not a delays file (no column {missing[0]!r})")
+            rows = []
+            for line, r in enumerate(reader, start=2):
+                try:
+                    w = EntryWrite(int(r["switch"]), int(r["group"]), int(r["hello_packet"]),
+                                   int(r["l_g"]), int(r["packet"]),
+                                   float(r["latency_ms"]) if r.get("latency_ms") else None)
+                except (TypeError, ValueError):
+                    raise HerdInputError(f"{path}: line {line}: not a delays row: "
+                                         f"{','.join(str(v) for v in r.values())}") from None
+                if w.switch < 0 or not 0 <= w.group < N_GROUPS or w.hello_packet < -1 \
+                        or w.l_g < 0 or w.packet < -1:
+                    raise HerdInputError(f"{path}: line {line}: value out of range")
+                rows.append(w)
+    except FileNotFoundError:
+        raise HerdInputError(f"{path}: delays file not found") from None
+    except UnicodeDecodeError:
+        raise HerdInputError(f"{path}: not a delays file (not text)") from None
+    return rows
+
+
+@dataclass
+class EffectTimes:
+    """The run's entry writes in trace time, per (switch, group), for the compiled loop:
+    rows ``start[sw * N_GROUPS + g] : start[... + 1]`` of ``l_g`` / ``at_ns``, in write order."""
+
+    start: np.ndarray  # int64, k * N_GROUPS + 1
+    l_g: np.ndarray  # int32
+    at_ns: np.ndarray  # int64; NEVER: not in effect within the trace
+    mismatched: int  # rows whose hello packet is not of that group in this trace
+
+    @staticmethod
+    def empty() -> EffectTimes:
+        return EffectTimes(np.zeros(1, np.int64), np.zeros(0, np.int32), np.zeros(0, np.int64),
+                           0)
+
+
+def hello_effect_times(rows: list[EntryWrite], ts_ns: np.ndarray, ingress: np.ndarray,
+                       flow_group: np.ndarray, pkt_flow: np.ndarray, k: int) -> EffectTimes:
+    """The rows mapped onto this trace: each switch's packet numbers become trace times by
+    the simulator's own ingress assignment."""
+    by_switch = [np.flatnonzero(ingress == sw) for sw in range(k)]
+    keep = []
+    mismatched = 0
+    for i, r in enumerate(rows):
+        if r.switch >= k:
+            raise HerdInputError(f"delays: switch {r.switch} but k={k}")
+        pos = by_switch[r.switch]
+        if r.hello_packet >= 0 and (r.hello_packet >= len(pos)
+                                    or flow_group[pkt_flow[pos[r.hello_packet]]] != r.group):
+            mismatched += 1
+            continue
+        at = NEVER if r.packet < 0 or r.packet >= len(pos) else int(ts_ns[pos[r.packet]])
+        keep.append((r.switch * N_GROUPS + r.group, i, r.l_g, at))
+    keep.sort()  # by (switch, group), then file order = write order
+    key = np.array([x[0] for x in keep], np.int64)
+    start = np.searchsorted(key, np.arange(k * N_GROUPS + 1, dtype=np.int64)).astype(np.int64)
+    return EffectTimes(start, np.array([x[2] for x in keep], np.int32),
+                       np.array([x[3] for x in keep], np.int64), mismatched)
