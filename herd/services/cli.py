@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 from typing import Any
 
@@ -17,6 +18,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         print("herd replay: note: --delay-ms is the simulator's; a replay has the delay its "
               "processes take, measured and reported as params.delay_ms", file=sys.stderr)
     prep = _load(args.trace)
+
+    def terminated(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # so that run_replay stops every process it started
+
+    signal.signal(signal.SIGTERM, terminated)
     result = run_replay(prep, params, args.pps, workdir=args.workdir, keep=args.keep,
                         compare=args.compare, timeout=args.timeout, results=args.results,
                         log_level=args.log_level, delays_out=args.delays_out)

@@ -66,7 +66,7 @@ log = logging.getLogger("herd.controller")
 
 SERVICE = "/herd.v1.Coordinator/"
 MAX_BATCH = 4096  # reports per batch
-WINDOW = 16  # batches in flight per stream
+WINDOW = 2  # report batches in flight per stream
 LINGER = 0.005  # seconds a small batch waits for more reports
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
@@ -143,6 +143,8 @@ class ControllerService:
         self._hello_t0: dict[int, int] = {}  # g -> when its hello arrived (diagnostics)
         self._hello_sent: dict[int, tuple[int, int, CpuMessage]] = {}  # seq -> in flight
         self._hello_gen = 0
+        self._pushes: dict[int, int] = {}  # g -> newest l_g pushed, not yet written
+        self._push_cv = threading.Condition()
         # Reports not yet acknowledged by the coordinator, in seq order; _rsent of them were
         # sent on the current stream.
         self._rbuf: list[tuple[int, int, int, int, int, int, int, int]] = []
@@ -261,12 +263,9 @@ class ControllerService:
                 self._hello_q.append((g, seq, msg))
                 self._hello_cv.notify_all()
 
-    def apply_l_g(self, g: int, l_g: int) -> None:
-        """Install or modify g's entry for l_g (from a hello answer, a push or a snapshot)."""
-        self.apply_l_gs([(g, l_g)])
-
     def apply_l_gs(self, updates: list[tuple[int, int]]) -> None:
-        """Several (g, l_g): the entries that change are written in one driver call."""
+        """Install or modify the entries of several (g, l_g) (from hello answers, pushes or a
+        snapshot): those that change are written in one driver call."""
         with self.lock:
             writes = []
             for g, l_g in updates:
@@ -370,12 +369,33 @@ class ControllerService:
                     if u.snapshot:
                         snapshot.append((u.group, u.l_g))
                     else:
-                        self.apply_l_g(u.group, u.l_g)
+                        with self._push_cv:  # written by push_loop, together with the rest
+                            self._pushes[u.group] = max(u.l_g, self._pushes.get(u.group, 0))
+                            self._push_cv.notify()
                     if self.stop.is_set():
                         break
             except grpc.RpcError as e:
                 if not self.stop.is_set():
                     log.info("%s: l_g stream ended (%s)", self.name, e.code().name)
+
+    def push_loop(self) -> None:
+        """Pushed l_g written to the switch: every push waiting goes in one driver call (a
+        burst of new members would otherwise cost a switch round trip per push)."""
+        while not self.stop.is_set():
+            with self._push_cv:
+                while not self._pushes and not self.stop.is_set():
+                    self._push_cv.wait(0.2)
+                pushes, self._pushes = self._pushes, {}
+            if not pushes:
+                continue
+            try:
+                self.apply_l_gs(list(pushes.items()))
+            except ConnectionError as e:  # the switch is away: keep them for the next try
+                log.warning("%s: writing pushed l_g: %s", self.name, e)
+                with self._push_cv:
+                    for g, l_g in pushes.items():
+                        self._pushes[g] = max(l_g, self._pushes.get(g, 0))
+                self.stop.wait(BACKOFF_MIN)
 
     def hello_loop(self) -> None:
         """Hellos go out on one stream and come back answered in order; a hello sent but not
@@ -393,6 +413,7 @@ class ControllerService:
                     self.apply_l_gs([(r.group, r.l_g) for r in answers.answers])
                     now = time.monotonic_ns()
                     with self._hello_cv:
+                        self._hello_cv.notify_all()  # the next batch may go
                         for reply in answers.answers:
                             self._hello_sent.pop(reply.seq, None)
                             t0 = self._hello_t0.pop(reply.group, None)
@@ -410,7 +431,12 @@ class ControllerService:
     def _hello_requests(self, gen: int) -> Iterator[pb.HelloBatch]:
         while True:
             with self._hello_cv:
-                while self._hello_gen == gen and not self.stop.is_set() and not self._hello_q:
+                # One batch in flight: hellos that come meanwhile wait for its answer and go
+                # together. The coordinator handles a stream's batches one after the other,
+                # each with a commit, so many small batches in flight queue up behind each
+                # other (hundreds of ms in a burst of new groups) where one big one does not.
+                while self._hello_gen == gen and not self.stop.is_set() and (
+                        not self._hello_q or self._hello_sent):
                     self._hello_cv.wait(0.2)
                 if self._hello_gen != gen or self.stop.is_set():
                     return
@@ -511,8 +537,8 @@ class ControllerService:
         LocalController(0, self.lc.epsilon, self.lc.T, self.lc.s, 1).on_l_g(0, 1)
         self.configure_switch()
         threads = [threading.Thread(target=f, name=f.__name__, daemon=True) for f in
-                   (self.subscribe_loop, self.report_loop, self.hello_loop, self.cpu_loop,
-                    self.ack_loop, self.status_loop)]
+                   (self.subscribe_loop, self.push_loop, self.report_loop, self.hello_loop,
+                    self.cpu_loop, self.ack_loop, self.status_loop)]
         for t in threads:
             t.start()
         self.stop.wait()

@@ -255,7 +255,9 @@ class Testbed:
     def replay(self, pcap: Path, pps: float) -> int:
         """tcpreplay the pcap from h1 at pps; the packets it says it sent."""
         h1 = self.net.get("h1")
-        rate = f"--pps={pps:g}" if pps > 0 else "--topspeed"
+        # --timer=nano sleeps between packets; the default timer spins, taking a whole core
+        # from the switches it feeds.
+        rate = f"--pps={pps:g} --timer=nano" if pps > 0 else "--topspeed"
         out = h1.cmd(f"tcpreplay -q -i h1-eth0 {rate} {pcap} 2>&1")
         m = re.search(r"Actual: (\d+) packets", out)
         if not m:
