@@ -37,7 +37,10 @@ def one_run(target: str, pps: float, pcap: str) -> dict[str, float]:
     return {"sent": sent, "lost_packets": float(row["lost_packets"]),
             "loss_fraction": float(row["lost_packets"]) / sent,
             "lost_messages": float(row["lost_messages"]), "f1": float(row["f1score"]),
-            "simulated_f1": float(row["simulated_f1"])}
+            "simulated_f1": float(row["simulated_f1"]),
+            "simulated_f1_mean_delay": float(row["simulated_f1_mean_delay"]),
+            "hello_latency_ms_p50": float(row["hello_latency_ms_p50"] or "nan"),
+            "hello_latency_ms_p99": float(row["hello_latency_ms_p99"] or "nan")}
 
 
 def main() -> None:
@@ -55,7 +58,11 @@ def main() -> None:
         curve.append(point)
         print(f"{pps:8.0f} pps: lost packets {point['lost_packets']:.0f} "
               f"({point['loss_fraction']:.2%}), lost messages {point['lost_messages']:.0f}, "
-              f"F1 {point['f1']:.3f} (simulated {point['simulated_f1']:.3f})", file=sys.stderr)
+              f"F1 {point['f1']:.3f} (simulated with the measured timing "
+              f"{point['simulated_f1']:.3f}, at a constant delay "
+              f"{point['simulated_f1_mean_delay']:.3f}), hello latency p50 "
+              f"{point['hello_latency_ms_p50']:.1f} ms p99 {point['hello_latency_ms_p99']:.1f} ms",
+              file=sys.stderr)
     lossless = [p["pps"] for p in curve if p["lost_packets"] == 0 and p["lost_messages"] == 0]
     print(json.dumps({"target": args.target, "curve": curve,
                       "highest_lossless_pps": max(lossless) if lossless else None,
@@ -66,15 +73,21 @@ def main() -> None:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
 
-        fig, ax = plt.subplots(figsize=(6, 3.6), dpi=120)
-        ax.plot([p["pps"] for p in curve], [100 * p["loss_fraction"] for p in curve], "o-",
+        rates = [p["pps"] for p in curve]
+        fig, (ax, lat) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120)
+        ax.plot(rates, [100 * p["loss_fraction"] for p in curve], "o-",
                 label="data packets lost (%)")
-        ax.plot([p["pps"] for p in curve], [p["lost_messages"] for p in curve], "s--",
+        ax.plot(rates, [p["lost_messages"] for p in curve], "s--",
                 label="control messages lost")
-        ax.set_xlabel("tcpreplay rate (packets/s)")
-        ax.set_title(f"{args.target} target, {Path(args.pcap).name}", fontsize=9)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        ax.set_title(f"loss: {args.target} target, {Path(args.pcap).name}", fontsize=9)
+        lat.plot(rates, [p["hello_latency_ms_p50"] for p in curve], "o-", label="p50")
+        lat.plot(rates, [p["hello_latency_ms_p99"] for p in curve], "s--", label="p99")
+        lat.set_ylabel("hello -> entry installed (ms)")
+        lat.set_title("control-loop latency", fontsize=9)
+        for a in (ax, lat):
+            a.set_xlabel("tcpreplay rate (packets/s)")
+            a.grid(alpha=0.3)
+            a.legend(fontsize=8)
         fig.tight_layout()
         fig.savefig(args.plot)
 

@@ -1,6 +1,6 @@
 """Measured control-plane timing: when each group entry a testbed (or replay) run wrote took
-effect at its switch, so that ``herd simulate --delays`` gives every control action the delay
-the run measured for it instead of one constant.
+effect at its switch, so that ``herd simulate --delays`` gives every control action the timing
+the run measured for it instead of one constant delay.
 
 Times are kept in the switch's own packets (0-based, IPv4 packets only): ``packet`` is the
 first packet that saw the entry. Packets, not milliseconds, because that is what decides the
@@ -13,10 +13,13 @@ entry was written for (from its r_g); ``latency_ms`` the wall-clock hello -> ent
 group's first write (empty for later ones). A hello whose entry never came has ``l_g`` 0 and
 ``packet`` -1.
 
-In the simulator (``hello_effect_times``) the controller of the switch that said hello installs
-its entry when the run's first write for that (switch, group) took effect, and an l_g push to
-another member takes effect when that member's entry first reached at least that l_g in the
-run; actions the file does not cover fall back to the constant ``delay_ms``.
+In the simulator the control plane stays the simulator's (which hellos, which l_g, whom to
+push), and each of its actions takes effect when the run's entry did: a push of l_g to a
+member when that member's entry first reached l_g in the run; the entry of the switch that
+said hello when the run's reached the simulator's l_g, after the run's own lower steps at
+their times (the real coordinator took hellos in their arrival order, so its answers climbed
+in other steps than the trace order gives). Actions the file does not cover fall back to the
+constant ``delay_ms``.
 """
 
 from __future__ import annotations

@@ -145,19 +145,25 @@ def _heap_pop(heap: np.ndarray, n: int, key: np.ndarray) -> int:
 
 @njit(cache=True)
 def _measured_effect(eff_start: np.ndarray, eff_lg: np.ndarray, eff_at: np.ndarray, key: int,
-                     lg: int, fallback: int) -> int:
-    """When the run's entry for key = (switch, group) took effect: its first write (lg -1, the
-    asker's own install) or its first write of at least l_g lg (a push); fallback where the
-    run has no write for key."""
-    a, b = eff_start[key], eff_start[key + 1]
-    if a == b:
-        return fallback
-    if lg < 0:
-        return eff_at[a]
-    for j in range(a, b):
+                     lg: int) -> int:
+    """When the run's entry for key = (switch, group) first had an l_g of at least lg."""
+    for j in range(eff_start[key], eff_start[key + 1]):
         if eff_lg[j] >= lg:
             return eff_at[j]
     return NEVER
+
+
+@njit(cache=True)
+def _put(q_ts: np.ndarray, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray, qn: int,
+         heap: np.ndarray, hn: int, at: int, sw: int, g: int, lg: int,
+         ) -> tuple[int, int, np.ndarray]:
+    """Queue the action (sw, g, lg) to take effect at ``at`` (the q_* have room)."""
+    q_ts[qn] = at
+    q_sw[qn] = sw
+    q_g[qn] = g
+    q_l[qn] = lg
+    heap = _heap_push(heap, hn, qn, q_ts)
+    return qn + 1, hn + 1, heap
 
 
 @njit(cache=True)
@@ -204,7 +210,7 @@ def _simulate_herd(
             else:
                 g = q_g[e]
                 lg = q_l[e]
-                if controller_l[sw, g] != lg:  # the controller writes only when l_g changes
+                if lg > controller_l[sw, g]:  # the controller writes only a larger l_g
                     controller_l[sw, g] = lg
                     tau, r = group_entry_nb(epsilon, T, lg)
                     install_group(group_state[sw], group_tau[sw], group_r[sw], g, tau, r)
@@ -228,37 +234,43 @@ def _simulate_herd(
             nrep += 1
             continue
         # Hellos and overflows make control-plane actions; queue them.
-        if qn + k >= len(q_ts):
-            q_ts = _grow(q_ts, qn + k + 1)
-            q_sw = _grow(q_sw, qn + k + 1)
-            q_g = _grow(q_g, qn + k + 1)
-            q_l = _grow(q_l, qn + k + 1)
+        if qn + k + 1 >= len(q_ts):  # room for this packet's actions: k + 1 at most
+            q_ts = _grow(q_ts, qn + k + 2)
+            q_sw = _grow(q_sw, qn + k + 2)
+            q_g = _grow(q_g, qn + k + 2)
+            q_l = _grow(q_l, qn + k + 2)
         if ev == EV_HELLO:
             lg, changed = register_hello(members, member_count, l_g, g, sw)
             for m in range(k):
-                if m == sw or (changed and members[g, m]):
-                    at = t + delay_ns
-                    if measured:
-                        at = _measured_effect(eff_start, eff_lg, eff_at, m * n_groups + g,
-                                              -1 if m == sw else lg, at)
-                    q_ts[qn] = max(at, t)
-                    q_sw[qn] = m
-                    q_g[qn] = g
-                    q_l[qn] = lg
-                    heap = _heap_push(heap, hn, qn, q_ts)
-                    hn += 1
-                    qn += 1
-                    if m != sw:
-                        stats[1] += 1
+                if m != sw and not (changed and members[g, m]):
+                    continue
+                if m != sw:
+                    stats[1] += 1
+                key = m * n_groups + g
+                if not measured or eff_start[key] == eff_start[key + 1]:
+                    at, lg_at = t + delay_ns, lg
+                elif m == sw:
+                    # The asker's entry as the run wrote it. The real coordinator took hellos
+                    # in their own arrival order, so its answer and the pushes that followed
+                    # may have climbed to the simulator's l_g in other steps: every step below
+                    # l_g is the run's, at its time; l_g itself when the run reached it.
+                    if qn + k + 2 + eff_start[key + 1] - eff_start[key] >= len(q_ts):
+                        n = qn + k + 2 + eff_start[key + 1] - eff_start[key]
+                        q_ts = _grow(q_ts, n)
+                        q_sw = _grow(q_sw, n)
+                        q_g = _grow(q_g, n)
+                        q_l = _grow(q_l, n)
+                    for j in range(eff_start[key], eff_start[key + 1]):
+                        if 0 < eff_lg[j] < lg:
+                            qn, hn, heap = _put(q_ts, q_sw, q_g, q_l, qn, heap, hn,
+                                                max(eff_at[j], t), m, g, eff_lg[j])
+                    at, lg_at = _measured_effect(eff_start, eff_lg, eff_at, key, lg), lg
+                else:
+                    at, lg_at = _measured_effect(eff_start, eff_lg, eff_at, key, lg), lg
+                qn, hn, heap = _put(q_ts, q_sw, q_g, q_l, qn, heap, hn, max(at, t), m, g, lg_at)
         elif ev == EV_OVERFLOW and reset_on_overflow and not reset_pending[sw]:
             reset_pending[sw] = True
-            q_ts[qn] = t + delay_ns
-            q_sw[qn] = sw
-            q_g[qn] = 0
-            q_l[qn] = RESET
-            heap = _heap_push(heap, hn, qn, q_ts)
-            hn += 1
-            qn += 1
+            qn, hn, heap = _put(q_ts, q_sw, q_g, q_l, qn, heap, hn, t + delay_ns, sw, 0, RESET)
     return rep_flow[:nrep], rep_ts[:nrep], stats
 
 

@@ -174,3 +174,27 @@ def test_delays_file_round_trip_and_bad_rows(tmp_path: Path) -> None:
     path.write_text("switch,group\n0,1\n")
     with pytest.raises(HerdInputError, match="not a delays file"):
         read_delays(path)
+
+
+def test_measured_answer_steps_below_the_simulators_l_g(tmp_path: Path) -> None:
+    """C's switch says hello first in the trace, A's second, so the simulator answers A with
+    l_g 2. The run's coordinator saw A first: A's entry was l_g 1 from A's packet 1 and
+    reached 2 at packet 5. The simulation follows the run's steps: A counts from packet 1,
+    which it does not when the run's entry came only at packet 5."""
+    C = ("10.0.0.4", "20.0.0.9", 7, 7, "udp")
+    prep = capture(tmp_path, [C, A] + [A] * 19)
+    two = one_switch(k=2, p=1.0)
+    ingress = prep.ingress(2, 1.0, two.seed)
+    sw_c, sw_a = int(ingress[0]), int(ingress[1])
+    assert sw_a != sw_c
+    g = (10 << 8) | 20
+    stepped = [EntryWrite(sw_a, g, 0, 1, 1), EntryWrite(sw_a, g, 0, 2, 5),
+               EntryWrite(sw_c, g, 0, 1, 1), EntryWrite(sw_c, g, 0, 2, 1)]
+    direct = [EntryWrite(sw_a, g, 0, 2, 5), EntryWrite(sw_c, g, 0, 1, 1),
+              EntryWrite(sw_c, g, 0, 2, 1)]
+    r_stepped = simulate(prep, two, stepped)
+    r_direct = simulate(prep, two, direct)
+    # C sends one packet: its entry (due at its packet 1) never takes effect in the trace.
+    assert r_stepped.metrics["table_writes"] == 2  # A: 1, then 2
+    assert r_direct.metrics["table_writes"] == 1  # A: 2 only
+    assert int(r_stepped.detect_ts.min()) < int(r_direct.detect_ts.min())  # A, the elephant

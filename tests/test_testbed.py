@@ -7,6 +7,7 @@ forwarding frames with packet sockets, the coordinator and ten local controllers
 from __future__ import annotations
 
 import csv
+import json
 import os
 import shutil
 import subprocess
@@ -59,6 +60,15 @@ def test_harness_on_the_model_target(tmp_path: Path) -> None:
         assert int(r["measured_delays"]) >= int(r["hellos"]), r
         assert float(r["hellos"]) > 0 and float(r["reports"]) > 0
     assert (layout.with_suffix(".json")).exists()
+    # The timing file beside the CSV reproduces simulated_f1 from the command line.
+    delays = tmp_path / "epsilon-delays-epsilon=0.1.csv"
+    sim = subprocess.run(
+        [sys.executable, "-m", "herd.cli", "simulate", "--trace",
+         str(REPO / "pcap" / "synth-20k.pcap"), "--T", "20", "--epsilon", "0.1", "--s", "0.2",
+         "--delay-ms", rows[0]["measured_delay_ms"], "--delays", str(delays), "--json"],
+        capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert sim.returncode == 0, sim.stderr[-2000:]
+    assert abs(json.loads(sim.stdout)["f1"] - float(rows[0]["simulated_f1"])) < 1e-5
     # Nothing left behind: no interfaces, no switch or controller processes.
     left = [n for n in interface_names(evaluation_topology(10))
             if Path(f"/sys/class/net/{n}").exists()]
