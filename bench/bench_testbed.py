@@ -74,17 +74,27 @@ def main() -> None:
         import matplotlib.pyplot as plt
 
         rates = [p["pps"] for p in curve]
-        fig, (ax, lat) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=120)
+        fig, (ax, lat, acc) = plt.subplots(1, 3, figsize=(13, 3.6), dpi=120)
         ax.plot(rates, [100 * p["loss_fraction"] for p in curve], "o-",
                 label="data packets lost (%)")
         ax.plot(rates, [p["lost_messages"] for p in curve], "s--",
                 label="control messages lost")
+        ax.set_ylim(bottom=0, top=max([1.0] + [100 * p["loss_fraction"] * 1.1 for p in curve]
+                                      + [p["lost_messages"] * 1.1 for p in curve]))
         ax.set_title(f"loss: {args.target} target, {Path(args.pcap).name}", fontsize=9)
         lat.plot(rates, [p["hello_latency_ms_p50"] for p in curve], "o-", label="p50")
         lat.plot(rates, [p["hello_latency_ms_p99"] for p in curve], "s--", label="p99")
         lat.set_ylabel("hello -> entry installed (ms)")
         lat.set_title("control-loop latency", fontsize=9)
-        for a in (ax, lat):
+        acc.plot(rates, [p["f1"] for p in curve], "o-", label="testbed")
+        acc.plot(rates, [p["simulated_f1"] for p in curve], "x:",
+                 label="herd simulate, measured timing")
+        acc.plot(rates, [p["simulated_f1_mean_delay"] for p in curve], "s--",
+                 label="herd simulate, mean delay")
+        acc.set_ylabel("F1")
+        acc.set_title("F1, testbed and simulator", fontsize=9)
+        for a in (ax, lat, acc):
+            a.set_xscale("log")
             a.set_xlabel("tcpreplay rate (packets/s)")
             a.grid(alpha=0.3)
             a.legend(fontsize=8)

@@ -67,6 +67,7 @@ log = logging.getLogger("herd.controller")
 SERVICE = "/herd.v1.Coordinator/"
 MAX_BATCH = 4096  # reports per batch
 WINDOW = 2  # report batches in flight per stream
+HELLO_WINDOW = 1  # hello batches in flight per stream (2 or 4 measured no better)
 LINGER = 0.005  # seconds a small batch waits for more reports
 BACKOFF_MIN = 0.05
 BACKOFF_MAX = 2.0
@@ -143,6 +144,7 @@ class ControllerService:
         self._hello_t0: dict[int, int] = {}  # g -> when its hello arrived (diagnostics)
         self._hello_sent: dict[int, tuple[int, int, CpuMessage]] = {}  # seq -> in flight
         self._hello_gen = 0
+        self._hello_batches = 0  # in flight on the current stream
         self._pushes: dict[int, int] = {}  # g -> newest l_g pushed, not yet written
         self._push_cv = threading.Condition()
         # Reports not yet acknowledged by the coordinator, in seq order; _rsent of them were
@@ -407,12 +409,14 @@ class ControllerService:
                 gen = self._hello_gen
                 self._hello_q[:0] = list(self._hello_sent.values())
                 self._hello_sent.clear()
+                self._hello_batches = 0
             try:
                 for answers in self.coord.hellos(self._hello_requests(gen),
                                                  metadata=self.coord.metadata):
                     self.apply_l_gs([(r.group, r.l_g) for r in answers.answers])
                     now = time.monotonic_ns()
                     with self._hello_cv:
+                        self._hello_batches -= 1
                         self._hello_cv.notify_all()  # the next batch may go
                         for reply in answers.answers:
                             self._hello_sent.pop(reply.seq, None)
@@ -431,12 +435,13 @@ class ControllerService:
     def _hello_requests(self, gen: int) -> Iterator[pb.HelloBatch]:
         while True:
             with self._hello_cv:
-                # One batch in flight: hellos that come meanwhile wait for its answer and go
-                # together. The coordinator handles a stream's batches one after the other,
-                # each with a commit, so many small batches in flight queue up behind each
-                # other (hundreds of ms in a burst of new groups) where one big one does not.
+                # HELLO_WINDOW batches in flight: hellos that come meanwhile wait for an answer
+                # and go together. The coordinator handles a stream's batches one after the
+                # other, each with a commit, so many small batches in flight queue up behind
+                # each other (hundreds of ms in a burst of new groups) where a few big ones
+                # do not.
                 while self._hello_gen == gen and not self.stop.is_set() and (
-                        not self._hello_q or self._hello_sent):
+                        not self._hello_q or self._hello_batches >= HELLO_WINDOW):
                     self._hello_cv.wait(0.2)
                 if self._hello_gen != gen or self.stop.is_set():
                     return
@@ -446,6 +451,7 @@ class ControllerService:
                 del self._hello_q[:MAX_BATCH]
                 for item in items:
                     self._hello_sent[item[1]] = item
+                self._hello_batches += 1
             yield pb.HelloBatch(hellos=[
                 pb.HelloRequest(switch_id=self.switch_id, group=g, seq=seq, src=msg.src,
                                 dst=msg.dst, sport=msg.sport, dport=msg.dport, proto=msg.proto)
