@@ -35,7 +35,8 @@ REG_PEAK_OCCUPIED = 4
 REG_HELLOS = 5
 REG_REPORTS = 6
 REG_OVERFLOWS = 7
-N_REGS = 8
+REG_PACKETS = 8  # IPv4 packets measured: the switch's clock for when entries took effect
+N_REGS = 9
 
 # Group states: no entry, hello sent (entry pending), entry installed.
 GROUP_MISS = 0
@@ -75,6 +76,7 @@ def process_packet(
     Returns (event, count): EV_NONE, EV_HELLO (count 0), EV_REPORT (the count that crossed
     tau_g) or EV_OVERFLOW (count 0). At most one event per packet.
     """
+    regs[REG_PACKETS] += 1
     # 1. Group table. A miss sends one hello per group until the entry is installed,
     #    and the packet is not counted.
     state = group_state[g]
@@ -209,4 +211,5 @@ class Switch:
             "hellos": int(self.regs[REG_HELLOS]),
             "reports": int(self.regs[REG_REPORTS]),
             "overflows": int(self.regs[REG_OVERFLOWS]),
+            "packets": int(self.regs[REG_PACKETS]),
         }

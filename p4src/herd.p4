@@ -37,7 +37,8 @@ const bit<32> REG_PEAK_OCCUPIED    = 4;
 const bit<32> REG_HELLOS           = 5;
 const bit<32> REG_REPORTS          = 6;
 const bit<32> REG_OVERFLOWS        = 7;
-const bit<32> N_REGS               = 8;
+const bit<32> REG_PACKETS          = 8;  /* IPv4 packets measured: the controllers' clock */
+const bit<32> N_REGS               = 9;
 
 /* hash salts: herd.hashing.SALT_* */
 const bit<8> SALT_FINGERPRINT = 0x00;
@@ -135,6 +136,7 @@ control HerdIngress(inout headers_t hdr, inout metadata_t meta,
         if (!hdr.ipv4.isValid()) {
             return;  /* non-IPv4 frames are forwarded and not measured */
         }
+        count_event(REG_PACKETS);
         meta.src8 = hdr.ipv4.srcAddr[31:24];
         meta.dst8 = hdr.ipv4.dstAddr[31:24];
 

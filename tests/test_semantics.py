@@ -178,6 +178,7 @@ def test_hello_sent_once_per_group_until_installed() -> None:
     assert sw.process(*other_flow_same_group) is None
     assert sw.process(*FLOW) is None
     assert sw.registers()["hellos"] == 1
+    assert sw.registers()["packets"] == 3  # every IPv4 packet ticks the switch's clock
     assert ctl.on_hello(G) is True and ctl.on_hello(G) is False  # controller dedupes too
 
 

@@ -146,6 +146,10 @@ class ControllerService:
         self._hello_gen = 0
         self._hello_batches = 0  # in flight on the current stream
         self._pushes: dict[int, int] = {}  # g -> newest l_g pushed, not yet written
+        # (group, hello packet, r_g, switch packet counter after the write, latency ns) per
+        # entry write, for switches that do not record it (Driver.entry_clock)
+        self.entry_writes: list[tuple[int, int, int, int, int]] = []
+        self._written: dict[int, bool] = {}
         self._push_cv = threading.Condition()
         # Reports not yet acknowledged by the coordinator, in seq order; _rsent of them were
         # sent on the current stream.
@@ -282,9 +286,22 @@ class ControllerService:
             if writes:
                 self.driver.install_groups(writes)
                 self.counters["table_writes"] += len(writes)
+                self._record_writes(writes)
             # Only now, with the entries in the switch, are those hellos handled.
             for g, _ in updates:
                 self.pending_hellos.pop(g, None)
+
+    def _record_writes(self, writes: list[tuple[int, int, int, bool]]) -> None:
+        """Where the switch does not record when entries took effect (BMv2), note it here:
+        its packet counter just after the write (herd.delays; the status file carries them)."""
+        packet = self.driver.entry_clock()
+        if packet is None:
+            return
+        now = time.monotonic_ns()
+        for g, _, r, _ in writes:
+            t0 = self._hello_t0.get(g) if not self._written.get(g) else None
+            self._written[g] = True
+            self.entry_writes.append((g, -1, r, packet, -1 if t0 is None else now - t0))
 
     def watermark(self) -> int:
         """Highest seq such that every CPU message up to it is handled."""
@@ -525,6 +542,7 @@ class ControllerService:
             "last_seen": self.last_seen, "acked_to_switch": self.acked_to_switch,
             "reports_buffered": buffered, "pending_hellos": pending, "groups": groups,
             "counters": dict(self.counters), "fatal": self.fatal,
+            "entry_writes": list(self.entry_writes),
             "written_ns": time.time_ns(),
         }
 

@@ -12,7 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from herd.switch import REG_OCCUPIED
+from herd.switch import REG_OCCUPIED, REG_PACKETS
 
 # The P4 program's names (p4src/herd.p4).
 GROUP_TABLE = "group_table"  # key (src8, dst8), exact
@@ -95,6 +95,12 @@ class SwitchDriver(ABC):
         round trip override this (a burst of new groups is answered in one go)."""
         for g, tau, r, modify in entries:
             self.install_group(g, tau, r, modify)
+
+    def entry_clock(self) -> int | None:
+        """The switch's measured-packet counter right after an entry write: when it took
+        effect, for ``herd simulate --delays`` (herd.delays). None where the switch records
+        that itself, exactly (the model switch)."""
+        return self.register_read(REG_HERD, REG_PACKETS)
 
     def reset_tables(self) -> None:
         """The overflow policy "reset": clear every stage of the hash table. Drivers that

@@ -109,6 +109,9 @@ class ModelDriver(SwitchDriver):
     def reset_tables(self) -> None:
         self.request(op="reset_tables")  # one step, atomic with respect to packets
 
+    def entry_clock(self) -> int | None:
+        return None  # the model switch records each write's packet itself
+
     def stats(self, latencies: bool = False) -> dict[str, Any]:
         return self.request(op="stats", latencies=latencies)
 
