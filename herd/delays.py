@@ -1,6 +1,6 @@
 """Measured control-plane timing: when each group entry a testbed (or replay) run wrote took
-effect at its switch, so that ``herd simulate --delays`` gives every control action the timing
-the run measured for it instead of one constant delay.
+effect at its switch, so that ``herd simulate --delays`` runs the trace under the run's
+control-plane timeline instead of one constant delay.
 
 Times are kept in the switch's own packets (0-based, IPv4 packets only): ``packet`` is the
 first packet that saw the entry. Packets, not milliseconds, because that is what decides the
@@ -13,13 +13,14 @@ entry was written for (from its r_g); ``latency_ms`` the wall-clock hello -> ent
 group's first write (empty for later ones). A hello whose entry never came has ``l_g`` 0 and
 ``packet`` -1.
 
-In the simulator the control plane stays the simulator's (which hellos, which l_g, whom to
-push), and each of its actions takes effect when the run's entry did: a push of l_g to a
-member when that member's entry first reached l_g in the run; the entry of the switch that
-said hello when the run's reached the simulator's l_g, after the run's own lower steps at
-their times (the real coordinator took hellos in their arrival order, so its answers climbed
-in other steps than the trace order gives). Actions the file does not cover fall back to the
-constant ``delay_ms``.
+In the simulator every (switch, group) the file covers follows the run's writes, each from
+the packet it took effect at: the run's control-plane timeline, replayed against the
+simulator's data plane and coordinator counting. Not the simulator's own l_g with measured
+delays: the run's switches do not move in lockstep with the trace, so its coordinator sees
+hellos in another order than the trace's, and a push can take effect before the trace packet
+of the hello that caused it, which no delay can express. What the file does not cover falls
+back to the simulator's control plane at the constant ``delay_ms``. With the same packets at
+every switch, a run and its replay agree bit for bit: registers, reports, F1.
 """
 
 from __future__ import annotations
@@ -97,11 +98,11 @@ def read_delays(path: str | os.PathLike) -> list[EntryWrite]:
 @dataclass
 class EffectTimes:
     """The run's entry writes in trace time, per (switch, group), for the compiled loop:
-    rows ``start[sw * N_GROUPS + g] : start[... + 1]`` of ``l_g`` / ``at_ns``, in write order."""
+    rows ``start[sw * N_GROUPS + g] : start[... + 1]`` of ``l_g`` / ``at``, in write order."""
 
     start: np.ndarray  # int64, k * N_GROUPS + 1
     l_g: np.ndarray  # int32
-    at_ns: np.ndarray  # int64; NEVER: not in effect within the trace
+    at: np.ndarray  # int64: the trace packet it took effect before; NEVER: not in the trace
     mismatched: int  # rows whose hello packet is not of that group in this trace
 
     @staticmethod
@@ -110,10 +111,11 @@ class EffectTimes:
                            0)
 
 
-def hello_effect_times(rows: list[EntryWrite], ts_ns: np.ndarray, ingress: np.ndarray,
-                       flow_group: np.ndarray, pkt_flow: np.ndarray, k: int) -> EffectTimes:
-    """The rows mapped onto this trace: each switch's packet numbers become trace times by
-    the simulator's own ingress assignment."""
+def hello_effect_times(rows: list[EntryWrite], ingress: np.ndarray, flow_group: np.ndarray,
+                       pkt_flow: np.ndarray, k: int) -> EffectTimes:
+    """The rows mapped onto this trace: each switch's packet numbers become trace packet
+    indices by the simulator's own ingress assignment (indices, not times: packets may share
+    a timestamp)."""
     by_switch = [np.flatnonzero(ingress == sw) for sw in range(k)]
     keep = []
     mismatched = 0
@@ -125,7 +127,7 @@ def hello_effect_times(rows: list[EntryWrite], ts_ns: np.ndarray, ingress: np.nd
                                     or flow_group[pkt_flow[pos[r.hello_packet]]] != r.group):
             mismatched += 1
             continue
-        at = NEVER if r.packet < 0 or r.packet >= len(pos) else int(ts_ns[pos[r.packet]])
+        at = NEVER if r.packet < 0 or r.packet >= len(pos) else int(pos[r.packet])
         keep.append((r.switch * N_GROUPS + r.group, i, r.l_g, at))
     keep.sort()  # by (switch, group), then file order = write order
     key = np.array([x[0] for x in keep], np.int64)

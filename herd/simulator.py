@@ -5,8 +5,8 @@ coordinator, in one compiled loop that calls the very same semantics as everythi
 Control-loop delay: every control-plane action caused by a message the switches send at
 time t (a group entry installed or modified, a table reset) takes effect at t + delay, in
 time order and, at equal times, in the order the messages were sent. With delay 0 it takes
-effect before the next packet. The delay is one constant (``params.delay_ms``) or, action by
-action, the one a testbed run measured (``herd.delays``).
+effect before the next packet. Or, with a testbed run's measured timing (``herd.delays``),
+each switch's entries follow the run's writes, packet for packet.
 """
 
 from __future__ import annotations
@@ -144,20 +144,11 @@ def _heap_pop(heap: np.ndarray, n: int, key: np.ndarray) -> int:
 
 
 @njit(cache=True)
-def _measured_effect(eff_start: np.ndarray, eff_lg: np.ndarray, eff_at: np.ndarray, key: int,
-                     lg: int) -> int:
-    """When the run's entry for key = (switch, group) first had an l_g of at least lg."""
-    for j in range(eff_start[key], eff_start[key + 1]):
-        if eff_lg[j] >= lg:
-            return eff_at[j]
-    return NEVER
-
-
-@njit(cache=True)
 def _put(q_ts: np.ndarray, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray, qn: int,
          heap: np.ndarray, hn: int, at: int, sw: int, g: int, lg: int,
          ) -> tuple[int, int, np.ndarray]:
-    """Queue the action (sw, g, lg) to take effect at ``at`` (the q_* have room)."""
+    """Queue the action (sw, g, lg) to take effect before packet ``at`` (the q_* have
+    room)."""
     q_ts[qn] = at
     q_sw[qn] = sw
     q_g[qn] = g
@@ -183,8 +174,9 @@ def _simulate_herd(
     rep_flow = np.empty(1024, dtype=np.int64)
     rep_ts = np.empty(1024, dtype=np.int64)
     nrep = 0
-    # The control plane's pending actions (time, switch, group, l_g), taken in time order and,
-    # at equal times, in the order the messages were sent: a heap of indices into q_*.
+    # The control plane's pending actions (packet, switch, group, l_g), taken before that
+    # packet, in packet order and, at the same packet, in the order the messages were sent:
+    # a heap of indices into q_*.
     q_ts = np.empty(1024, dtype=np.int64)
     q_sw = np.empty(1024, dtype=np.int32)
     q_g = np.empty(1024, dtype=np.int32)
@@ -199,7 +191,7 @@ def _simulate_herd(
 
     for i in range(len(ts)):
         t = ts[i]
-        while hn > 0 and q_ts[heap[0]] <= t:
+        while hn > 0 and q_ts[heap[0]] <= i:
             e = _heap_pop(heap, hn, q_ts)
             hn -= 1
             sw = q_sw[e]
@@ -234,6 +226,9 @@ def _simulate_herd(
             nrep += 1
             continue
         # Hellos and overflows make control-plane actions; queue them.
+        # Actions are keyed by the packet they take effect before: the first at or after
+        # t + delay (never this one), or the very packet a run measured.
+        due = max(i + 1, np.searchsorted(ts, t + delay_ns))
         if qn + k + 1 >= len(q_ts):  # room for this packet's actions: k + 1 at most
             q_ts = _grow(q_ts, qn + k + 2)
             q_sw = _grow(q_sw, qn + k + 2)
@@ -247,30 +242,28 @@ def _simulate_herd(
                 if m != sw:
                     stats[1] += 1
                 key = m * n_groups + g
-                if not measured or eff_start[key] == eff_start[key + 1]:
-                    at, lg_at = t + delay_ns, lg
+                rows = eff_start[key + 1] - eff_start[key] if measured else 0
+                if rows == 0:  # the simulator's own action, at the constant delay
+                    qn, hn, heap = _put(q_ts, q_sw, q_g, q_l, qn, heap, hn, due, m, g, lg)
                 elif m == sw:
-                    # The asker's entry as the run wrote it. The real coordinator took hellos
-                    # in their own arrival order, so its answer and the pushes that followed
-                    # may have climbed to the simulator's l_g in other steps: every step below
-                    # l_g is the run's, at its time; l_g itself when the run reached it.
-                    if qn + k + 2 + eff_start[key + 1] - eff_start[key] >= len(q_ts):
-                        n = qn + k + 2 + eff_start[key + 1] - eff_start[key]
-                        q_ts = _grow(q_ts, n)
-                        q_sw = _grow(q_sw, n)
-                        q_g = _grow(q_g, n)
-                        q_l = _grow(q_l, n)
+                    # A run's timing: this switch's entry follows the run's writes, each from
+                    # the packet it took effect at. Not the simulator's l_g: the run's switches
+                    # did not move in lockstep, so its coordinator saw hellos in another order
+                    # than the trace's, and a push could land before the trace packet of the
+                    # hello that caused it.
+                    if qn + k + rows + 1 >= len(q_ts):
+                        q_ts = _grow(q_ts, qn + k + rows + 2)
+                        q_sw = _grow(q_sw, qn + k + rows + 2)
+                        q_g = _grow(q_g, qn + k + rows + 2)
+                        q_l = _grow(q_l, qn + k + rows + 2)
                     for j in range(eff_start[key], eff_start[key + 1]):
-                        if 0 < eff_lg[j] < lg:
+                        if eff_lg[j] > 0 and eff_at[j] != NEVER:
                             qn, hn, heap = _put(q_ts, q_sw, q_g, q_l, qn, heap, hn,
-                                                max(eff_at[j], t), m, g, eff_lg[j])
-                    at, lg_at = _measured_effect(eff_start, eff_lg, eff_at, key, lg), lg
-                else:
-                    at, lg_at = _measured_effect(eff_start, eff_lg, eff_at, key, lg), lg
-                qn, hn, heap = _put(q_ts, q_sw, q_g, q_l, qn, heap, hn, max(at, t), m, g, lg_at)
+                                                max(eff_at[j], i + 1), m, g, eff_lg[j])
+                # else: a member with the run's writes got them all at its own hello
         elif ev == EV_OVERFLOW and reset_on_overflow and not reset_pending[sw]:
             reset_pending[sw] = True
-            qn, hn, heap = _put(q_ts, q_sw, q_g, q_l, qn, heap, hn, t + delay_ns, sw, 0, RESET)
+            qn, hn, heap = _put(q_ts, q_sw, q_g, q_l, qn, heap, hn, due, sw, 0, RESET)
     return rep_flow[:nrep], rep_ts[:nrep], stats
 
 
@@ -313,9 +306,9 @@ class SimulationResult:
 
 def simulate(trace: Trace | PreparedTrace, params: Params,
              delays: list[EntryWrite] | None = None) -> SimulationResult:
-    """Run Herd over the trace with these parameters. ``delays``: when each entry took effect
-    in a testbed run (``herd.delays``); ``params.delay_ms`` applies to the actions it does not
-    cover and to table resets."""
+    """Run Herd over the trace with these parameters. ``delays``: the entry writes of a testbed
+    run and the packets they took effect at (``herd.delays``); ``params.delay_ms`` applies to
+    what it does not cover and to table resets."""
     prep = trace if isinstance(trace, PreparedTrace) else PreparedTrace(trace)
     if params.algorithm != "herd":
         from herd.baselines import simulate_baseline
@@ -343,7 +336,7 @@ def simulate(trace: Trace | PreparedTrace, params: Params,
     coordinator = Coordinator(k, R)
     effect = EffectTimes.empty()
     if delays is not None:
-        effect = hello_effect_times(delays, t.ts_ns, ingress, prep.flow_group, t.flow, k)
+        effect = hello_effect_times(delays, ingress, prep.flow_group, t.flow, k)
 
     start = time.perf_counter()
     rep_flow, rep_ts, stats = _simulate_herd(
@@ -351,7 +344,7 @@ def simulate(trace: Trace | PreparedTrace, params: Params,
         regs, group_state, group_tau, group_r, fps, counts,
         coordinator.members, coordinator.member_count, coordinator.l_g,
         float(params.epsilon), int(T), int(round(params.delay_ms * 1e6)),
-        effect.start, effect.l_g, effect.at_ns,
+        effect.start, effect.l_g, effect.at,
         params.overflow_policy == "reset",
     )
     coordinator.hellos = int(regs[:, REG_HELLOS].sum())

@@ -176,11 +176,11 @@ def test_delays_file_round_trip_and_bad_rows(tmp_path: Path) -> None:
         read_delays(path)
 
 
-def test_measured_answer_steps_below_the_simulators_l_g(tmp_path: Path) -> None:
-    """C's switch says hello first in the trace, A's second, so the simulator answers A with
-    l_g 2. The run's coordinator saw A first: A's entry was l_g 1 from A's packet 1 and
-    reached 2 at packet 5. The simulation follows the run's steps: A counts from packet 1,
-    which it does not when the run's entry came only at packet 5."""
+def test_measured_entries_follow_the_runs_steps(tmp_path: Path) -> None:
+    """C's switch says hello first in the trace, A's second, so the simulator alone would
+    answer A with l_g 2. The run's coordinator saw A first: A's entry was l_g 1 from A's
+    packet 1 and 2 from packet 5. The simulation follows the run's entries: A counts from
+    packet 1, which it does not when the run's entry came only at packet 5."""
     C = ("10.0.0.4", "20.0.0.9", 7, 7, "udp")
     prep = capture(tmp_path, [C, A] + [A] * 19)
     two = one_switch(k=2, p=1.0)

@@ -9,13 +9,13 @@ Timing. With ``--pps N`` the packets follow one global schedule: trace packet i 
 t0 + i / N on every switch's clock, so the switches interleave as the trace does. Without it
 each switch runs as fast as it can (full speed).
 
-Delays. The model switches record, for every hello, the packet that said it and the first
-packet that saw the entry (``herd.delays``). ``--compare`` runs ``herd simulate`` with exactly
-those per-hello delays (``simulated_f1``: any difference is then the system, not the delay
-model), and also with one constant delay, the mean wall-clock hello -> entry-installed
-latency converted to trace time (delay_ms = mean latency_ms * replay_rate / trace_rate;
-``simulated_f1_mean_delay``), which is what ``herd simulate --delay-ms`` can express. At a
-rate well below the trace's own the delay is close to 0.
+Delays. The model switches record, for every group entry written, the first packet that saw
+it (``herd.delays``). ``--compare`` runs ``herd simulate`` under that control-plane timeline
+(``simulated_f1``: any difference is then the system, not the timing), and also with one
+constant delay, the mean wall-clock hello -> entry-installed latency converted to trace time
+(delay_ms = mean latency_ms * replay_rate / trace_rate; ``simulated_f1_mean_delay``), which is
+what ``herd simulate --delay-ms`` can express. At a rate well below the trace's own the delay
+is close to 0.
 
 Losses. lost_messages = hellos and reports the switches sent (their registers) minus those
 the coordinator holds (distinct group memberships, and reports after the sequence-number

@@ -11,10 +11,11 @@ for the topology) at the given rate, the harness waits until the network has dra
 CPU message is handled, scores the coordinator's elephants against the pcap's ground truth,
 and writes the row. Everything is torn down on exit, on error and on Ctrl-C.
 
-Beside the CSV, each value leaves ``<csv stem>-delays-<param>=<value>.csv``: the control-loop
-delay every hello met, as the switches measured it (``herd.delays``). ``simulated_f1`` is
-``herd simulate --delays`` on that file: the same pcap through the simulator with the very
-delays of the run, so a difference between the two is the testbed, not the delay model.
+Beside the CSV, each value leaves ``<csv stem>-delays-<param>=<value>.csv``: every group entry
+written and the packet of its switch it took effect at (``herd.delays``). ``simulated_f1`` is
+``herd simulate --delays`` on that file: the same pcap through the simulator under the run's
+control-plane timeline, so a difference between the two is the testbed (lost or reordered
+frames, a semantic mismatch), not the timing.
 """
 
 from __future__ import annotations
