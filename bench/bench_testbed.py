@@ -3,6 +3,7 @@ control messages lost between the switches and the coordinator.
 
     sudo .venv/bin/python bench/bench_testbed.py [--target model] [--rates 2000,5000,10000,20000]
         [--runs 1] [--pcap pcap/synth-20k.pcap] [--plot out/testbed_loss.png]
+    .venv/bin/python bench/bench_testbed.py --replot RESULT.json --plot out/testbed_loss.png
 
 Prints one line per rate and a JSON summary; the highest lossless rate is the figure the
 issue asks for (the origin testbed: 300 packets/s).
@@ -43,6 +44,44 @@ def one_run(target: str, pps: float, pcap: str) -> dict[str, float]:
             "hello_latency_ms_p99": float(row["hello_latency_ms_p99"] or "nan")}
 
 
+def plot_curve(curve: list[dict[str, float]], target: str, pcap: str, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    rates = [p["pps"] for p in curve]
+    fig, (ax, lat, acc) = plt.subplots(1, 3, figsize=(13, 3.6), dpi=120)
+    ax.plot(rates, [100 * p["loss_fraction"] for p in curve], "o-",
+            label="data packets lost (%)")
+    ax.plot(rates, [p["lost_messages"] for p in curve], "s--",
+            label="control messages lost")
+    ax.set_ylim(bottom=0, top=max([1.0] + [100 * p["loss_fraction"] * 1.1 for p in curve]
+                                  + [p["lost_messages"] * 1.1 for p in curve]))
+    ax.set_title(f"loss: {target} target, {Path(pcap).name}", fontsize=9)
+    lat.plot(rates, [p["hello_latency_ms_p50"] for p in curve], "o-", label="p50")
+    lat.plot(rates, [p["hello_latency_ms_p99"] for p in curve], "s--", label="p99")
+    lat.set_ylabel("hello -> entry installed (ms)")
+    lat.set_title("control-loop latency", fontsize=9)
+    acc.plot(rates, [p["f1"] for p in curve], "o-", label="testbed")
+    acc.plot(rates, [p["simulated_f1"] for p in curve], "x:",
+             label="herd simulate, measured timing")
+    acc.plot(rates, [p["simulated_f1_mean_delay"] for p in curve], "s--",
+             label="herd simulate, mean delay")
+    acc.set_ylabel("F1")
+    acc.set_title("F1, testbed and simulator", fontsize=9)
+    for a in (ax, lat, acc):
+        a.set_xscale("log")
+        a.set_xticks(rates, [f"{r / 1000:g}k" for r in rates])
+        a.xaxis.set_minor_formatter(NullFormatter())
+        a.set_xlabel("tcpreplay rate (packets/s)")
+        a.grid(alpha=0.3)
+        a.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="model", choices=("model", "bmv2"))
@@ -50,7 +89,12 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--pcap", default=str(REPO / "pcap" / "synth-20k.pcap"))
     ap.add_argument("--plot", help="PNG of loss against rate")
+    ap.add_argument("--replot", help="only draw --plot from this script's earlier JSON output")
     args = ap.parse_args()
+    if args.replot:
+        data = json.loads(Path(args.replot).read_text())
+        plot_curve(data["curve"], data["target"], data.get("pcap", args.pcap), args.plot)
+        return
     curve = []
     for pps in (float(x) for x in args.rates.split(",")):
         runs = [one_run(args.target, pps, args.pcap) for _ in range(args.runs)]
@@ -64,42 +108,11 @@ def main() -> None:
               f"{point['hello_latency_ms_p50']:.1f} ms p99 {point['hello_latency_ms_p99']:.1f} ms",
               file=sys.stderr)
     lossless = [p["pps"] for p in curve if p["lost_packets"] == 0 and p["lost_messages"] == 0]
-    print(json.dumps({"target": args.target, "curve": curve,
+    print(json.dumps({"target": args.target, "pcap": args.pcap, "curve": curve,
                       "highest_lossless_pps": max(lossless) if lossless else None,
                       "ratio_to_origin_300pps": max(lossless) / 300 if lossless else None}))
     if args.plot:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        rates = [p["pps"] for p in curve]
-        fig, (ax, lat, acc) = plt.subplots(1, 3, figsize=(13, 3.6), dpi=120)
-        ax.plot(rates, [100 * p["loss_fraction"] for p in curve], "o-",
-                label="data packets lost (%)")
-        ax.plot(rates, [p["lost_messages"] for p in curve], "s--",
-                label="control messages lost")
-        ax.set_ylim(bottom=0, top=max([1.0] + [100 * p["loss_fraction"] * 1.1 for p in curve]
-                                      + [p["lost_messages"] * 1.1 for p in curve]))
-        ax.set_title(f"loss: {args.target} target, {Path(args.pcap).name}", fontsize=9)
-        lat.plot(rates, [p["hello_latency_ms_p50"] for p in curve], "o-", label="p50")
-        lat.plot(rates, [p["hello_latency_ms_p99"] for p in curve], "s--", label="p99")
-        lat.set_ylabel("hello -> entry installed (ms)")
-        lat.set_title("control-loop latency", fontsize=9)
-        acc.plot(rates, [p["f1"] for p in curve], "o-", label="testbed")
-        acc.plot(rates, [p["simulated_f1"] for p in curve], "x:",
-                 label="herd simulate, measured timing")
-        acc.plot(rates, [p["simulated_f1_mean_delay"] for p in curve], "s--",
-                 label="herd simulate, mean delay")
-        acc.set_ylabel("F1")
-        acc.set_title("F1, testbed and simulator", fontsize=9)
-        for a in (ax, lat, acc):
-            a.set_xscale("log")
-            a.set_xlabel("tcpreplay rate (packets/s)")
-            a.grid(alpha=0.3)
-            a.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(args.plot)
+        plot_curve(curve, args.target, args.pcap, args.plot)
 
 
 if __name__ == "__main__":

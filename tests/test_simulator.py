@@ -131,17 +131,26 @@ def test_measured_entry_time_replaces_the_constant_delay(tmp_path: Path) -> None
     assert other.metrics["reports"] == simulate(prep, one_switch()).metrics["reports"]
 
 
+C = ("10.0.0.4", "20.0.0.9", 7, 7, "udp")  # same group as A; the other switch when k = 2
+
+
+def two_switches(tmp_path: Path, flows: list[tuple]) -> tuple[PreparedTrace, Params, int, int]:
+    """The capture, k = 2 parameters, and the switches of A and C (never the same)."""
+    prep = capture(tmp_path, flows)
+    two = one_switch(k=2, p=1.0)
+    ingress = prep.ingress(2, 1.0, two.seed)
+    sw_a = int(ingress[flows.index(A)])
+    sw_c = int(ingress[flows.index(C)])
+    assert sw_a != sw_c
+    return prep, two, sw_a, sw_c
+
+
 def test_measured_push_waits_for_the_member_to_reach_l_g(tmp_path: Path) -> None:
     """Two switches, one group: A's switch says hello at #1 (l_g 1), C's switch at #2 (l_g 2,
     pushed to A's switch). Entries in effect at each switch's next packet are exactly delay
     0; the same file with A's switch reaching l_g 2 only at its packet 5 counts A's packets
     2..5 with tau(1) = 5 instead of tau(2) = 3, and so reports differently."""
-    C = ("10.0.0.4", "20.0.0.9", 7, 7, "udp")  # same group as A, on the other switch
-    prep = capture(tmp_path, [A, C] + [A] * 19)
-    two = one_switch(k=2, p=1.0)
-    ingress = prep.ingress(2, 1.0, two.seed)
-    sw_a, sw_c = int(ingress[0]), int(ingress[1])
-    assert sw_a != sw_c
+    prep, two, sw_a, sw_c = two_switches(tmp_path, [A, C] + [A] * 19)
     g = (10 << 8) | 20
     early = [EntryWrite(sw_a, g, 0, 1, 1), EntryWrite(sw_a, g, 0, 2, 1),
              EntryWrite(sw_c, g, 0, 2, 1)]
@@ -181,12 +190,7 @@ def test_measured_entries_follow_the_runs_steps(tmp_path: Path) -> None:
     answer A with l_g 2. The run's coordinator saw A first: A's entry was l_g 1 from A's
     packet 1 and 2 from packet 5. The simulation follows the run's entries: A counts from
     packet 1, which it does not when the run's entry came only at packet 5."""
-    C = ("10.0.0.4", "20.0.0.9", 7, 7, "udp")
-    prep = capture(tmp_path, [C, A] + [A] * 19)
-    two = one_switch(k=2, p=1.0)
-    ingress = prep.ingress(2, 1.0, two.seed)
-    sw_c, sw_a = int(ingress[0]), int(ingress[1])
-    assert sw_a != sw_c
+    prep, two, sw_a, sw_c = two_switches(tmp_path, [C, A] + [A] * 19)
     g = (10 << 8) | 20
     stepped = [EntryWrite(sw_a, g, 0, 1, 1), EntryWrite(sw_a, g, 0, 2, 5),
                EntryWrite(sw_c, g, 0, 1, 1), EntryWrite(sw_c, g, 0, 2, 1)]
