@@ -132,7 +132,7 @@ def cmd_simulate(args: argparse.Namespace) -> int:
               f"overflows {d['overflows']}), max per switch {d['max_messages_per_switch']}")
         print(f"max states per switch={d['max_states']} of {d['slots_per_switch']} slots")
         if delays is not None:
-            print(f"measured delays used for {d['measured_delays']} hellos "
+            print(f"measured timing: {d['measured_delays']} entry writes used "
                   f"({d['measured_delays_mismatched']} rows did not match this trace)")
         print(f"simulated in {d['seconds']:.3f} s")
     return 0
@@ -201,8 +201,9 @@ def build_parser() -> argparse.ArgumentParser:
     sim = sub.add_parser("simulate", help="run Herd (or a baseline) over a trace")
     sim.add_argument("--trace", required=True)
     add_param_arguments(sim)
-    sim.add_argument("--delays", help="per-hello control-loop delays measured by a testbed run "
-                     "(its *-delays-*.csv); --delay-ms then covers only the hellos it lacks")
+    sim.add_argument("--delays", help="the control-plane timing a testbed or replay run measured "
+                     "(its *-delays-*.csv): each switch's entries follow the run's writes; "
+                     "--delay-ms then covers only the groups it lacks")
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.set_defaults(func=cmd_simulate)
 

@@ -97,8 +97,9 @@ def read_delays(path: str | os.PathLike) -> list[EntryWrite]:
 
 @dataclass
 class EffectTimes:
-    """The run's entry writes in trace time, per (switch, group), for the compiled loop:
-    rows ``start[sw * N_GROUPS + g] : start[... + 1]`` of ``l_g`` / ``at``, in write order."""
+    """The run's entry writes on this trace's packets, per (switch, group), for the compiled
+    loop: rows ``start[sw * N_GROUPS + g] : start[... + 1]`` of ``l_g`` / ``at``, in write
+    order."""
 
     start: np.ndarray  # int64, k * N_GROUPS + 1
     l_g: np.ndarray  # int32
@@ -111,7 +112,7 @@ class EffectTimes:
                            0)
 
 
-def hello_effect_times(rows: list[EntryWrite], ingress: np.ndarray, flow_group: np.ndarray,
+def effect_times(rows: list[EntryWrite], ingress: np.ndarray, flow_group: np.ndarray,
                        pkt_flow: np.ndarray, k: int) -> EffectTimes:
     """The rows mapped onto this trace: each switch's packet numbers become trace packet
     indices by the simulator's own ingress assignment (indices, not times: packets may share

@@ -21,7 +21,7 @@ from numba import njit
 from herd import __version__
 from herd.controller import LocalController, group_entry_nb
 from herd.coordinator import NOT_DETECTED, Coordinator, register_hello
-from herd.delays import NEVER, EffectTimes, EntryWrite, hello_effect_times
+from herd.delays import NEVER, EffectTimes, EntryWrite, effect_times
 from herd.errors import HerdInputError
 from herd.groundtruth import crossing_times, heavy_hitters, threshold
 from herd.hashing import flows_slots
@@ -144,16 +144,16 @@ def _heap_pop(heap: np.ndarray, n: int, key: np.ndarray) -> int:
 
 
 @njit(cache=True)
-def _put(q_ts: np.ndarray, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray, qn: int,
+def _put(q_at: np.ndarray, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray, qn: int,
          heap: np.ndarray, hn: int, at: int, sw: int, g: int, lg: int,
          ) -> tuple[int, int, np.ndarray]:
     """Queue the action (sw, g, lg) to take effect before packet ``at`` (the q_* have
     room)."""
-    q_ts[qn] = at
+    q_at[qn] = at
     q_sw[qn] = sw
     q_g[qn] = g
     q_l[qn] = lg
-    heap = _heap_push(heap, hn, qn, q_ts)
+    heap = _heap_push(heap, hn, qn, q_at)
     return qn + 1, hn + 1, heap
 
 
@@ -177,7 +177,7 @@ def _simulate_herd(
     # The control plane's pending actions (packet, switch, group, l_g), taken before that
     # packet, in packet order and, at the same packet, in the order the messages were sent:
     # a heap of indices into q_*.
-    q_ts = np.empty(1024, dtype=np.int64)
+    q_at = np.empty(1024, dtype=np.int64)
     q_sw = np.empty(1024, dtype=np.int32)
     q_g = np.empty(1024, dtype=np.int32)
     q_l = np.empty(1024, dtype=np.int32)
@@ -191,8 +191,8 @@ def _simulate_herd(
 
     for i in range(len(ts)):
         t = ts[i]
-        while hn > 0 and q_ts[heap[0]] <= i:
-            e = _heap_pop(heap, hn, q_ts)
+        while hn > 0 and q_at[heap[0]] <= i:
+            e = _heap_pop(heap, hn, q_at)
             hn -= 1
             sw = q_sw[e]
             if q_l[e] == RESET:
@@ -229,11 +229,13 @@ def _simulate_herd(
         # Actions are keyed by the packet they take effect before: the first at or after
         # t + delay (never this one), or the very packet a run measured.
         due = max(i + 1, np.searchsorted(ts, t + delay_ns))
-        if qn + k + 1 >= len(q_ts):  # room for this packet's actions: k + 1 at most
-            q_ts = _grow(q_ts, qn + k + 2)
-            q_sw = _grow(q_sw, qn + k + 2)
-            q_g = _grow(q_g, qn + k + 2)
-            q_l = _grow(q_l, qn + k + 2)
+        key = sw * n_groups + g
+        rows = eff_start[key + 1] - eff_start[key] if measured else 0
+        if qn + k + rows + 1 >= len(q_at):  # room for this packet's actions
+            q_at = _grow(q_at, qn + k + rows + 2)
+            q_sw = _grow(q_sw, qn + k + rows + 2)
+            q_g = _grow(q_g, qn + k + rows + 2)
+            q_l = _grow(q_l, qn + k + rows + 2)
         if ev == EV_HELLO:
             lg, changed = register_hello(members, member_count, l_g, g, sw)
             for m in range(k):
@@ -244,26 +246,21 @@ def _simulate_herd(
                 key = m * n_groups + g
                 rows = eff_start[key + 1] - eff_start[key] if measured else 0
                 if rows == 0:  # the simulator's own action, at the constant delay
-                    qn, hn, heap = _put(q_ts, q_sw, q_g, q_l, qn, heap, hn, due, m, g, lg)
+                    qn, hn, heap = _put(q_at, q_sw, q_g, q_l, qn, heap, hn, due, m, g, lg)
                 elif m == sw:
                     # A run's timing: this switch's entry follows the run's writes, each from
                     # the packet it took effect at. Not the simulator's l_g: the run's switches
                     # did not move in lockstep, so its coordinator saw hellos in another order
                     # than the trace's, and a push could land before the trace packet of the
                     # hello that caused it.
-                    if qn + k + rows + 1 >= len(q_ts):
-                        q_ts = _grow(q_ts, qn + k + rows + 2)
-                        q_sw = _grow(q_sw, qn + k + rows + 2)
-                        q_g = _grow(q_g, qn + k + rows + 2)
-                        q_l = _grow(q_l, qn + k + rows + 2)
                     for j in range(eff_start[key], eff_start[key + 1]):
                         if eff_lg[j] > 0 and eff_at[j] != NEVER:
-                            qn, hn, heap = _put(q_ts, q_sw, q_g, q_l, qn, heap, hn,
+                            qn, hn, heap = _put(q_at, q_sw, q_g, q_l, qn, heap, hn,
                                                 max(eff_at[j], i + 1), m, g, eff_lg[j])
                 # else: a member with the run's writes got them all at its own hello
         elif ev == EV_OVERFLOW and reset_on_overflow and not reset_pending[sw]:
             reset_pending[sw] = True
-            qn, hn, heap = _put(q_ts, q_sw, q_g, q_l, qn, heap, hn, due, sw, 0, RESET)
+            qn, hn, heap = _put(q_at, q_sw, q_g, q_l, qn, heap, hn, due, sw, 0, RESET)
     return rep_flow[:nrep], rep_ts[:nrep], stats
 
 
@@ -336,7 +333,7 @@ def simulate(trace: Trace | PreparedTrace, params: Params,
     coordinator = Coordinator(k, R)
     effect = EffectTimes.empty()
     if delays is not None:
-        effect = hello_effect_times(delays, ingress, prep.flow_group, t.flow, k)
+        effect = effect_times(delays, ingress, prep.flow_group, t.flow, k)
 
     start = time.perf_counter()
     rep_flow, rep_ts, stats = _simulate_herd(

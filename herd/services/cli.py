@@ -50,10 +50,10 @@ def register_cli(sub: Any) -> None:
     rp.add_argument("--json", action="store_true", help="print one JSON object (the keys of "
                     "herd simulate --json plus lost_messages, hello latency, reports/s)")
     rp.add_argument("--compare", action="store_true",
-                    help="also run herd simulate with the measured delays (simulated_f1)")
+                    help="also run herd simulate under the measured timing (simulated_f1)")
     rp.add_argument("--results", help="copy the coordinator's results JSON here")
-    rp.add_argument("--delays-out", help="write each hello's measured control-loop delay here "
-                    "(CSV for herd simulate --delays)")
+    rp.add_argument("--delays-out", help="write every entry write and the packet it took "
+                    "effect at here (CSV for herd simulate --delays)")
     rp.add_argument("--workdir", help="keep sockets, journal, logs here (default: a temporary "
                     "directory, removed)")
     rp.add_argument("--keep", action="store_true", help="keep the temporary directory")

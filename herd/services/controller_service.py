@@ -149,7 +149,6 @@ class ControllerService:
         # (group, hello packet, r_g, switch packet counter after the write, latency ns) per
         # entry write, for switches that do not record it (Driver.entry_clock)
         self.entry_writes: list[tuple[int, int, int, int, int]] = []
-        self._written: dict[int, bool] = {}
         self._push_cv = threading.Condition()
         # Reports not yet acknowledged by the coordinator, in seq order; _rsent of them were
         # sent on the current stream.
@@ -298,9 +297,8 @@ class ControllerService:
         if packet is None:
             return
         now = time.monotonic_ns()
-        for g, _, r, _ in writes:
-            t0 = self._hello_t0.get(g) if not self._written.get(g) else None
-            self._written[g] = True
+        for g, _, r, modify in writes:
+            t0 = None if modify else self._hello_t0.get(g)  # latency of the first write only
             self.entry_writes.append((g, -1, r, packet, -1 if t0 is None else now - t0))
 
     def watermark(self) -> int:

@@ -200,8 +200,7 @@ class ModelSwitch:
         self.table_writes = 0
         self.table_resets = 0
         self.malformed_requests = 0
-        # Per pending hello: when it went out and the switch's packet number that said it.
-        self.hello_emit: dict[int, tuple[int, int]] = {}
+        self.hello_emit_ns: dict[int, int] = {}  # per pending hello: when it went out
         self.hello_packet: dict[int, int] = {}  # per group: the packet of its last hello
         # Every group entry write: (group, r_g threshold, first packet to see it, hello ->
         # entry latency ns or -1): the timing ``herd simulate --delays`` replays (herd.delays).
@@ -348,10 +347,10 @@ class ModelSwitch:
         with self.lock:
             self.switch.install_group(g, params[0], params[1])
             self.table_writes += 1
-            emitted = self.hello_emit.pop(g, None)
+            emitted = self.hello_emit_ns.pop(g, None)
             # packets_done moves under the lock: the next packet is the first to see it.
             self.entry_writes.append((g, params[1], self.packets_done, -1 if emitted is None
-                                      else time.monotonic_ns() - emitted[0]))
+                                      else time.monotonic_ns() - emitted))
 
     def op_batch(self, req: dict[str, Any]) -> dict[str, Any]:
         """Several operations in one request, in order; stops at the first refused one."""
@@ -465,10 +464,12 @@ class ModelSwitch:
         with self.lock:
             regs = self.switch.registers()
             installed = int(np.count_nonzero(self.switch.group_state == GROUP_INSTALLED))
-            pending = len(self.hello_emit)
-            writes = [(g, self.hello_packet.get(g, -1), r, packet, ns)
-                      for g, r, packet, ns in self.entry_writes]
-            writes += [(g, packet, 0, -1, -1) for g, (_, packet) in self.hello_emit.items()]
+            pending = len(self.hello_emit_ns)
+            if req.get("latencies"):  # only then: the harness polls stats many times a second
+                writes = [(g, self.hello_packet.get(g, -1), r, packet, ns)
+                          for g, r, packet, ns in self.entry_writes]
+                writes += [(g, self.hello_packet.get(g, -1), 0, -1, -1)
+                           for g in self.hello_emit_ns]
         with self.cond:
             cpu = {"cpu_emitted": self.last_seq, "cpu_acked": self.acked,
                    "cpu_dropped": self.cpu_dropped, "subscriber": self.subscriber is not None}
@@ -534,9 +535,8 @@ class ModelSwitch:
                     for j in range(k):
                         if ev_type[j] == EV_HELLO:
                             g = int(flow_group[flow[ev_pkt[j]]])
-                            packet = first + int(ev_pkt[j])
-                            self.hello_emit.setdefault(g, (now, packet))
-                            self.hello_packet[g] = packet
+                            self.hello_emit_ns.setdefault(g, now)
+                            self.hello_packet[g] = first + int(ev_pkt[j])
                     self.packets_done += end - i
                 for j in range(k):
                     p = int(ev_pkt[j])

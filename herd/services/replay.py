@@ -398,6 +398,11 @@ class ReplayRun:
             out["measured_delays_mismatched"] = sim.metrics.get("measured_delays_mismatched", 0)
         return out
 
+    def write_delays(self, path: str | Path) -> str:
+        """The entry writes ``results`` measured, as a file for ``herd simulate --delays``."""
+        atomic_write(path, delays_csv(self.entry_writes))
+        return str(path)
+
     # ---------------------------------------------------------------- cleanup
 
     def close(self, keep: bool = False) -> None:
@@ -446,8 +451,7 @@ def run_replay(prep: PreparedTrace, params: Params, pps: float = 0.0, *,
     coordinator_json = run.dir / "coordinator-results.json"
     run.close(keep=True)
     if delays_out:
-        atomic_write(delays_out, delays_csv(run.entry_writes))
-        out["delays_file"] = delays_out
+        out["delays_file"] = run.write_delays(delays_out)
     if results:
         shutil.copyfile(coordinator_json, results)
         out["coordinator_results"] = results
@@ -466,7 +470,7 @@ def format_result(d: dict[str, Any]) -> str:
         f"trace {d['trace']} ({d['packets']} packets, digest {d['trace_digest'][:12]})",
         f"T={d['T']} R={d['R']} heavy hitters={d['heavy_hitters']} detected={d['detected']}",
         f"F1={d['f1']:.4f} precision={d['precision']:.4f} recall={d['recall']:.4f}"
-        + (f" (simulator with the measured delays: {d['simulated_f1']:.4f}; at their mean "
+        + (f" (simulator under the measured timing: {d['simulated_f1']:.4f}; at the mean "
            f"{d['measured_delay_ms']:.4f} ms: {d['simulated_f1_mean_delay']:.4f})"
            if "simulated_f1" in d else ""),
         f"messages={d['messages']} (hellos {d['hellos']}, reports {d['reports']}, overflows "

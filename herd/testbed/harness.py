@@ -37,7 +37,6 @@ from pathlib import Path
 from typing import Any
 
 from herd import __version__
-from herd.delays import delays_csv
 from herd.errors import HerdInputError
 from herd.fileio import atomic_write
 from herd.loadbalancer import lb_seed
@@ -186,7 +185,6 @@ class Bmv2TestbedRun(TestbedRun):
             })
         return out
 
-
     def _controller_status(self, i: int) -> dict[str, Any]:
         try:
             return json.loads((self.dir / f"{self.names[i]}.controller.json").read_text())
@@ -320,8 +318,7 @@ class Testbed:
 
         out["simulated_f1_no_delay"] = simulate(prep, params.with_(delay_ms=0.0)).f1  # the ideal
         if delays_out is not None and run.entry_writes:
-            atomic_write(delays_out, delays_csv(run.entry_writes))
-            out["delays_file"] = str(delays_out)
+            out["delays_file"] = run.write_delays(delays_out)
         out.update(sent_packets=sent, received_packets=received,
                    lost_packets=max(0, sent - received), target=self.target, pps=pps)
         return out
@@ -423,7 +420,7 @@ def run_harness(args: argparse.Namespace) -> int:
                 rows[v] = {**out, "f1score": out["f1"], "seed": params.seed}
                 records.append({param: v, **out})
                 atomic_write(csv_path, csv_rows(param, values, rows))
-                print(f"    F1 {out['f1']:.3f} (simulated with the measured delays "
+                print(f"    F1 {out['f1']:.3f} (simulated under the measured timing "
                       f"{out['simulated_f1']:.3f}), "
                       f"lost packets {rows[v]['lost_packets']}, lost messages "
                       f"{out['lost_messages']}", file=sys.stderr)
