@@ -8,8 +8,17 @@ and :class:`Switch` (the model target, behind the model driver) calls it per pac
 - ``regs``: a few ``bit<32>`` registers (PRNG state, sample threshold, hold start, counters);
 - ``group_state / group_tau / group_r``: the group table (keyed by g = src/8, dst/8) and
   the one-bit "hello already sent" register, folded into one state byte per group;
-- ``fps / counts``: the multi-stage hash table, all stages in one flat array; stage ``i``
-  occupies ``[offset_i, offset_i + size_i)``.
+- ``fps / counts / epochs``: the multi-stage hash table, all stages in one flat array; stage
+  ``i`` occupies ``[offset_i, offset_i + size_i)``. ``epochs`` tags each slot with the epoch it
+  was written in;
+- ``epoch_log``: the switch packet at which each epoch began (``epoch mod EPOCH_LOG``), so the
+  control plane can read when the switch's epochs changed.
+
+Epochs (DESIGN.md "Epochs"): the caller gives each packet the epoch of the switch's clock
+(``clock_epoch``; the simulator gives the trace epoch). The switch never goes back an epoch.
+At the first packet of a new epoch the occupancy restarts at 0, and every slot written in an
+earlier epoch reads as empty from then on: the tables empty lazily, with no control-plane
+round trip at the boundary, identically in the model and in P4. Group state persists.
 """
 
 from __future__ import annotations
@@ -36,7 +45,12 @@ REG_HELLOS = 5
 REG_REPORTS = 6
 REG_OVERFLOWS = 7
 REG_PACKETS = 8  # IPv4 packets measured: the switch's clock for when entries took effect
-N_REGS = 9
+REG_EPOCH = 9  # the switch's current epoch
+REG_EPOCH_US = 10  # epoch length W in the switch's clock (microseconds); 0: one epoch
+N_REGS = 11
+
+# Entries of the epoch log: the first packet of epoch e is at epoch_log[e % EPOCH_LOG].
+EPOCH_LOG = 256
 
 # Group states: no entry, hello sent (entry pending), entry installed.
 GROUP_MISS = 0
@@ -59,6 +73,15 @@ def _flip(regs: np.ndarray, threshold: int) -> bool:
 
 
 @njit(cache=True)
+def clock_epoch(now_us: int, origin_us: int, epoch_us: int) -> int:
+    """The epoch of the switch's clock: floor((now - origin) / W); 0 before the origin or
+    when epochs are off (W = 0)."""
+    if epoch_us == 0 or now_us < origin_us:
+        return 0
+    return ((now_us - origin_us) // epoch_us) & 0xFFFFFFFF
+
+
+@njit(cache=True)
 def process_packet(
     regs: np.ndarray,
     group_state: np.ndarray,
@@ -66,16 +89,27 @@ def process_packet(
     group_r: np.ndarray,
     fps: np.ndarray,
     counts: np.ndarray,
+    epochs: np.ndarray,
+    epoch_log: np.ndarray,
     g: int,
     slots: np.ndarray,
     fp: int,
+    epoch: int,
 ) -> tuple[int, int]:
-    """Run one IPv4 packet of group ``g`` through the switch. ``slots`` are the flow's slot
-    in each stage and ``fp`` its fingerprint (``herd.hashing.flow_slots``).
+    """Run one IPv4 packet of group ``g`` through the switch in epoch ``epoch``. ``slots``
+    are the flow's slot in each stage and ``fp`` its fingerprint
+    (``herd.hashing.flow_slots``).
 
     Returns (event, count): EV_NONE, EV_HELLO (count 0), EV_REPORT (the count that crossed
-    tau_g) or EV_OVERFLOW (count 0). At most one event per packet.
+    tau_g; its epoch is ``regs[REG_EPOCH]``) or EV_OVERFLOW (count 0). At most one event per
+    packet.
     """
+    # 0. Epoch: a new one empties the tables lazily (slots of older epochs read as empty).
+    if epoch > regs[REG_EPOCH]:
+        regs[REG_EPOCH] = epoch
+        regs[REG_OCCUPIED] = 0
+        epoch_log[epoch % EPOCH_LOG] = regs[REG_PACKETS]
+    e = regs[REG_EPOCH]
     regs[REG_PACKETS] += 1
     # 1. Group table. A miss sends one hello per group until the entry is installed,
     #    and the packet is not counted.
@@ -92,11 +126,11 @@ def process_packet(
     empty = -1
     for i in range(len(slots)):
         s = slots[i]
+        if epochs[s] != e or fps[s] == 0:
+            empty = s
+            break
         if fps[s] == fp:
             slot = s
-            break
-        if fps[s] == 0:
-            empty = s
             break
     if slot >= 0:
         counts[slot] += 1
@@ -110,6 +144,7 @@ def process_packet(
             return EV_OVERFLOW, 0
         slot = empty
         fps[slot] = fp
+        epochs[slot] = e
         # Sample-and-hold correction: the packets missed before sampling, about 1/s.
         counts[slot] = regs[REG_HOLD_START]
         regs[REG_OCCUPIED] += 1
@@ -158,6 +193,7 @@ class SwitchConfig:
     prng_seed: int
     sample_threshold: int
     hold_start: int
+    epoch_us: int = 0  # W in the switch's clock; 0: one epoch
 
 
 class Switch:
@@ -173,12 +209,20 @@ class Switch:
         self.group_r = np.zeros(N_GROUPS, dtype=np.uint32)
         self.fps = np.zeros(slots, dtype=np.uint32)
         self.counts = np.zeros(slots, dtype=np.uint32)
+        self.epochs = np.zeros(slots, dtype=np.uint32)
+        self.epoch_log = np.zeros(EPOCH_LOG, dtype=np.uint32)
+        self.epoch_origin_us = 0  # when epoch 0 began, in the switch's clock
         self._slots = np.zeros(len(self.stages), dtype=np.int64)
 
     def configure(self, config: SwitchConfig) -> None:
         self.regs[REG_PRNG] = config.prng_seed
         self.regs[REG_SAMPLE_THRESHOLD] = config.sample_threshold
         self.regs[REG_HOLD_START] = config.hold_start
+        self.regs[REG_EPOCH_US] = config.epoch_us
+
+    def clock_epoch(self, now_us: int) -> int:
+        """The epoch the switch's clock shows at ``now_us``."""
+        return int(clock_epoch(now_us, self.epoch_origin_us, int(self.regs[REG_EPOCH_US])))
 
     def install_group(self, g: int, tau: int, r_threshold: int) -> None:
         install_group(self.group_state, self.group_tau, self.group_r, g, tau, r_threshold)
@@ -191,15 +235,19 @@ class Switch:
     def reset_tables(self) -> None:
         reset_tables(self.regs, self.fps, self.counts)
 
-    def process(self, src: int, dst: int, sport: int, dport: int, proto: int) -> CpuMessage | None:
-        """One IPv4 packet; the CPU message it causes, if any."""
+    def process(self, src: int, dst: int, sport: int, dport: int, proto: int,
+                epoch: int = 0) -> CpuMessage | None:
+        """One IPv4 packet in the given epoch of the switch's clock; the CPU message it
+        causes, if any."""
         fp = flow_slots(src, dst, sport, dport, proto, self.stage_offsets, self.stage_sizes,
                         self._slots)
         event, count = process_packet(self.regs, self.group_state, self.group_tau, self.group_r,
-                                      self.fps, self.counts, group_of(src, dst), self._slots, fp)
+                                      self.fps, self.counts, self.epochs, self.epoch_log,
+                                      group_of(src, dst), self._slots, fp, epoch)
         if event == EV_NONE:
             return None
-        return CpuMessage(MessageType(event), src, dst, sport, dport, proto, int(count))
+        return CpuMessage(MessageType(event), src, dst, sport, dport, proto, int(count),
+                          int(self.regs[REG_EPOCH]))
 
     def registers(self) -> dict[str, int]:
         return {
@@ -212,4 +260,6 @@ class Switch:
             "reports": int(self.regs[REG_REPORTS]),
             "overflows": int(self.regs[REG_OVERFLOWS]),
             "packets": int(self.regs[REG_PACKETS]),
+            "epoch": int(self.regs[REG_EPOCH]),
+            "epoch_us": int(self.regs[REG_EPOCH_US]),
         }

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,6 +56,8 @@ log = logging.getLogger(__name__)
 # are never read, so an upgrade can never serve stale numbers.
 CACHE_VERSION = 1
 
+# Packets per chunk when a trace is walked in order (simulation, ground truth).
+CHUNK_PACKETS = 1 << 20
 # Read size. Small enough that the buffer is a few bytes per packet of a large trace,
 # large enough that the per-call overhead of the kernels disappears.
 CHUNK_BYTES = 16 << 20
@@ -161,6 +163,21 @@ class Trace:
     @property
     def skipped(self) -> int:
         return self.skipped_non_ipv4 + self.skipped_malformed
+
+    @property
+    def first_ts(self) -> int:
+        """The first packet's timestamp (not the earliest: captures need not be monotonic);
+        epochs count from it."""
+        return int(self.ts_ns[0]) if self.packets else 0
+
+    def chunks(self, columns: Sequence[str], size: int = CHUNK_PACKETS
+               ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """The packets in trace order, at most ``size`` at a time: (index of the chunk's first
+        packet, {column: its values}), columns from ts_ns, src, dst, sport, dport, proto,
+        flow, ingress."""
+        for start in range(0, self.packets, max(1, size)):
+            stop = min(start + size, self.packets)
+            yield start, {c: getattr(self, c)[start:stop] for c in columns}
 
     def group_of_flow(self) -> np.ndarray:
         """The Herd group of every flow: (src /8) << 8 | (dst /8), as uint16."""
