@@ -35,7 +35,10 @@ from scapy.all import (
 from scapy.layers.l2 import CookedLinuxV2
 from scapy.layers.sctp import SCTP
 
+import herd.capture as capture_mod
+import herd.flowtable as flowtable_mod
 import herd.trace as trace_mod
+import herd.tracecache as cache_mod
 from herd.errors import HerdInputError
 from herd.groundtruth import threshold
 from herd.trace import Trace, format_trace_info, load_ingress_traces, load_trace, trace_info
@@ -261,8 +264,8 @@ def test_tiny_chunks_and_growth_give_the_same_trace(
     arrays that must grow: the same trace as one big read."""
     need(path)
     whole = load_trace(path, use_cache=False)
-    monkeypatch.setattr(trace_mod, "CHUNK_BYTES", 97)
-    monkeypatch.setattr(trace_mod, "MIN_STORED_RECORD", 10**9)  # start with 1024 rows
+    monkeypatch.setattr(capture_mod, "CHUNK_BYTES", 97)
+    monkeypatch.setattr(capture_mod, "PARSE_CHUNK_PACKETS", 3)  # chunks end inside flows
     small = load_trace(path, use_cache=False)
     for name in ("ts_ns", "src", "dst", "sport", "dport", "proto", "flow", "flow_src"):
         assert np.array_equal(getattr(whole, name), getattr(small, name)), name
@@ -699,7 +702,7 @@ def test_flow_numbering_through_table_growth() -> None:
     sport = (keys[pick, 2] % 3).astype(np.uint16)
     dport = keys[pick, 3].astype(np.uint16)
     proto = (keys[pick, 4] % 2 * 11 + 6).astype(np.uint8)
-    out = trace_mod._number_flows(src, dst, sport, dport, proto)
+    out = flowtable_mod.number_flows(src, dst, sport, dport, proto)
     five = list(
         zip(src.tolist(), dst.tolist(), sport.tolist(), dport.tolist(), proto.tolist(), strict=True)
     )
@@ -768,12 +771,12 @@ def test_cache_hit_does_not_parse(
 ) -> None:
     path = need(CAIDA_PCAPNG)
     first = load_trace(path)
-    entry = cache_dir / f"trace-v{trace_mod.CACHE_VERSION}-{first.digest}"
-    assert (entry / "meta.json").is_file() and (entry / "ts_ns.npy").is_file()
+    entry = cache_dir / f"trace-v{cache_mod.CACHE_VERSION}-{first.digest}"
+    assert (entry / "meta.json").is_file() and (entry / "ts_ns.bin").is_file()
     assert len(list((cache_dir / "index").glob("*.json"))) == 1
     assert not list(cache_dir.glob(".tmp-*"))  # nothing half-written left behind
     # The shared capture is old: its index entry is trusted on stat alone, no hashing.
-    monkeypatch.setattr(trace_mod, "_file_sha256", lambda p: pytest.fail("re-hashed"))
+    monkeypatch.setattr(cache_mod, "_file_sha256", lambda p: pytest.fail("re-hashed"))
     forbid_parsing(monkeypatch)
     again = load_trace(path)
     assert same(first, again)
@@ -814,11 +817,13 @@ def test_copy_of_a_cached_file_reuses_the_entry(tmp_path: Path, cache_dir: Path)
 def test_corrupt_cache_entry_is_rebuilt(tmp_path: Path, cache_dir: Path) -> None:
     path = small_capture(tmp_path / "c.pcap")
     good = load_trace(path)
-    entry = cache_dir / f"trace-v{trace_mod.CACHE_VERSION}-{good.digest}"
-    (entry / "src.npy").write_bytes(b"garbage")
+    for name in trace_mod.COLUMNS:  # load: the file is about to be overwritten in place
+        getattr(good, name)
+    entry = cache_dir / f"trace-v{cache_mod.CACHE_VERSION}-{good.digest}"
+    (entry / "src.bin").write_bytes(b"garbage")
     rebuilt = load_trace(path)
     assert same(good, rebuilt)
-    assert np.load(entry / "src.npy").tolist() == good.src.tolist()  # entry repaired
+    assert np.fromfile(entry / "src.bin", np.uint32).tolist() == good.src.tolist()  # repaired
 
 
 def test_cache_of_another_version_is_ignored(
@@ -826,16 +831,16 @@ def test_cache_of_another_version_is_ignored(
 ) -> None:
     path = small_capture(tmp_path / "c.pcap")
     load_trace(path)
-    monkeypatch.setattr(trace_mod, "CACHE_VERSION", trace_mod.CACHE_VERSION + 1)
+    monkeypatch.setattr(cache_mod, "CACHE_VERSION", cache_mod.CACHE_VERSION + 1)
     calls = []
     real = trace_mod._parse_file
     monkeypatch.setattr(trace_mod, "_parse_file", lambda *a: calls.append(1) or real(*a))
     load_trace(path)
     assert calls == [1]
     meta = json.loads(
-        next(cache_dir.glob(f"trace-v{trace_mod.CACHE_VERSION}-*/meta.json")).read_text()
+        next(cache_dir.glob(f"trace-v{cache_mod.CACHE_VERSION}-*/meta.json")).read_text()
     )
-    assert meta["version"] == trace_mod.CACHE_VERSION
+    assert meta["version"] == cache_mod.CACHE_VERSION
 
 
 def test_unwritable_cache_does_not_fail(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -855,10 +860,10 @@ def test_progress_bar_on_large_files(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = need(CAIDA_PCAP)
-    monkeypatch.setattr(trace_mod, "PROGRESS_MIN_BYTES", 1)
+    monkeypatch.setattr(capture_mod, "PROGRESS_MIN_BYTES", 1)
     load_trace(path, use_cache=False, progress=True)
     assert "parsing caida2016-500.pcap" in capsys.readouterr().err
-    monkeypatch.setattr(trace_mod, "PROGRESS_MIN_BYTES", 10**12)
+    monkeypatch.setattr(capture_mod, "PROGRESS_MIN_BYTES", 10**12)
     load_trace(path, use_cache=False, progress=True)
     assert capsys.readouterr().err == ""
 
@@ -988,3 +993,324 @@ def test_group_of_flow_and_flow_counts(tmp_path: Path) -> None:
     assert g.tolist() == [(10 << 8) | 172, (10 << 8) | 172, (255 << 8) | 1]
     assert t.flow_counts().tolist() == [2, 1, 1] and t.flow_counts().dtype == np.int64
     assert (t.packets, t.flows, t.skipped) == (4, 3, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# streaming: parse, store and walk a chunk at a time
+# --------------------------------------------------------------------------------------------
+
+
+def crafted_capture(path: Path, packets: int = 3000, flows: int = 400, seed: int = 5) -> Path:
+    """A pcap of interleaved TCP / UDP flows of Zipf-ish sizes with an ARP frame now and
+    then (skipped), records of varying lengths, timestamps stepping back once in a while."""
+    rng = random.Random(seed)
+    keys = [
+        (
+            rng.getrandbits(32),
+            rng.getrandbits(32),
+            rng.randrange(65536),
+            rng.randrange(65536),
+            rng.choice((6, 17)),
+        )
+        for _ in range(flows)
+    ]
+    weights = [1 / (i + 1) for i in range(flows)]
+    arp = bytes(Ether() / ARP())
+    recs = []
+    for i in range(packets):
+        if rng.random() < 0.02:
+            recs.append((T0, i, arp))
+            continue
+        src, dst, sp, dp, pr = rng.choices(keys, weights)[0]
+        l4 = (
+            struct.pack("!HHIIBBHHH", sp, dp, 0, 0, 0x50, 0, 0, 0, 0)
+            if pr == 6
+            else (struct.pack("!HHHH", sp, dp, 8, 0))
+        )
+        pad = b"\0" * rng.randrange(0, 40)
+        ip = struct.pack("!BBHHHBBHII", 0x45, 0, 20 + len(l4) + len(pad), 0, 0, 64, pr, 0, src, dst)
+        frame = b"\x02" * 12 + b"\x08\x00" + ip + l4 + pad
+        sec = T0 + i // 1000 - (1 if i % 97 == 0 else 0)  # not monotonic
+        recs.append((sec, i % 1000, frame))
+    return write(path, pcap_bytes(recs))
+
+
+def packet_columns(t: Trace) -> dict[str, list[int]]:
+    return {k: getattr(t, k).tolist() for k in (*trace_mod.COLUMNS, *flowtable_mod.FLOW_COLUMNS)}
+
+
+@pytest.mark.parametrize("use_cache", [True, False], ids=["cache", "temporary"])
+@pytest.mark.parametrize(("read_bytes", "chunk"), [(97, 1), (61, 7), (4096, 250)])
+def test_streaming_parse_gives_the_one_shot_trace(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, use_cache: bool, read_bytes: int, chunk: int
+) -> None:
+    """Read buffers that end inside records and output chunks that end inside flows give
+    exactly the columns and flow table of a parse in one piece."""
+    path = crafted_capture(tmp_path / "c.pcap")
+    one_shot = load_trace(path, use_cache=False)
+    assert one_shot.packets > 2 * 250 and one_shot.skipped_non_ipv4 > 0
+    whole = packet_columns(one_shot)
+    five = [np.asarray(whole[k]) for k in ("src", "dst", "sport", "dport", "proto")]
+    numbered = flowtable_mod.number_flows(*five)
+    assert whole["flow"] == numbered["flow"].tolist()
+    assert whole["flow_src"] == numbered["flow_src"].tolist()
+    monkeypatch.setattr(capture_mod, "CHUNK_BYTES", read_bytes)
+    monkeypatch.setattr(capture_mod, "PARSE_CHUNK_PACKETS", chunk)
+    t = load_trace(path, use_cache=use_cache)
+    assert t.digest == one_shot.digest
+    assert (t.skipped_non_ipv4, t.skipped_malformed) == (
+        one_shot.skipped_non_ipv4,
+        one_shot.skipped_malformed,
+    )
+    assert packet_columns(t) == whole
+    check_dtypes(t)
+
+
+def in_memory_copy(t: Trace) -> Trace:
+    return Trace(
+        paths=t.paths,
+        digest=t.digest,
+        **{k: getattr(t, k).copy() for k in trace_mod.COLUMNS},
+        **{k: getattr(t, k) for k in flowtable_mod.FLOW_COLUMNS},
+        skipped_non_ipv4=t.skipped_non_ipv4,
+        skipped_malformed=t.skipped_malformed,
+    )
+
+
+@pytest.mark.parametrize("kind", ["cached", "temporary", "in-memory", "ingress"])
+def test_chunks_concatenate_to_the_columns(tmp_path: Path, kind: str) -> None:
+    path = crafted_capture(tmp_path / "c.pcap", packets=1500)
+    if kind == "ingress":
+        other = crafted_capture(tmp_path / "d.pcap", packets=700, seed=6)
+        t = load_ingress_traces([path, other])
+    else:
+        t = load_trace(path, use_cache=kind != "temporary")
+        if kind == "in-memory":
+            t = in_memory_copy(t)
+    reference = load_trace(path) if kind != "ingress" else t
+    expected = {k: getattr(reference, k).copy() for k in trace_mod.COLUMNS}
+    if kind in ("cached", "temporary"):
+        assert not t._loaded  # a stored trace holds no packets until asked
+    n = t.packets
+    for size in (1, 7, 1000, n, n + 1, 10 * n):
+        for columns in (("ts_ns", "flow"), tuple(trace_mod.COLUMNS), ("ingress",)):
+            got: dict[str, list[np.ndarray]] = {c: [] for c in columns}
+            starts = []
+            for start, chunk in t.chunks(columns, size):
+                assert set(chunk) == set(columns)
+                lengths = {len(a) for a in chunk.values()}
+                assert len(lengths) == 1 and 0 < lengths.pop() <= size
+                starts.append(start)
+                for c, a in chunk.items():
+                    assert a.dtype == trace_mod.COLUMNS[c], c
+                    got[c].append(a.copy())  # the buffers are reused
+            assert starts == list(range(0, n, size))
+            for c in columns:
+                assert np.array_equal(np.concatenate(got[c]), expected[c]), (size, c)
+    if kind in ("cached", "temporary"):
+        assert not t._loaded  # walking loads nothing whole
+    assert t.first_ts == int(expected["ts_ns"][0])
+    counts = np.bincount(expected["flow"], minlength=t.flows)
+    assert t.flow_counts().tolist() == counts.tolist()
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        next(t.chunks(("ts_ns", "nope")))
+
+
+def test_chunks_of_an_empty_trace(tmp_path: Path) -> None:
+    t = load_trace(write(tmp_path / "z.pcap", pcap_bytes([])))
+    assert list(t.chunks(tuple(trace_mod.COLUMNS))) == []
+    assert t.first_ts == 0 and t.flow_counts().tolist() == []
+
+
+def test_first_ts_is_the_first_packet_not_the_earliest(tmp_path: Path) -> None:
+    frame = bytes(Ether() / tcp("1.1.1.1", "2.2.2.2", 1, 2))
+    path = write(
+        tmp_path / "back.pcap",
+        pcap_bytes([(T0 + 5, 0, frame), (T0, 0, frame), (T0 + 9, 0, frame), (T0 + 7, 0, frame)]),
+    )
+    t = load_trace(path)
+    assert t.first_ts == (T0 + 5) * 10**9
+    info = trace_info(t)
+    assert (info["first_ts"], info["last_ts"]) == ((T0 + 5) * 10**9, (T0 + 7) * 10**9)
+    assert (info["min_ts"], info["max_ts"]) == (T0 * 10**9, (T0 + 9) * 10**9)
+    assert info["duration_s"] == 9.0
+    text = format_trace_info(info)
+    assert "earliest" in text and "latest" in text
+
+
+def test_trace_info_walks_chunks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """trace_info reads a stored trace chunk by chunk and loads no whole column; chunk
+    boundaries change nothing."""
+    t = load_trace(crafted_capture(tmp_path / "c.pcap"))
+    whole = trace_info(in_memory_copy(load_trace(tmp_path / "c.pcap")))
+    monkeypatch.setattr(Trace.chunks, "__defaults__", (7,))  # size=7
+    assert trace_info(t) == whole
+    assert not t._loaded
+
+
+def test_whole_columns_load_once_and_survive_close(tmp_path: Path) -> None:
+    t = load_trace(crafted_capture(tmp_path / "c.pcap"), use_cache=False)
+    ts = t.ts_ns
+    assert t.ts_ns is ts and set(t._loaded) == {"ts_ns"}
+    assert (t.ingress == -1).all() and t.ingress.dtype == np.int16
+    with t:
+        pass
+    assert t.ts_ns is ts  # loaded columns stay
+    with pytest.raises(ValueError, match="closed"):
+        t.flow  # noqa: B018 - the access is the test
+    with pytest.raises(ValueError, match="closed"):
+        next(t.chunks(("src",)))
+
+
+def test_trace_from_arrays_checks_lengths() -> None:
+    z = np.zeros(3, np.int64)
+    with pytest.raises(ValueError, match="different lengths"):
+        Trace((), "0" * 64, z, z, z, z, z, z, z, z[:2], z, z, z, z, z)
+
+
+def test_interrupted_parse_leaves_no_entry(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A parse stopped after some chunks were written (Ctrl-C, an error) leaves neither an
+    entry nor its temporary directory, and the next load parses afresh."""
+    path = crafted_capture(tmp_path / "c.pcap")
+    monkeypatch.setattr(capture_mod, "PARSE_CHUNK_PACKETS", 100)
+    real = cache_mod.EntryWriter.append
+    calls = []
+
+    def append(self: cache_mod.EntryWriter, cols: dict[str, np.ndarray]) -> None:
+        calls.append(1)
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        real(self, cols)
+
+    monkeypatch.setattr(cache_mod.EntryWriter, "append", append)
+    with pytest.raises(KeyboardInterrupt):
+        load_trace(path)
+    assert cache_dir.is_dir() and not list(cache_dir.glob("trace-*"))
+    assert not list(cache_dir.glob(".tmp-*")) and not (cache_dir / "index").exists()
+    monkeypatch.setattr(cache_mod.EntryWriter, "append", real)
+    t = load_trace(path)
+    assert packet_columns(t) == packet_columns(load_trace(path, use_cache=False))
+
+
+def test_killed_parse_is_never_read(tmp_path: Path, cache_dir: Path) -> None:
+    """A process killed (SIGKILL) mid-parse leaves a temporary directory only; loads ignore
+    it, and remove it once it is stale."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = crafted_capture(tmp_path / "c.pcap", packets=4000)
+    child = r"""
+import sys, time
+import herd.capture, herd.tracecache
+from herd.trace import load_trace
+herd.capture.PARSE_CHUNK_PACKETS = 50
+real = herd.tracecache.EntryWriter.append
+def slow(self, cols):
+    real(self, cols)
+    self.files["ts_ns"].flush()
+    time.sleep(0.05)
+herd.tracecache.EntryWriter.append = slow
+load_trace(sys.argv[1])
+"""
+    env = dict(os.environ, HERD_CACHE_DIR=str(cache_dir))
+    proc = subprocess.Popen([sys.executable, "-c", child, str(path)], env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not any(p.stat().st_size > 0 for p in cache_dir.glob(".tmp-*/ts_ns.bin")):
+            assert proc.poll() is None and time.monotonic() < deadline, "child never wrote"
+            time.sleep(0.01)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    (tmp,) = cache_dir.glob(".tmp-*")
+    assert not list(cache_dir.glob("trace-*"))
+    t = load_trace(path)
+    assert packet_columns(t) == packet_columns(load_trace(path, use_cache=False))
+    assert tmp.exists()  # recent: it might be a live parse of another process
+    old = time.time() - 2 * cache_mod.STALE_TMP_S
+    for p in (tmp, *tmp.iterdir()):
+        os.utime(p, (old, old))
+    load_trace(small_capture(tmp_path / "other.pcap"))  # any new entry sweeps stale ones
+    assert not tmp.exists()
+
+
+@pytest.mark.parametrize("damage", ["truncated column", "no metadata", "old layout"])
+def test_damaged_or_foreign_entry_is_reparsed(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    path = crafted_capture(tmp_path / "c.pcap")
+    good = in_memory_copy(load_trace(path))
+    entry = cache_dir / f"trace-v{cache_mod.CACHE_VERSION}-{good.digest}"
+    if damage == "truncated column":
+        with open(entry / "flow.bin", "r+b") as f:
+            f.truncate(100)
+    elif damage == "no metadata":
+        (entry / "meta.json").unlink()
+    else:  # metadata of another version under this version's name
+        meta = json.loads((entry / "meta.json").read_text())
+        meta["version"] = 1
+        (entry / "meta.json").write_text(json.dumps(meta))
+    calls = []
+    real = trace_mod._parse_file
+    monkeypatch.setattr(trace_mod, "_parse_file", lambda *a: calls.append(1) or real(*a))
+    again = load_trace(path)
+    assert calls == [1] and same(good, again)
+    assert load_trace(path).packets == good.packets and calls == [1]  # repaired
+
+
+def test_old_version_entries_are_ignored(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A version-1 cache (one .npy a column, its own index entries) is never read."""
+    path = small_capture(tmp_path / "c.pcap")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    old = cache_dir / f"trace-v1-{digest}"
+    old.mkdir(parents=True)
+    np.save(old / "ts_ns.npy", np.zeros(6, np.int64))
+    (old / "meta.json").write_text(json.dumps({"version": 1, "digest": digest, "packets": 6}))
+    name, ident = cache_mod.stat_key(str(path))
+    (cache_dir / "index").mkdir()
+    (cache_dir / "index" / f"{name}.json").write_text(
+        json.dumps({"version": 1, "file": ident, "digest": digest, "indexed_ns": 0})
+    )
+    calls = []
+    real = trace_mod._parse_file
+    monkeypatch.setattr(trace_mod, "_parse_file", lambda *a: calls.append(1) or real(*a))
+    t = load_trace(path)
+    assert calls == [1] and t.ts_ns[0] == T0 * 10**9
+    assert (cache_dir / f"trace-v{cache_mod.CACHE_VERSION}-{digest}" / "meta.json").is_file()
+
+
+def test_cache_write_failure_falls_back_to_temporary_files(
+    tmp_path: Path, cache_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cache that fills up mid-parse: the trace is parsed again into temporary files, and
+    nothing is cached."""
+    path = crafted_capture(tmp_path / "c.pcap")
+    monkeypatch.setattr(capture_mod, "PARSE_CHUNK_PACKETS", 100)
+    real = cache_mod.EntryWriter.append
+
+    def append(self: cache_mod.EntryWriter, cols: dict[str, np.ndarray]) -> None:
+        if self.tmp is not None and self.packets >= 300:
+            raise cache_mod.StoreError("No space left on device")
+        real(self, cols)
+
+    monkeypatch.setattr(cache_mod.EntryWriter, "append", append)
+    t = load_trace(path)
+    monkeypatch.setattr(cache_mod.EntryWriter, "append", real)
+    assert packet_columns(t) == packet_columns(load_trace(path, use_cache=False))
+    assert not list(cache_dir.glob("trace-*")) and not list(cache_dir.glob(".tmp-*"))
+
+
+def test_temporary_files_are_unlinked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Uncached traces live in unlinked files: nothing to clean up, even after a kill."""
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setattr("tempfile.tempdir", str(tmp))
+    t = load_trace(crafted_capture(tmp_path / "c.pcap"), use_cache=False)
+    assert list(tmp.iterdir()) == []
+    assert t.packets > 0 and len(t.src) == t.packets
