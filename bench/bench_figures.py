@@ -29,8 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from _trace import bench_trace  # noqa: E402 - bench/ is sys.path[0] when run
 
+from herd.evaluate import PreparedTrace, simulate  # noqa: E402
 from herd.params import Params  # noqa: E402
-from herd.simulator import PreparedTrace, simulate  # noqa: E402
 from herd.trace import load_trace  # noqa: E402
 
 TARGET_SECONDS = 120.0

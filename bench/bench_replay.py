@@ -37,8 +37,8 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="herd-bench-replay-") as tmp:
         os.environ.setdefault("HERD_CACHE_DIR", str(Path(tmp) / "cache"))
         from herd.params import Params
+        from herd.prepared import PreparedTrace
         from herd.services.replay import run_replay
-        from herd.simulator import PreparedTrace
         from herd.synth import write_synthetic_pcap
         from herd.trace import load_trace
 

@@ -19,9 +19,9 @@ from _trace import bench_trace  # noqa: E402 - bench/ is sys.path[0] when run
 
 from herd.controller import LocalController
 from herd.coordinator import Coordinator
+from herd.evaluate import PreparedTrace, simulate
 from herd.messages import MessageType
 from herd.params import Params
-from herd.simulator import PreparedTrace, simulate
 from herd.switch import Switch
 from herd.trace import load_trace
 

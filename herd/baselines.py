@@ -25,6 +25,10 @@ generator, seeded with ``switch_seed(params.seed, switch)``, and packets take th
 switch ``PreparedTrace.ingress`` gives them, exactly as in Herd's simulation. The per-packet
 loops are numba kernels.
 
+Epochs: a baseline counts (flow, epoch) pairs as it would count flows in a trace of one
+epoch - its counters start afresh at each epoch, as Herd's tables do - and its memory is the
+largest number of counters a switch holds within one epoch.
+
 Budgets. ``run_baseline`` also runs each baseline as it would be deployed under a memory
 budget of S states and a communication budget of C messages per switch (used by
 ``herd figures`` to compare at equal budgets): a switch holds counters for at most S
@@ -45,13 +49,13 @@ import numpy as np
 from numba import njit
 
 from herd.controller import group_entry_nb
-from herd.coordinator import NOT_DETECTED, Coordinator
+from herd.coordinator import NOT_DETECTED, count_reports
 from herd.errors import HerdInputError
-from herd.groundtruth import heavy_hitters
-from herd.metrics import accuracy, detection_delays_ms, memory_summary, message_summary
+from herd.groundtruth import pair_keys
+from herd.metrics import memory_summary, message_summary
 from herd.params import Params
+from herd.prepared import Detection, PreparedTrace, SimulationResult, score
 from herd.prng import probability_threshold, switch_seed, xorshift32
-from herd.simulator import PreparedTrace, SimulationResult
 
 BASELINES = ("strawman", "sampling", "reporting")
 
@@ -67,14 +71,15 @@ DENSE_PAIR_LIMIT = 1 << 25
 @dataclass(frozen=True)
 class Pairs:
     """The distinct (ingress switch, flow) pairs of a trace under one ingress assignment,
-    numbered by first appearance."""
+    numbered by first appearance. With epochs, "flow" is a (flow, epoch) pair of
+    ``PreparedTrace.pairs``."""
 
     of_packet: np.ndarray  # int32: the pair of every packet
     flow: np.ndarray  # int32 per pair
     switch: np.ndarray  # int32 per pair
     first: np.ndarray  # int32: index of the pair's first packet
     packets: np.ndarray  # int64: packets of the flow at that switch
-    rank: np.ndarray  # int32: how many pairs of the same switch appeared before this one
+    rank: np.ndarray  # int32: how many pairs of the same switch (and epoch) came before
 
     def __len__(self) -> int:
         return len(self.flow)
@@ -145,26 +150,53 @@ def switch_flow_pairs(prep: PreparedTrace, params: Params) -> Pairs:
     hit = cache.get(id(ingress))
     if hit is not None and hit[0] is ingress:
         return hit[1]
-    t = prep.trace
-    if t.flows * params.k <= DENSE_PAIR_LIMIT:
-        arrays = _pairs_dense(t.flow, ingress, t.flows, params.k)
+    key = (id(ingress), params.epoch_ms)
+    hit = cache.get(key)
+    if hit is not None and hit[0] is ingress:
+        return hit[1]
+    of_packet, pair_flow, pair_epoch = prep.pairs(params.epoch_ms)
+    n = len(pair_flow)
+    if n * params.k <= DENSE_PAIR_LIMIT:
+        arrays = _pairs_dense(of_packet, ingress, n, params.k)
     else:
-        arrays = _pairs_sorted(t.flow, ingress, params.k)
+        arrays = _pairs_sorted(of_packet, ingress, params.k)
     pairs = Pairs(*arrays)
-    cache[id(ingress)] = (ingress, pairs)
+    if pair_epoch.any():  # rank within (switch, epoch): a switch's counters start afresh
+        sw_epoch = pair_epoch[pairs.flow] * params.k + pairs.switch
+        order = np.argsort(sw_epoch, kind="stable")
+        starts = np.searchsorted(sw_epoch[order], sw_epoch[order])
+        rank = np.empty(len(pairs), np.int32)
+        rank[order] = np.arange(len(pairs)) - starts
+        pairs = Pairs(pairs.of_packet, pairs.flow, pairs.switch, pairs.first, pairs.packets,
+                      rank)
+    cache[key] = (ingress, pairs)
     return pairs
 
 
+def _states_per_switch(prep: PreparedTrace, params: Params, pairs: Pairs,
+                       held: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(per switch, per epoch) the largest number of counters held within one epoch."""
+    _, _, pair_epoch = prep.pairs(params.epoch_ms)
+    epochs = int(pair_epoch.max()) + 1 if len(pair_epoch) else 1
+    e = pair_epoch[pairs.flow[held]]
+    grid = np.bincount(e * params.k + pairs.switch[held],
+                       minlength=epochs * params.k).reshape(epochs, params.k)
+    return grid.max(axis=0), grid.max(axis=1)
+
+
 def distinct_flows_per_switch(prep: PreparedTrace, params: Params) -> np.ndarray:
-    """How many distinct flows each ingress switch sees (the strawman's states)."""
-    return np.bincount(switch_flow_pairs(prep, params).switch, minlength=params.k)
+    """How many distinct flows each ingress switch sees within one epoch, at most (the
+    strawman's states)."""
+    pairs = switch_flow_pairs(prep, params)
+    return _states_per_switch(prep, params, pairs, np.ones(len(pairs), np.bool_))[0]
 
 
 def groups_per_switch(prep: PreparedTrace, params: Params) -> np.ndarray:
     """How many distinct groups each ingress switch sees: the hellos Herd's switches send
     when the control loop is fast enough that no group is asked for twice."""
     pairs = switch_flow_pairs(prep, params)
-    key = pairs.switch.astype(np.int64) << 16 | prep.flow_group[pairs.flow]
+    _, pair_flow, _ = prep.pairs(params.epoch_ms)
+    key = pairs.switch.astype(np.int64) << 16 | prep.flow_group[pair_flow[pairs.flow]]
     distinct = np.unique(key)
     return np.bincount((distinct >> 16).astype(np.int64), minlength=params.k)
 
@@ -175,8 +207,10 @@ def groups_per_switch(prep: PreparedTrace, params: Params) -> np.ndarray:
 
 @njit(cache=True)
 def _sampling_kernel(ts: np.ndarray, ingress: np.ndarray, flow: np.ndarray, flows: int,
-                     seeds: np.ndarray, q_threshold: int, q: float,
-                     T: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                     seeds: np.ndarray, q_threshold: int, q: float, T: int,
+                     flow_epoch: np.ndarray, sent_grid: np.ndarray,
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    # ``flow``: the (flow, epoch) pair of each packet; sent_grid[epoch * k + switch] counts
     """Per packet one flip on its switch's generator; a sampled packet goes to the
     coordinator, which detects the flow when (sampled packets) / q reaches T."""
     k = len(seeds)
@@ -191,6 +225,7 @@ def _sampling_kernel(ts: np.ndarray, ingress: np.ndarray, flow: np.ndarray, flow
         if x <= q_threshold:
             sent[sw] += 1
             f = flow[i]
+            sent_grid[flow_epoch[f] * k + sw] += 1
             sampled[f] += 1
             if detect_ts[f] == NOT_DETECTED and sampled[f] / q >= T:
                 detect_ts[f] = ts[i]
@@ -207,7 +242,7 @@ def _grow(a: np.ndarray) -> np.ndarray:
 @njit(cache=True)
 def _reporting_kernel(ts: np.ndarray, ingress: np.ndarray, of_packet: np.ndarray,
                       pair_flow: np.ndarray, tracked: np.ndarray, seeds: np.ndarray,
-                      tau: int, r_threshold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                      tau: int, r_threshold: int) -> tuple[np.ndarray, ...]:
     """Exact per-(switch, flow) counters; a counter reaching tau restarts from 0 and its
     switch reports the flow when its flip fires."""
     k = len(seeds)
@@ -216,6 +251,7 @@ def _reporting_kernel(ts: np.ndarray, ingress: np.ndarray, of_packet: np.ndarray
     sent = np.zeros(k, dtype=np.int64)
     rep_flow = np.empty(1024, dtype=np.int64)
     rep_ts = np.empty(1024, dtype=np.int64)
+    rep_sw = np.empty(1024, dtype=np.int64)
     nrep = 0
     for i in range(len(ts)):
         pr = of_packet[i]
@@ -234,10 +270,12 @@ def _reporting_kernel(ts: np.ndarray, ingress: np.ndarray, of_packet: np.ndarray
             if nrep == len(rep_flow):
                 rep_flow = _grow(rep_flow)
                 rep_ts = _grow(rep_ts)
+                rep_sw = _grow(rep_sw)
             rep_flow[nrep] = pair_flow[pr]
             rep_ts[nrep] = ts[i]
+            rep_sw[nrep] = sw
             nrep += 1
-    return rep_flow[:nrep], rep_ts[:nrep], sent
+    return rep_flow[:nrep], rep_ts[:nrep], rep_sw[:nrep], sent
 
 
 # ------------------------------------------------------------------------------------------
@@ -246,8 +284,8 @@ def _reporting_kernel(ts: np.ndarray, ingress: np.ndarray, of_packet: np.ndarray
 
 @dataclass
 class BaselineRun:
-    """A baseline's result plus what tuning needs beyond it: the coordinator's report count
-    per flow (probabilistic reporting only, so that R can be chosen after the run)."""
+    """A baseline's result plus the coordinator's report count per (flow, epoch) pair
+    (probabilistic reporting only; with one epoch, per flow)."""
 
     result: SimulationResult
     report_count: np.ndarray | None = None
@@ -270,19 +308,32 @@ def _tracked(pairs: Pairs, memory: int | None) -> np.ndarray:
 
 
 def _finish(prep: PreparedTrace, params: Params, T: int, R: int, detected: np.ndarray,
-            detect_ts: np.ndarray, reports: np.ndarray, states: np.ndarray, slots: int,
-            seconds: float, extra: dict[str, Any]) -> SimulationResult:
-    """The result with exactly Herd's metric keys (and a few of the baseline's own)."""
+            detect_ts: np.ndarray, reports: np.ndarray, states: tuple[np.ndarray, np.ndarray],
+            slots: int, seconds: float, extra: dict[str, Any],
+            epoch_messages: tuple[np.ndarray, int], report_count: np.ndarray | None = None
+            ) -> SimulationResult:
+    """The result with exactly Herd's metric keys (and a few of the baseline's own).
+    ``detected`` / ``detect_ts`` / ``report_count`` are per (flow, epoch) pair."""
     t = prep.trace
     k = params.k
+    _, pair_flow, pair_epoch = prep.pairs(params.epoch_ms)
+    keys = pair_keys(pair_epoch, pair_flow)
+    order = np.argsort(keys[detected], kind="stable")
+    detection = Detection(keys[detected][order], detect_ts[detected][order])
+    if report_count is not None:
+        truth = prep.truth(params, T)
+        heavy = np.isin(keys, truth.heavy_keys())
+        other = ~heavy & (report_count > 0)
+        detection.pair_reports = np.concatenate((report_count[heavy], report_count[other]))
+        detection.pair_heavy = np.r_[np.ones(int(heavy.sum()), np.bool_),
+                                     np.zeros(int(other.sum()), np.bool_)]
+    per_switch, per_epoch = states
+    metrics, rows = score(prep, params, T, R, detection, epoch_messages[0], per_epoch)
     zeros = np.zeros(k, dtype=np.int64)
-    heavy = heavy_hitters(prep.counts, T)
-    metrics: dict[str, Any] = {
-        "heavy_hitters": int(heavy.sum()),
-        "detected": int(detected.sum()),
-        **accuracy(detected, heavy),
+    metrics.update({
         **message_summary(zeros, reports.astype(np.int64), zeros),
-        **memory_summary(states.astype(np.int64), slots),
+        **memory_summary(per_switch.astype(np.int64), slots),
+        "max_messages_per_switch_epoch": epoch_messages[1],
         "table_writes": 0,
         "l_g_pushes": 0,
         "table_resets": 0,
@@ -290,16 +341,35 @@ def _finish(prep: PreparedTrace, params: Params, T: int, R: int, detected: np.nd
         "flows": t.flows,
         "skipped_packets": t.skipped,
         **extra,
-    }
-    metrics.update(detection_delays_ms(detect_ts, prep.crossing(T), detected & heavy))
+    })
     return SimulationResult(params, T, R, metrics, seconds, t.packets, t.digest, t.paths[0],
-                            detected, np.where(detected, detect_ts, NOT_DETECTED))
+                            t.flows, detection, rows)
+
+
+def _epoch_ends(prep: PreparedTrace, params: Params) -> np.ndarray:
+    """The timestamp of each epoch's last packet: when a strawman's counters arrive."""
+    of_packet, _, pair_epoch = prep.pairs(params.epoch_ms)
+    epoch = pair_epoch[of_packet]
+    last = np.flatnonzero(np.r_[epoch[1:] != epoch[:-1], True])
+    ends = np.zeros(int(epoch[-1]) + 1, np.int64)
+    ends[epoch[last]] = prep.trace.ts_ns[last]
+    return ends
+
+
+def _per_epoch(prep: PreparedTrace, params: Params, pair_of_message: np.ndarray,
+               switch_of_message: np.ndarray) -> tuple[np.ndarray, int]:
+    """Messages per epoch, and the most one switch sent in one epoch, from the pair each
+    message was about and the switch that sent it."""
+    _, _, pair_epoch = prep.pairs(params.epoch_ms)
+    epochs = int(pair_epoch.max()) + 1
+    e = pair_epoch[pair_of_message]
+    grid = np.bincount(e * params.k + switch_of_message, minlength=epochs * params.k)
+    return grid.reshape(epochs, params.k).sum(axis=1), int(grid.max()) if len(grid) else 0
 
 
 def _strawman(prep: PreparedTrace, params: Params, T: int, memory: int | None,
               messages: int | None) -> BaselineRun:
     start = time.perf_counter()
-    t = prep.trace
     k = params.k
     pairs = switch_flow_pairs(prep, params)
     tracked = _tracked(pairs, memory)
@@ -314,17 +384,19 @@ def _strawman(prep: PreparedTrace, params: Params, T: int, memory: int | None,
         within = np.arange(len(order)) - starts[sw]
         reported = np.zeros(len(pairs), dtype=np.bool_)
         reported[order[within < messages]] = True
+    _, pair_flow, pair_epoch = prep.pairs(params.epoch_ms)
     estimate = np.bincount(pairs.flow[reported], weights=pairs.packets[reported],
-                           minlength=t.flows).astype(np.int64)
+                           minlength=len(pair_flow)).astype(np.int64)
     detected = estimate >= T
-    # Every counter arrives at the end of the window: detection time = the last packet.
-    detect_ts = np.full(t.flows, int(t.ts_ns[-1]), dtype=np.int64)
-    states = np.bincount(pairs.switch[tracked], minlength=k)
+    # Every counter arrives at the end of its epoch: detection time = its last packet.
+    detect_ts = _epoch_ends(prep, params)[pair_epoch]
+    states = _states_per_switch(prep, params, pairs, tracked)
     reports = np.bincount(pairs.switch[reported], minlength=k)
     seconds = time.perf_counter() - start
-    slots = int(memory) if memory is not None else int(states.max())
+    slots = int(memory) if memory is not None else int(states[0].max())
     result = _finish(prep, params, T, 0, detected, detect_ts, reports, states, slots, seconds,
-                     {"untracked_flows": int(len(pairs) - tracked.sum())})
+                     {"untracked_flows": int(len(pairs) - tracked.sum())},
+                     _per_epoch(prep, params, pairs.flow[reported], pairs.switch[reported]))
     return BaselineRun(result)
 
 
@@ -332,14 +404,18 @@ def _sampling(prep: PreparedTrace, params: Params, T: int) -> BaselineRun:
     start = time.perf_counter()
     t = prep.trace
     ingress = prep.ingress(params.k, params.p, params.seed)
+    of_packet, pair_flow, pair_epoch = prep.pairs(params.epoch_ms)
+    epochs = int(pair_epoch.max()) + 1
+    grid = np.zeros(epochs * params.k, np.int64)
     sampled, sent, detect_ts = _sampling_kernel(
-        t.ts_ns, ingress, t.flow, t.flows, _seeds(params), probability_threshold(params.q),
-        float(params.q), int(T))
+        t.ts_ns, ingress, of_packet, len(pair_flow), _seeds(params),
+        probability_threshold(params.q), float(params.q), int(T), pair_epoch, grid)
     detected = sampled / params.q >= T  # the kernel's own test, so detect_ts agrees
     seconds = time.perf_counter() - start
-    states = np.zeros(params.k, dtype=np.int64)
-    result = _finish(prep, params, T, 0, detected, detect_ts, sent, states, 0, seconds,
-                     {"q": params.q})
+    no_states = (np.zeros(params.k, dtype=np.int64), np.zeros(epochs, np.int64))
+    epoch_messages = (grid.reshape(epochs, params.k).sum(axis=1), int(grid.max()))
+    result = _finish(prep, params, T, 0, detected, detect_ts, sent, no_states, 0, seconds,
+                     {"q": params.q}, epoch_messages)
     return BaselineRun(result)
 
 
@@ -358,20 +434,22 @@ def _reporting(prep: PreparedTrace, params: Params, T: int, memory: int | None) 
     pairs = switch_flow_pairs(prep, params)
     tracked = _tracked(pairs, memory)
     tau, r_threshold = reporting_entry(params, T)
-    rep_flow, rep_ts, sent = _reporting_kernel(
+    rep_flow, rep_ts, rep_switch, sent = _reporting_kernel(
         t.ts_ns, prep.ingress(k, params.p, params.seed), pairs.of_packet, pairs.flow, tracked,
         _seeds(params), tau, r_threshold)
-    coordinator = Coordinator(k, R)
-    coordinator.ensure_flows(t.flows)
-    coordinator.on_reports(rep_flow, rep_ts)
-    report_count = coordinator.report_count[: t.flows].copy()
+    n_pairs = len(prep.pairs(params.epoch_ms)[1])
+    keys, counts, first_detect = count_reports(rep_flow, rep_ts, R)
+    report_count = np.zeros(n_pairs, np.int64)
+    report_count[keys] = counts
+    detect_ts = np.full(n_pairs, NOT_DETECTED, np.int64)
+    detect_ts[keys] = first_detect
     detected = report_count >= R
-    states = np.bincount(pairs.switch[tracked], minlength=k)
+    states = _states_per_switch(prep, params, pairs, tracked)
     seconds = time.perf_counter() - start
-    slots = int(memory) if memory is not None else int(states.max())
-    result = _finish(prep, params, T, R, detected, coordinator.detect_ts[: t.flows], sent,
-                     states, slots, seconds,
-                     {"tau": tau, "untracked_flows": int(len(pairs) - tracked.sum())})
+    slots = int(memory) if memory is not None else int(states[0].max())
+    result = _finish(prep, params, T, R, detected, detect_ts, sent, states, slots, seconds,
+                     {"tau": tau, "untracked_flows": int(len(pairs) - tracked.sum())},
+                     _per_epoch(prep, params, rep_flow, rep_switch), report_count)
     return BaselineRun(result, report_count)
 
 
@@ -394,7 +472,7 @@ def run_baseline(prep: PreparedTrace, params: Params, *, memory: int | None = No
 
 def simulate_baseline(prep: PreparedTrace, params: Params, *, memory: int | None = None,
                       messages: int | None = None) -> SimulationResult:
-    """What ``herd.simulator.simulate`` returns for a non-Herd algorithm."""
+    """What ``herd.evaluate.simulate`` returns for a non-Herd algorithm."""
     return run_baseline(prep, params, memory=memory, messages=messages).result
 
 

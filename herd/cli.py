@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from herd import __version__
 from herd.errors import HerdInputError
@@ -23,6 +24,32 @@ def _stages(text: str) -> tuple[int, ...]:
     if not stages:
         raise argparse.ArgumentTypeError("no stage sizes given")
     return stages
+
+
+def epoch_length(text: str) -> float:
+    """--epoch-ms: a number of milliseconds >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of milliseconds") from None
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: the epoch length must be >= 0 "
+                                         "(0: one epoch)")
+    return value
+
+
+def add_epoch_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    p.add_argument("--epoch-ms", dest="epoch_ms", type=epoch_length, metavar="W",
+                   help="measure per epoch of W ms: switch tables empty at each epoch, heavy "
+                   "hitters and elephants are (flow, epoch) pairs (default 0: one epoch, "
+                   "the whole trace)")
+
+
+class OneLineErrors(argparse.ArgumentParser):
+    """Bad arguments are one line on stderr and exit status 2, like every other bad input."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
 
 
 def add_param_arguments(p: argparse.ArgumentParser) -> None:
@@ -44,6 +71,7 @@ def add_param_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--stages", type=_stages, help="hash-table stage sizes, e.g. 4096,2048,1024")
     g.add_argument("--delay-ms", dest="delay_ms", type=float,
                    help="control-loop delay hello -> entry installed, ms (default 0)")
+    add_epoch_argument(g)
     g.add_argument("--seed", type=int, help="seed of every random choice (default 1)")
     g.add_argument("--overflow-policy", dest="overflow_policy", choices=("ignore", "reset"))
     g.add_argument("--algorithm", choices=ALGORITHMS, help="herd (default) or a baseline")
@@ -51,8 +79,8 @@ def add_param_arguments(p: argparse.ArgumentParser) -> None:
                    "baseline (default 0.01)")
 
 
-PARAM_FIELDS = ("s", "epsilon", "R", "percentile", "T", "k", "p", "stages", "delay_ms", "seed",
-                "overflow_policy", "algorithm", "q")
+PARAM_FIELDS = ("s", "epsilon", "R", "percentile", "T", "k", "p", "stages", "delay_ms",
+                "epoch_ms", "seed", "overflow_policy", "algorithm", "q")
 
 
 def params_from_args(args: argparse.Namespace) -> Params:
@@ -81,11 +109,18 @@ def _print_json(obj: Any) -> None:
 def cmd_trace_info(args: argparse.Namespace) -> int:
     from herd.trace import format_trace_info, load_trace, trace_info
 
-    info = trace_info(load_trace(args.file, progress=sys.stderr.isatty()))
+    trace = load_trace(args.file, progress=sys.stderr.isatty())
+    info = trace_info(trace)
+    if args.epoch_ms:
+        from herd.groundtruth import epoch_info, format_epoch_info
+
+        info["epochs"] = epoch_info(trace, args.epoch_ms)
     if args.json:
         _print_json(info)
     else:
         print(format_trace_info(info))
+        if args.epoch_ms:
+            print(format_epoch_info(info["epochs"]))
     return 0
 
 
@@ -102,14 +137,14 @@ def cmd_trace_synth(args: argparse.Namespace) -> int:
 
 
 def _load(path: str) -> Any:
-    from herd.simulator import PreparedTrace
+    from herd.prepared import PreparedTrace
     from herd.trace import load_trace
 
     return PreparedTrace(load_trace(path, progress=sys.stderr.isatty()))
 
 
 def cmd_simulate(args: argparse.Namespace) -> int:
-    from herd.simulator import simulate
+    from herd.evaluate import simulate
 
     params = params_from_args(args)
     delays = None
@@ -121,12 +156,21 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     d = result.to_dict()
     if delays is not None:
         d["delays_file"] = args.delays
+    if args.per_epoch_csv:
+        from herd.metrics import write_per_epoch_csv
+
+        write_per_epoch_csv(args.per_epoch_csv, result.per_epoch)
     if args.json:
         _print_json(d)
     else:
         print(f"trace {d['trace']} ({d['packets']} packets, digest {d['trace_digest'][:12]})")
         print(f"T={d['T']} R={d['R']} heavy hitters={d['heavy_hitters']} "
               f"detected={d['detected']}")
+        if params.epoch_ms:
+            f1s = [r["f1"] for r in d["per_epoch"] if r["heavy_hitters"] or r["detected"]]
+            spread = f" (per epoch: min {min(f1s):.4f}, max {max(f1s):.4f})" if f1s else ""
+            print(f"epochs={d['epochs']} of {params.epoch_ms:g} ms; heavy hitters and "
+                  f"detections are (flow, epoch) pairs, F1 micro-averaged{spread}")
         print(f"F1={d['f1']:.4f} precision={d['precision']:.4f} recall={d['recall']:.4f}")
         print(f"messages={d['messages']} (hellos {d['hellos']}, reports {d['reports']}, "
               f"overflows {d['overflows']}), max per switch {d['max_messages_per_switch']}")
@@ -178,17 +222,18 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineErrors(
         prog="herd", description="Network-wide heavy-hitter detection with Herd: simulate, "
         "sweep, tune, emulate.")
     parser.add_argument("--version", action="version", version=f"herd {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=OneLineErrors)
 
     trace = sub.add_parser("trace", help="inspect or synthesise packet traces")
-    tsub = trace.add_subparsers(dest="trace_command", required=True)
+    tsub = trace.add_subparsers(dest="trace_command", required=True, parser_class=OneLineErrors)
     info = tsub.add_parser("info", help="packets, flows, groups and flow-size percentiles")
     info.add_argument("file")
     info.add_argument("--json", action="store_true")
+    add_epoch_argument(info)
     info.set_defaults(func=cmd_trace_info)
     synth = tsub.add_parser("synth", help="write a realistic synthetic capture")
     synth.add_argument("--packets", type=int, required=True)
@@ -205,6 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
                      "(its *-delays-*.csv): each switch's entries follow the run's writes; "
                      "--delay-ms then covers only the groups it lacks")
     sim.add_argument("--json", action="store_true", help="print one JSON object")
+    sim.add_argument("--per-epoch-csv", dest="per_epoch_csv", metavar="FILE",
+                     help="write one row per epoch (F1, messages, states, ...) to this CSV")
     sim.set_defaults(func=cmd_simulate)
 
     sw = sub.add_parser("sweep", help="simulate over a list of parameter values: CSV and plot")

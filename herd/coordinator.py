@@ -33,6 +33,24 @@ def register_hello(members: np.ndarray, member_count: np.ndarray, l_g: np.ndarra
     return l_g[g], False
 
 
+def count_reports(keys: np.ndarray, ts_ns: np.ndarray, R: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The coordinator's counting over a run's reports, in arrival order: reports are counted
+    per key (a flow, or a (flow, epoch) pair: a report counts in the epoch it carries) and a
+    key is an elephant at its R-th report. Returns (keys ascending, report counts, time of
+    the R-th report or NOT_DETECTED)."""
+    keys = np.asarray(keys, dtype=np.int64)
+    order = np.argsort(keys, kind="stable")  # stable: each key's reports stay in arrival order
+    k_sorted = keys[order]
+    starts = np.flatnonzero(np.r_[True, k_sorted[1:] != k_sorted[:-1]]) if len(keys) else \
+        np.zeros(0, np.int64)
+    counts = np.diff(np.r_[starts, len(k_sorted)]).astype(np.int64)
+    detect = np.full(len(starts), NOT_DETECTED, np.int64)
+    hit = counts >= R
+    detect[hit] = np.asarray(ts_ns, np.int64)[order[starts[hit] + R - 1]]
+    return k_sorted[starts], counts, detect
+
+
 @dataclass(frozen=True)
 class HelloAnswer:
     l_g: int

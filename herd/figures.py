@@ -38,7 +38,7 @@ from herd import __version__
 from herd.baselines import distinct_flows_per_switch, groups_per_switch
 from herd.errors import HerdInputError
 from herd.params import Params
-from herd.simulator import PreparedTrace
+from herd.prepared import PreparedTrace
 from herd.tuning import (
     DEFAULT_HEADROOM,
     Config,
@@ -310,7 +310,7 @@ def _warm_up(prep: PreparedTrace, plan: Plan) -> None:
     """Compile (or load) every kernel on a tiny slice, and fill the trace's shared caches
     (ingress per seed, (switch, flow) pairs), before forking: the workers inherit both."""
     from herd.baselines import switch_flow_pairs
-    from herd.simulator import simulate
+    from herd.evaluate import simulate
 
     t = prep.trace
     small = PreparedTrace(split_trace(t, 0, min(t.packets, 2000)))

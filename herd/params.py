@@ -4,6 +4,7 @@ the services and the testbed harness; saved next to every result."""
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -28,6 +29,7 @@ class Params:
     p: float = 0.95  # probability a packet goes to its flow's primary ingress switch
     stages: tuple[int, ...] = field(default=DEFAULT_STAGES)  # slots per hash-table stage
     delay_ms: float = 0.0  # control-loop delay: hello -> group entry in effect
+    epoch_ms: float = 0.0  # epoch (measurement interval) length W; 0: one epoch, the trace
     seed: int = 1
     overflow_policy: str = "ignore"  # or "reset"
     algorithm: str = "herd"
@@ -67,6 +69,12 @@ class Params:
             raise bad("stages", ",".join(map(str, self.stages)), "more than 2^26 slots in all")
         if self.delay_ms < 0:
             raise bad("delay_ms", self.delay_ms, "must be >= 0")
+        if not isinstance(self.epoch_ms, int | float) or not math.isfinite(self.epoch_ms) \
+                or self.epoch_ms < 0:
+            raise bad("epoch_ms", self.epoch_ms, "the epoch length must be a number >= 0 "
+                      "(0: one epoch)")
+        if 0 < self.epoch_ms < 1e-3:
+            raise bad("epoch_ms", self.epoch_ms, "below 1 microsecond")
         if not 0 <= self.seed < 1 << 32:
             raise bad("seed", self.seed, "must be in [0, 2^32)")
         if self.overflow_policy not in ("ignore", "reset"):

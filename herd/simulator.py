@@ -1,43 +1,61 @@
-"""The batch simulator: a trace through k Herd switches, their controllers and the
+"""Herd's batch simulator: a trace through k Herd switches, their controllers and the
 coordinator, in one compiled loop that calls the very same semantics as everything else
-(``switch.process_packet``, ``controller.group_entry_nb``, ``coordinator.register_hello``).
+(``switch.process_packet``, ``controller.group_entry_nb``, ``coordinator.register_hello``,
+``coordinator.count_reports``).
+
+The trace is walked chunk by chunk (``Trace.chunks``): the loop's state (registers, tables,
+the control plane's pending actions, the reports) carries over from one chunk to the next,
+so memory does not grow with the trace and the result does not depend on the chunk size.
+
+Epochs: each packet's epoch is computed on the fly (``groundtruth.next_epoch``) and handed to
+its switch, which empties its tables lazily at a new epoch; reports carry their epoch and are
+counted per (flow, epoch).
 
 Control-loop delay: every control-plane action caused by a message the switches send at
-time t (a group entry installed or modified, a table reset) takes effect at t + delay, in
-time order and, at equal times, in the order the messages were sent. With delay 0 it takes
-effect before the next packet. Or, with a testbed run's measured timing (``herd.delays``),
-each switch's entries follow the run's writes, packet for packet.
+time t (a group entry installed or modified, a table reset) takes effect before the first
+later packet whose timestamp is at least t + delay, in time order and, at the same packet, in
+the order the messages were sent. With delay 0 it takes effect before the next packet. Or,
+with a testbed run's measured timing (``herd.delays``), each switch's entries follow the run's
+writes, packet for packet.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from numba import njit
 
-from herd import __version__
 from herd.controller import LocalController, group_entry_nb
-from herd.coordinator import NOT_DETECTED, Coordinator, register_hello
+from herd.coordinator import count_reports, register_hello
 from herd.delays import NEVER, EffectTimes, EntryWrite, effect_times
 from herd.errors import HerdInputError
-from herd.groundtruth import crossing_times, heavy_hitters, threshold
-from herd.hashing import flows_slots
-from herd.loadbalancer import assign_ingress, lb_seed
-from herd.metrics import accuracy, detection_delays_ms, memory_summary, message_summary
+from herd.groundtruth import epoch_ns_of, next_epoch, pair_keys
+from herd.loadbalancer import lb_seed
+from herd.metrics import memory_summary, message_summary
 from herd.params import Params
-from herd.prng import probability_threshold
+from herd.prepared import (
+    REC_FP,
+    REC_GROUP,
+    REC_INGRESS,
+    Detection,
+    PreparedTrace,
+    SimulationResult,
+    score,
+)
+from herd.prng import probability_threshold, xorshift32
 from herd.switch import (
+    EPOCH_LOG,
     EV_HELLO,
     EV_NONE,
     EV_OVERFLOW,
     EV_REPORT,
     N_GROUPS,
     N_REGS,
+    REG_EPOCH,
     REG_HELLOS,
     REG_HOLD_START,
+    REG_OCCUPIED,
     REG_OVERFLOWS,
     REG_PEAK_OCCUPIED,
     REG_PRNG,
@@ -46,57 +64,9 @@ from herd.switch import (
     install_group,
     process_packet,
     reset_tables,
-    stage_layout,
 )
-from herd.trace import Trace
 
 RESET = -1  # queue entry: reset the switch's tables instead of installing a group
-
-
-class PreparedTrace:
-    """A trace plus what every run over it shares (flow counts, T, hashes, ingress), computed
-    once per distinct setting so that sweeps and tuning pay for it once."""
-
-    def __init__(self, trace: Trace) -> None:
-        if trace.packets == 0:
-            raise HerdInputError(f"{trace.paths[0]}: trace holds no IPv4 packets to simulate")
-        self.trace = trace
-        self.counts = trace.flow_counts()
-        self.flow_group = trace.group_of_flow().astype(np.int32)
-        self._slots: dict[tuple[int, ...], tuple[np.ndarray, np.ndarray]] = {}
-        self._ingress: dict[tuple[int, float, int], np.ndarray] = {}
-        self._crossing: dict[int, np.ndarray] = {}
-
-    def threshold(self, params: Params) -> int:
-        return params.T if params.T is not None else threshold(self.counts, params.percentile)
-
-    def slots(self, stages: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        if stages not in self._slots:
-            offsets, sizes = stage_layout(stages)
-            t = self.trace
-            self._slots[stages] = flows_slots(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport,
-                                              t.flow_proto, offsets, sizes)
-        return self._slots[stages]
-
-    def ingress(self, k: int, p: float, seed: int) -> np.ndarray:
-        """Per packet ingress switch: the trace's own (one file per switch) or the load
-        balancer's."""
-        t = self.trace
-        if t.packets and int(t.ingress.min()) >= 0:
-            if int(t.ingress.max()) >= k:
-                raise HerdInputError(
-                    f"parameter k={k}: the trace has {int(t.ingress.max()) + 1} ingress files")
-            return t.ingress
-        key = (k, p, seed)
-        if key not in self._ingress:
-            self._ingress[key] = assign_ingress(t.src, k, probability_threshold(p), lb_seed(seed))
-        return self._ingress[key]
-
-    def crossing(self, T: int) -> np.ndarray:
-        if T not in self._crossing:
-            t = self.trace
-            self._crossing[T] = crossing_times(t.flow, t.ts_ns, t.flows, T)
-        return self._crossing[T]
 
 
 @njit(cache=True)
@@ -144,109 +114,168 @@ def _heap_pop(heap: np.ndarray, n: int, key: np.ndarray) -> int:
 
 
 @njit(cache=True)
-def _put(q_at: np.ndarray, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray, qn: int,
-         heap: np.ndarray, hn: int, at: int, sw: int, g: int, lg: int,
+def _put(q_key: np.ndarray, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray, qn: int,
+         heap: np.ndarray, hn: int, key: int, sw: int, g: int, lg: int,
          ) -> tuple[int, int, np.ndarray]:
-    """Queue the action (sw, g, lg) to take effect before packet ``at`` (the q_* have
-    room)."""
-    q_at[qn] = at
+    """Queue the action (sw, g, lg), due at ``key`` (a time or a packet, by the heap it goes
+    on); the q_* have room."""
+    q_key[qn] = key
     q_sw[qn] = sw
     q_g[qn] = g
     q_l[qn] = lg
-    heap = _heap_push(heap, hn, qn, q_at)
+    heap = _heap_push(heap, hn, qn, q_key)
     return qn + 1, hn + 1, heap
 
 
+
+# The loop's scalar state between chunks (``Run.st``).
+ST_EPOCH = 0  # the current trace epoch
+ST_LB = 1  # the load balancer's PRNG state
+ST_NREP = 2  # reports so far
+ST_QN = 3  # entries in use in the action arrays
+ST_HT = 4  # size of the time-keyed heap
+ST_HP = 5  # size of the packet-keyed heap
+ST_WRITES = 6  # table writes
+ST_PUSHES = 7  # l_g pushes to switches other than the asker
+ST_RESETS = 8  # table resets
+N_ST = 9
+
+IMMEDIATE = np.iinfo(np.int64).min  # due key of an action with no delay: before the next packet
+
+
 @njit(cache=True)
-def _simulate_herd(
-    ts: np.ndarray, pkt_ingress: np.ndarray, pkt_flow: np.ndarray,
-    flow_group: np.ndarray, flow_slot: np.ndarray, flow_fp: np.ndarray,
+def _apply(e: int, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray, regs: np.ndarray,
+           group_state: np.ndarray, group_tau: np.ndarray, group_r: np.ndarray,
+           fps: np.ndarray, counts: np.ndarray, controller_l: np.ndarray,
+           reset_pending: np.ndarray, epsilon: float, T: int, st: np.ndarray) -> None:
+    """Carry out the pending action e: a table reset, or an l_g for a switch's controller."""
+    sw = q_sw[e]
+    if q_l[e] == RESET:
+        reset_tables(regs[sw], fps[sw], counts[sw])
+        reset_pending[sw] = False
+        st[ST_RESETS] += 1
+        return
+    g = q_g[e]
+    lg = q_l[e]
+    if lg > controller_l[sw, g]:  # the controller writes only a larger l_g
+        controller_l[sw, g] = lg
+        tau, r = group_entry_nb(epsilon, T, lg)
+        install_group(group_state[sw], group_tau[sw], group_r[sw], g, tau, r)
+        st[ST_WRITES] += 1
+
+
+@njit(cache=True)
+def _herd_chunk(
+    start: int, ts: np.ndarray, flow: np.ndarray, given_ingress: np.ndarray,
+    rec: np.ndarray, p_threshold: int, ts_first: int, epoch_ns: int,
     regs: np.ndarray, group_state: np.ndarray, group_tau: np.ndarray, group_r: np.ndarray,
-    fps: np.ndarray, counts: np.ndarray,
+    fps: np.ndarray, counts: np.ndarray, slot_epochs: np.ndarray, epoch_log: np.ndarray,
     members: np.ndarray, member_count: np.ndarray, l_g: np.ndarray,
+    controller_l: np.ndarray, reset_pending: np.ndarray,
     epsilon: float, T: int, delay_ns: int,
-    eff_start: np.ndarray, eff_lg: np.ndarray, eff_at: np.ndarray,
-    reset_on_overflow: bool,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    eff_start: np.ndarray, eff_lg: np.ndarray, eff_at: np.ndarray, reset_on_overflow: bool,
+    st: np.ndarray, q_key: np.ndarray, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray,
+    heap_t: np.ndarray, heap_p: np.ndarray, due: np.ndarray, reports: np.ndarray,
+    epoch_messages: np.ndarray, epoch_states: np.ndarray, switch_epoch_messages: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
+           np.ndarray, np.ndarray]:
+    """Packets start .. start + len(ts) of the trace. Returns the arrays that may have grown
+    (q_key, q_sw, q_g, q_l, heap_t, heap_p, due, reports)."""
     k = regs.shape[0]
     n_groups = group_state.shape[1]
+    stages = rec.shape[1] - 3
     measured = len(eff_start) > 1
-    rep_flow = np.empty(1024, dtype=np.int64)
-    rep_ts = np.empty(1024, dtype=np.int64)
-    nrep = 0
-    # The control plane's pending actions (packet, switch, group, l_g), taken before that
-    # packet, in packet order and, at the same packet, in the order the messages were sent:
-    # a heap of indices into q_*.
-    q_at = np.empty(1024, dtype=np.int64)
-    q_sw = np.empty(1024, dtype=np.int32)
-    q_g = np.empty(1024, dtype=np.int32)
-    q_l = np.empty(1024, dtype=np.int32)
-    qn = 0
-    heap = np.empty(1024, dtype=np.int64)
-    hn = 0
-    controller_l = np.zeros((k, group_state.shape[1]), dtype=np.int32)  # l_g each controller holds
-    reset_pending = np.zeros(k, dtype=np.bool_)
-    # counters: [table writes, l_g pushes to switches other than the asker, resets]
-    stats = np.zeros(3, dtype=np.int64)
-
+    given = len(given_ingress) > 0
+    cur = st[ST_EPOCH]
+    lb = st[ST_LB]
+    nrep = st[ST_NREP]
+    qn = st[ST_QN]
+    ht = st[ST_HT]
+    hp = st[ST_HP]
     for i in range(len(ts)):
         t = ts[i]
-        while hn > 0 and q_at[heap[0]] <= i:
-            e = _heap_pop(heap, hn, q_at)
-            hn -= 1
-            sw = q_sw[e]
-            if q_l[e] == RESET:
-                reset_tables(regs[sw], fps[sw], counts[sw])
-                reset_pending[sw] = False
-                stats[2] += 1
-            else:
-                g = q_g[e]
-                lg = q_l[e]
-                if lg > controller_l[sw, g]:  # the controller writes only a larger l_g
-                    controller_l[sw, g] = lg
-                    tau, r = group_entry_nb(epsilon, T, lg)
-                    install_group(group_state[sw], group_tau[sw], group_r[sw], g, tau, r)
-                    stats[0] += 1
-        if hn == 0:
-            qn = 0  # nothing pending: reuse the entry arrays from the start
+        gi = start + i
+        # The control plane's pending actions: those due before this packet, in send order.
+        if ht > 0 or hp > 0:
+            nd = 0
+            while ht > 0 and q_key[heap_t[0]] <= t:
+                if nd == len(due):
+                    due = _grow(due, nd + 1)
+                due[nd] = _heap_pop(heap_t, ht, q_key)
+                ht -= 1
+                nd += 1
+            while hp > 0 and q_key[heap_p[0]] <= gi:
+                if nd == len(due):
+                    due = _grow(due, nd + 1)
+                due[nd] = _heap_pop(heap_p, hp, q_key)
+                hp -= 1
+                nd += 1
+            if nd > 1:
+                due[:nd].sort()  # entry index = send order
+            for j in range(nd):
+                _apply(due[j], q_sw, q_g, q_l, regs, group_state, group_tau, group_r, fps,
+                       counts, controller_l, reset_pending, epsilon, T, st)
+            if ht == 0 and hp == 0:
+                qn = 0  # nothing pending: reuse the entry arrays from the start
 
-        sw = pkt_ingress[i]
-        f = pkt_flow[i]
-        g = flow_group[f]
+        cur = next_epoch(t, ts_first, epoch_ns, cur)
+        f = flow[i]
+        if given:
+            sw = np.int64(given_ingress[i])
+        else:
+            lb = xorshift32(lb)
+            pair = rec[f, stages + REC_INGRESS]
+            sw = np.int64(pair >> 16) if lb <= p_threshold else np.int64(pair & 0xFFFF)
+        g = np.int64(rec[f, stages + REC_GROUP])
         ev, c = process_packet(regs[sw], group_state[sw], group_tau[sw], group_r[sw],
-                               fps[sw], counts[sw], g, flow_slot[f], flow_fp[f])
+                               fps[sw], counts[sw], slot_epochs[sw], epoch_log[sw], g,
+                               rec[f, :stages], rec[f, stages + REC_FP], cur)
+        occ = regs[sw, REG_OCCUPIED]
+        if occ > epoch_states[cur]:
+            epoch_states[cur] = occ
         if ev == EV_NONE:
             continue
+        epoch_messages[cur] += 1
+        # Per switch: messages in its current epoch, and the most in any epoch.
+        if switch_epoch_messages[sw, 0] != cur:
+            switch_epoch_messages[sw, 0] = cur
+            switch_epoch_messages[sw, 1] = 0
+        switch_epoch_messages[sw, 1] += 1
+        if switch_epoch_messages[sw, 1] > switch_epoch_messages[sw, 2]:
+            switch_epoch_messages[sw, 2] = switch_epoch_messages[sw, 1]
         if ev == EV_REPORT:
-            if nrep == len(rep_flow):
-                rep_flow = _grow(rep_flow, nrep + 1)
-                rep_ts = _grow(rep_ts, nrep + 1)
-            rep_flow[nrep] = f
-            rep_ts[nrep] = t
+            if nrep == len(reports):
+                grown = np.empty((2 * nrep + 1024, 3), dtype=np.int64)
+                grown[:nrep] = reports[:nrep]
+                reports = grown
+            reports[nrep, 0] = f
+            reports[nrep, 1] = regs[sw, REG_EPOCH]
+            reports[nrep, 2] = t
             nrep += 1
             continue
-        # Hellos and overflows make control-plane actions; queue them.
-        # Actions are keyed by the packet they take effect before: the first at or after
-        # t + delay (never this one), or the very packet a run measured.
-        due = max(i + 1, np.searchsorted(ts, t + delay_ns))
+        # Hellos and overflows make control-plane actions; queue them, due at t + delay (or
+        # at the very packet a run measured).
+        due_key = IMMEDIATE if delay_ns == 0 else t + delay_ns
         key = sw * n_groups + g
         rows = eff_start[key + 1] - eff_start[key] if measured else 0
-        if qn + k + rows + 1 >= len(q_at):  # room for this packet's actions
-            q_at = _grow(q_at, qn + k + rows + 2)
-            q_sw = _grow(q_sw, qn + k + rows + 2)
-            q_g = _grow(q_g, qn + k + rows + 2)
-            q_l = _grow(q_l, qn + k + rows + 2)
+        if qn + k + rows + 1 >= len(q_key):  # room for this packet's actions
+            size = qn + k + rows + 2
+            q_key = _grow(q_key, size)
+            q_sw = _grow(q_sw, size)
+            q_g = _grow(q_g, size)
+            q_l = _grow(q_l, size)
         if ev == EV_HELLO:
             lg, changed = register_hello(members, member_count, l_g, g, sw)
             for m in range(k):
                 if m != sw and not (changed and members[g, m]):
                     continue
                 if m != sw:
-                    stats[1] += 1
+                    st[ST_PUSHES] += 1
                 key = m * n_groups + g
                 rows = eff_start[key + 1] - eff_start[key] if measured else 0
                 if rows == 0:  # the simulator's own action, at the constant delay
-                    qn, hn, heap = _put(q_at, q_sw, q_g, q_l, qn, heap, hn, due, m, g, lg)
+                    qn, ht, heap_t = _put(q_key, q_sw, q_g, q_l, qn, heap_t, ht, due_key, m,
+                                          g, lg)
                 elif m == sw:
                     # A run's timing: this switch's entry follows the run's writes, each from
                     # the packet it took effect at. Not the simulator's l_g: the run's switches
@@ -255,120 +284,138 @@ def _simulate_herd(
                     # hello that caused it.
                     for j in range(eff_start[key], eff_start[key + 1]):
                         if eff_lg[j] > 0 and eff_at[j] != NEVER:
-                            qn, hn, heap = _put(q_at, q_sw, q_g, q_l, qn, heap, hn,
-                                                max(eff_at[j], i + 1), m, g, eff_lg[j])
+                            qn, hp, heap_p = _put(q_key, q_sw, q_g, q_l, qn, heap_p, hp,
+                                                  max(eff_at[j], gi + 1), m, g, eff_lg[j])
                 # else: a member with the run's writes got them all at its own hello
         elif ev == EV_OVERFLOW and reset_on_overflow and not reset_pending[sw]:
             reset_pending[sw] = True
-            qn, hn, heap = _put(q_at, q_sw, q_g, q_l, qn, heap, hn, due, sw, 0, RESET)
-    return rep_flow[:nrep], rep_ts[:nrep], stats
+            qn, ht, heap_t = _put(q_key, q_sw, q_g, q_l, qn, heap_t, ht, due_key, sw, 0, RESET)
+    st[ST_EPOCH] = cur
+    st[ST_LB] = lb
+    st[ST_NREP] = nrep
+    st[ST_QN] = qn
+    st[ST_HT] = ht
+    st[ST_HP] = hp
+    return q_key, q_sw, q_g, q_l, heap_t, heap_p, due, reports
 
 
-@dataclass
-class SimulationResult:
-    """Everything a run measured; ``to_dict`` is what ``--json`` prints."""
+class _Run:
+    """The simulator's state for one run, carried from chunk to chunk."""
 
-    params: Params
-    T: int
-    R: int
-    metrics: dict[str, Any]
-    seconds: float
-    packets: int
-    trace_digest: str
-    trace_path: str
-    detected: np.ndarray = field(repr=False)
-    detect_ts: np.ndarray = field(repr=False)
-    # The coordinator's reports per flow (None where a detector has none): one run then
-    # tells the F1 of every R, which herd.tuning uses to choose R.
-    report_count: np.ndarray | None = field(default=None, repr=False)
+    def __init__(self, prep: PreparedTrace, params: Params, T: int, epochs: int) -> None:
+        k = params.k
+        slots = sum(params.stages)
+        self.regs = np.zeros((k, N_REGS), dtype=np.uint32)
+        for sw in range(k):
+            config = LocalController(sw, params.epsilon, T, params.s, params.seed).switch_config()
+            self.regs[sw, REG_PRNG] = config.prng_seed
+            self.regs[sw, REG_SAMPLE_THRESHOLD] = config.sample_threshold
+            self.regs[sw, REG_HOLD_START] = config.hold_start
+        self.group_state = np.zeros((k, N_GROUPS), dtype=np.uint8)
+        self.group_tau = np.zeros((k, N_GROUPS), dtype=np.uint32)
+        self.group_r = np.zeros((k, N_GROUPS), dtype=np.uint32)
+        self.fps = np.zeros((k, slots), dtype=np.uint32)
+        self.counts = np.zeros((k, slots), dtype=np.uint32)
+        self.slot_epochs = np.zeros((k, slots), dtype=np.uint32)
+        self.epoch_log = np.zeros((k, EPOCH_LOG), dtype=np.uint32)
+        self.members = np.zeros((N_GROUPS, k), dtype=np.bool_)
+        self.member_count = np.zeros(N_GROUPS, dtype=np.int32)
+        self.l_g = np.ones(N_GROUPS, dtype=np.int32)
+        self.controller_l = np.zeros((k, N_GROUPS), dtype=np.int32)  # l_g each controller holds
+        self.reset_pending = np.zeros(k, dtype=np.bool_)
+        self.st = np.zeros(N_ST, dtype=np.int64)
+        self.st[ST_EPOCH] = -1
+        self.st[ST_LB] = lb_seed(params.seed)
+        self.q_key = np.empty(1024, dtype=np.int64)
+        self.q_sw = np.empty(1024, dtype=np.int64)
+        self.q_g = np.empty(1024, dtype=np.int64)
+        self.q_l = np.empty(1024, dtype=np.int64)
+        self.heap_t = np.empty(1024, dtype=np.int64)
+        self.heap_p = np.empty(1024, dtype=np.int64)
+        self.due = np.empty(64, dtype=np.int64)
+        self.reports = np.empty((1024, 3), dtype=np.int64)
+        self.epoch_messages = np.zeros(max(epochs, 1), dtype=np.int64)
+        self.epoch_states = np.zeros(max(epochs, 1), dtype=np.int64)
+        # per switch: [epoch, messages in it, most messages in one epoch]
+        self.switch_epoch_messages = np.zeros((k, 3), dtype=np.int64)
 
-    @property
-    def f1(self) -> float:
-        return float(self.metrics["f1"])
 
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "T": self.T,
-            "R": self.R,
-            **self.metrics,
-            "packets": self.packets,
-            "seconds": self.seconds,
-            "packets_per_second": self.packets / self.seconds if self.seconds > 0 else None,
-            "params": self.params.to_dict(),
-            "trace": self.trace_path,
-            "trace_digest": self.trace_digest,
-            "herd_version": __version__,
-        }
-
-
-def simulate(trace: Trace | PreparedTrace, params: Params,
-             delays: list[EntryWrite] | None = None) -> SimulationResult:
+def simulate_herd(prep: PreparedTrace, params: Params,
+                  delays: list[EntryWrite] | None = None) -> SimulationResult:
     """Run Herd over the trace with these parameters. ``delays``: the entry writes of a testbed
     run and the packets they took effect at (``herd.delays``); ``params.delay_ms`` applies to
     what it does not cover and to table resets."""
-    prep = trace if isinstance(trace, PreparedTrace) else PreparedTrace(trace)
-    if params.algorithm != "herd":
-        from herd.baselines import simulate_baseline
-
-        return simulate_baseline(prep, params)
     t = prep.trace
     T = prep.threshold(params)
     R = params.reports_needed
     k = params.k
-    slot_of_flow, fp_of_flow = prep.slots(params.stages)
-    ingress = prep.ingress(k, params.p, params.seed)
-    slots = sum(params.stages)
-
-    regs = np.zeros((k, N_REGS), dtype=np.uint32)
-    for sw in range(k):
-        config = LocalController(sw, params.epsilon, T, params.s, params.seed).switch_config()
-        regs[sw, REG_PRNG] = config.prng_seed
-        regs[sw, REG_SAMPLE_THRESHOLD] = config.sample_threshold
-        regs[sw, REG_HOLD_START] = config.hold_start
-    group_state = np.zeros((k, N_GROUPS), dtype=np.uint8)
-    group_tau = np.zeros((k, N_GROUPS), dtype=np.uint32)
-    group_r = np.zeros((k, N_GROUPS), dtype=np.uint32)
-    fps = np.zeros((k, slots), dtype=np.uint32)
-    counts = np.zeros((k, slots), dtype=np.uint32)
-    coordinator = Coordinator(k, R)
+    epoch_ns = epoch_ns_of(params.epoch_ms)
+    truth = prep.truth(params, T)
+    rec = prep.flow_records(params.stages, k)
+    given = prep.trace.ingress if prep.given_ingress else None
+    if given is not None and int(given.max()) >= k:
+        raise HerdInputError(
+            f"parameter k={k}: the trace has {int(given.max()) + 1} ingress files")
     effect = EffectTimes.empty()
     if delays is not None:
-        effect = effect_times(delays, ingress, prep.flow_group, t.flow, k)
+        effect = effect_times(delays, prep.ingress(k, params.p, params.seed), prep.flow_group,
+                              t.flow, k)
+    run = _Run(prep, params, T, truth.epochs)
+    no_ingress = np.zeros(0, np.int16)
+    p_threshold = probability_threshold(params.p)
+    delay_ns = int(round(params.delay_ms * 1e6))
+    columns = ("ts_ns", "flow", "ingress") if given is not None else ("ts_ns", "flow")
 
-    start = time.perf_counter()
-    rep_flow, rep_ts, stats = _simulate_herd(
-        t.ts_ns, ingress, t.flow, prep.flow_group, slot_of_flow, fp_of_flow,
-        regs, group_state, group_tau, group_r, fps, counts,
-        coordinator.members, coordinator.member_count, coordinator.l_g,
-        float(params.epsilon), int(T), int(round(params.delay_ms * 1e6)),
-        effect.start, effect.l_g, effect.at,
-        params.overflow_policy == "reset",
+    started = time.perf_counter()
+    for start, c in t.chunks(columns):
+        (run.q_key, run.q_sw, run.q_g, run.q_l, run.heap_t, run.heap_p, run.due,
+         run.reports) = _herd_chunk(
+            start, c["ts_ns"], c["flow"], c["ingress"] if given is not None else no_ingress,
+            rec, p_threshold, t.first_ts, epoch_ns,
+            run.regs, run.group_state, run.group_tau, run.group_r, run.fps, run.counts,
+            run.slot_epochs, run.epoch_log, run.members, run.member_count, run.l_g,
+            run.controller_l, run.reset_pending, float(params.epsilon), int(T), delay_ns,
+            effect.start, effect.l_g, effect.at, params.overflow_policy == "reset",
+            run.st, run.q_key, run.q_sw, run.q_g, run.q_l, run.heap_t, run.heap_p, run.due,
+            run.reports, run.epoch_messages, run.epoch_states, run.switch_epoch_messages)
+    reports = run.reports[: run.st[ST_NREP]]
+    keys, report_counts, detect_ts = count_reports(pair_keys(reports[:, 1], reports[:, 0]),
+                                                   reports[:, 2], R)
+    seconds = time.perf_counter() - started
+
+    heavy = truth.heavy_keys()
+    # For choosing R afterwards: every heavy pair's reports (0 if none), then the reported
+    # pairs that are not heavy.
+    at = np.searchsorted(keys, heavy)
+    found = (at < len(keys)) & (keys[np.minimum(at, max(len(keys) - 1, 0))] == heavy) \
+        if len(keys) else np.zeros(len(heavy), np.bool_)
+    heavy_reports = np.where(found, report_counts[np.minimum(at, max(len(keys) - 1, 0))], 0) \
+        if len(keys) else np.zeros(len(heavy), np.int64)
+    other = ~np.isin(keys, heavy, assume_unique=True)
+    detected = report_counts >= R
+    detection = Detection(
+        keys=keys[detected], detect_ts=detect_ts[detected],
+        pair_reports=np.concatenate((heavy_reports, report_counts[other])).astype(np.int64),
+        pair_heavy=np.r_[np.ones(len(heavy), np.bool_), np.zeros(int(other.sum()), np.bool_)],
     )
-    coordinator.hellos = int(regs[:, REG_HELLOS].sum())
-    coordinator.ensure_flows(t.flows)
-    coordinator.on_reports(rep_flow, rep_ts)
-    seconds = time.perf_counter() - start
-
-    detected = coordinator.report_count[: t.flows] >= R
-    heavy = heavy_hitters(prep.counts, T)
-    metrics: dict[str, Any] = {
-        "heavy_hitters": int(heavy.sum()),
-        "detected": int(detected.sum()),
-        **accuracy(detected, heavy),
+    metrics, rows = score(prep, params, T, R, detection, run.epoch_messages, run.epoch_states)
+    regs = run.regs
+    metrics.update({
         **message_summary(regs[:, REG_HELLOS], regs[:, REG_REPORTS], regs[:, REG_OVERFLOWS]),
-        **memory_summary(regs[:, REG_PEAK_OCCUPIED], slots),
-        "table_writes": int(stats[0]),
-        "l_g_pushes": int(stats[1]),
-        "table_resets": int(stats[2]),
-        "groups": int(np.count_nonzero(coordinator.member_count)),
+        **memory_summary(regs[:, REG_PEAK_OCCUPIED], sum(params.stages)),
+        "max_messages_per_switch_epoch": int(run.switch_epoch_messages[:, 2].max()),
+        "table_writes": int(run.st[ST_WRITES]),
+        "l_g_pushes": int(run.st[ST_PUSHES]),
+        "table_resets": int(run.st[ST_RESETS]),
+        "groups": int(np.count_nonzero(run.member_count)),
         "flows": t.flows,
         "skipped_packets": t.skipped,
-    }
+    })
     if delays is not None:
         metrics["measured_delays"] = len(delays) - effect.mismatched
         metrics["measured_delays_mismatched"] = effect.mismatched
-    detect_ts = coordinator.detect_ts[: t.flows]
-    metrics.update(detection_delays_ms(detect_ts, prep.crossing(T), detected & heavy))
     return SimulationResult(params, T, R, metrics, seconds, t.packets, t.digest, t.paths[0],
-                            detected, np.where(detected, detect_ts, NOT_DETECTED),
-                            coordinator.report_count[: t.flows].copy())
+                            t.flows, detection, rows)
+
+
+__all__ = ["PreparedTrace", "SimulationResult", "simulate_herd"]

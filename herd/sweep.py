@@ -22,9 +22,9 @@ import numpy as np
 
 from herd import __version__
 from herd.errors import HerdInputError
+from herd.evaluate import PreparedTrace, SimulationResult, simulate
 from herd.fileio import atomic_write
 from herd.params import Params
-from herd.simulator import PreparedTrace, SimulationResult, simulate
 
 # Sweepable parameters: CSV/CLI name -> Params field.
 SWEEP_PARAMS = {

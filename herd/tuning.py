@@ -62,8 +62,8 @@ import numpy as np
 
 from herd import __version__
 from herd.errors import HerdInputError
+from herd.evaluate import PreparedTrace, SimulationResult, simulate
 from herd.params import Params
-from herd.simulator import PreparedTrace, SimulationResult, simulate
 from herd.trace import Trace
 
 MAX_TABLE_SLOTS = 1 << 26  # Params' own limit on the slots of a table
@@ -163,10 +163,11 @@ def _report_histograms(report_count: np.ndarray, heavy: np.ndarray) -> tuple[np.
 
 
 def summarise_run(result: SimulationResult, report_count: np.ndarray | None,
-                  heavy: np.ndarray) -> RunSummary:
+                  heavy: np.ndarray | None) -> RunSummary:
+    """``report_count``: report counts of (flow, epoch) pairs, ``heavy`` marking the heavy
+    ones (every heavy pair is there; pairs left out have no reports)."""
     m = result.metrics
-    per_switch = np.asarray(m["messages_per_switch"], dtype=np.int64)
-    if report_count is not None:
+    if report_count is not None and heavy is not None:
         tp, fp = _report_histograms(report_count, heavy)
         r_free = True
     else:
@@ -175,7 +176,8 @@ def summarise_run(result: SimulationResult, report_count: np.ndarray | None,
         r_free = False
     return RunSummary(
         max_states=int(m["max_states"]),
-        max_messages=int(per_switch.max()) if len(per_switch) else 0,
+        # With epochs the budget C is per switch and epoch; with one, over the trace.
+        max_messages=int(m["max_messages_per_switch_epoch"]),
         messages=int(m["messages"]),
         overflows=int(m["overflows"]),
         heavy=int(m["heavy_hitters"]),
@@ -196,30 +198,22 @@ def f1_arrays(tp: np.ndarray, fp: np.ndarray, heavy: int) -> tuple[np.ndarray, .
     return f1, precision, recall
 
 
-def _herd_run(prep: PreparedTrace, params: Params) -> tuple[SimulationResult, np.ndarray]:
-    """One run and the coordinator's per-flow report counts (for choosing R afterwards)."""
-    result = simulate(prep, params)
-    if result.report_count is None:
-        raise ValueError(f"algorithm {params.algorithm} has no per-flow report counts")
-    return result, np.asarray(result.report_count)[: prep.trace.flows]
-
-
 def run_config(prep: PreparedTrace, base: Params, config: Config, seed: int, *,
                memory_cap: int | None = None, message_cap: int | None = None) -> RunSummary:
     """Simulate one configuration with one seed and reduce it to a RunSummary."""
     params = base.with_(s=config.s, epsilon=config.epsilon, stages=config.stages,
                         overflow_policy=config.overflow_policy, algorithm=config.algorithm,
                         q=config.q, seed=seed, R=None)
-    T = prep.threshold(params)
-    heavy = prep.counts >= T
     if config.algorithm == "herd":
-        result, rc = _herd_run(prep, params)
-        return summarise_run(result, rc, heavy)
-    from herd.baselines import run_baseline
+        result = simulate(prep, params)
+    else:
+        from herd.baselines import run_baseline
 
-    run = run_baseline(prep, params, memory=memory_cap,
-                       messages=message_cap if config.algorithm == "strawman" else None)
-    return summarise_run(run.result, run.report_count, heavy)
+        result = run_baseline(prep, params, memory=memory_cap,
+                              messages=message_cap if config.algorithm == "strawman"
+                              else None).result
+    d = result.detection
+    return summarise_run(result, d.pair_reports, d.pair_heavy)
 
 
 # ------------------------------------------------------------------------------------------

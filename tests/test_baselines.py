@@ -14,10 +14,10 @@ import pytest
 import herd.baselines as bl
 from herd.cli import main
 from herd.errors import HerdInputError
+from herd.evaluate import PreparedTrace, simulate
 from herd.params import Params
 from herd.pcapwrite import write_pcap
 from herd.prng import draws, probability_threshold, switch_seed
-from herd.simulator import PreparedTrace, simulate
 from herd.trace import load_trace
 
 # Flows (src, dst, sport, dport, proto) and their packet counts. Different sources, so the

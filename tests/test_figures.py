@@ -13,7 +13,7 @@ import pytest
 from herd.cli import main
 from herd.errors import HerdInputError
 from herd.params import Params
-from herd.simulator import PreparedTrace
+from herd.prepared import PreparedTrace
 from herd.synth import write_synthetic_pcap
 from herd.trace import load_trace
 

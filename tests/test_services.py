@@ -19,13 +19,13 @@ import pytest
 
 from herd.messages import CPU_HEADER_LEN, CpuMessage, MessageType
 from herd.params import Params
+from herd.prepared import PreparedTrace
 from herd.services.common import TOKEN_METADATA_KEY, write_token_file
 from herd.services.controller_service import CoordinatorClient
 from herd.services.drivers.model import ModelDriver, SwitchError
 from herd.services.flowtable import FlowTable
 from herd.services.replay import ReplayRun, free_port
 from herd.services.rpc import herd_pb2 as pb
-from herd.simulator import PreparedTrace
 from herd.synth import write_synthetic_pcap
 from herd.trace import load_trace
 

@@ -10,9 +10,9 @@ from conftest import write_capture
 
 from herd.delays import EntryWrite, delays_csv, l_g_of_threshold, read_delays
 from herd.errors import HerdInputError
+from herd.evaluate import PreparedTrace, simulate
 from herd.params import Params
 from herd.prng import draws, probability_threshold, switch_seed
-from herd.simulator import PreparedTrace, simulate
 from herd.trace import load_trace
 
 A = ("10.0.0.1", "20.0.0.2", 1234, 80, "tcp")

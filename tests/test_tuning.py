@@ -14,8 +14,8 @@ import pytest
 
 from herd.cli import main
 from herd.errors import HerdInputError
+from herd.evaluate import PreparedTrace, simulate
 from herd.params import Params, load_params_file
-from herd.simulator import PreparedTrace, simulate
 from herd.synth import write_synthetic_pcap
 from herd.trace import Trace, load_trace
 from herd.tuning import (

@@ -42,15 +42,15 @@ from herd import __version__
 from herd.delays import EntryWrite, delays_csv, l_g_of_threshold
 from herd.errors import HerdInputError
 from herd.fileio import atomic_write
-from herd.groundtruth import heavy_hitters
-from herd.metrics import accuracy, detection_delays_ms, memory_summary, message_summary
+from herd.groundtruth import pair_keys
+from herd.metrics import memory_summary, message_summary
 from herd.params import Params
+from herd.prepared import Detection, PreparedTrace, score
 from herd.services.common import write_token_file
 from herd.services.controller_service import CoordinatorClient
 from herd.services.drivers.model import ModelDriver
 from herd.services.flowtable import FlowTable
 from herd.services.rpc import herd_pb2 as pb
-from herd.simulator import PreparedTrace
 
 STARTUP_TIMEOUT = 60.0
 MAX_K = 64
@@ -302,8 +302,8 @@ class ReplayRun:
         # Map the coordinator's elephants (5-tuples) to the trace's flow indices.
         table = FlowTable(max(1, t.flows))
         table.index(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport, t.flow_proto)
-        detected = np.zeros(t.flows, dtype=bool)
-        detect_ts = np.full(t.flows, np.iinfo(np.int64).max, dtype=np.int64)
+        keys = np.zeros(0, np.int64)
+        detect_ts = np.zeros(0, np.int64)
         if len(q.elephants):
             e = q.elephants
             idx = table.index(np.array([x.src for x in e], np.uint32),
@@ -312,9 +312,11 @@ class ReplayRun:
                               np.array([x.dport for x in e], np.uint32),
                               np.array([x.proto for x in e], np.uint32))
             ok = (idx >= 0) & (idx < t.flows)
-            detected[idx[ok]] = True
-            detect_ts[idx[ok]] = np.array([x.detected_ns for x in e], np.int64)[ok]
-        heavy = heavy_hitters(prep.counts, self.T)
+            epoch = np.array([getattr(x, "epoch", 0) for x in e], np.int64)
+            keys = pair_keys(epoch[ok], idx[ok])
+            detect_ts = np.array([x.detected_ns for x in e], np.int64)[ok]
+            order = np.argsort(keys, kind="stable")
+            keys, detect_ts = keys[order], detect_ts[order]
         regs = [s["registers"] for s in stats]
         hellos = np.array([r["hellos"] for r in regs], np.int64)
         reports = np.array([r["reports"] for r in regs], np.int64)
@@ -346,10 +348,11 @@ class ReplayRun:
         lost_hellos = int(hellos.sum()) - coord_hellos
         lost_reports = int(reports.sum()) - coord_reports
         params = self.params.with_(delay_ms=round(delay_ms, 6))
+        E = prep.truth(self.params, self.T).epochs
+        scored, per_epoch = score(prep, self.params, self.T, self.R, Detection(keys, detect_ts),
+                                  np.zeros(E, np.int64), np.zeros(E, np.int64))
         metrics: dict[str, Any] = {
-            "heavy_hitters": int(heavy.sum()),
-            "detected": int(detected.sum()),
-            **accuracy(detected, heavy),
+            **scored,
             **message_summary(hellos, reports, overflows),
             **memory_summary(peak, sum(self.params.stages)),
             "table_writes": int(sum(s["table_writes"] for s in stats)),
@@ -359,7 +362,6 @@ class ReplayRun:
             "flows": t.flows,
             "skipped_packets": t.skipped,
         }
-        metrics.update(detection_delays_ms(detect_ts, prep.crossing(self.T), detected & heavy))
         out: dict[str, Any] = {
             "T": self.T,
             "R": self.R,
@@ -387,7 +389,7 @@ class ReplayRun:
             "restarts": dict(self.restarts),
         }
         if compare:
-            from herd.simulator import simulate
+            from herd.evaluate import simulate
 
             constant = simulate(prep, params)
             out["simulated_f1_mean_delay"] = constant.f1

@@ -41,9 +41,9 @@ from herd.errors import HerdInputError
 from herd.fileio import atomic_write
 from herd.loadbalancer import lb_seed
 from herd.params import Params
+from herd.prepared import PreparedTrace
 from herd.prng import probability_threshold
 from herd.services.replay import ReplayRun
-from herd.simulator import PreparedTrace
 from herd.sweep import params_for, read_layout
 from herd.testbed.network import (
     SwitchSpec,
@@ -314,7 +314,7 @@ class Testbed:
             out = run.results(drained, compare=True)
         finally:
             run.close(keep=True)
-        from herd.simulator import simulate
+        from herd.evaluate import simulate
 
         out["simulated_f1_no_delay"] = simulate(prep, params.with_(delay_ms=0.0)).f1  # the ideal
         if delays_out is not None and run.entry_writes:

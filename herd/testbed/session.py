@@ -16,7 +16,7 @@ from pathlib import Path
 
 from herd.errors import HerdInputError
 from herd.params import Params
-from herd.simulator import PreparedTrace
+from herd.prepared import PreparedTrace
 from herd.testbed.harness import Bmv2TestbedRun, Testbed, TestbedRun
 from herd.testbed.network import require_root_and_mininet
 from herd.testbed.topology import INGRESS

@@ -1,0 +1,24 @@
+"""One entry point for every detector: ``simulate`` runs Herd (``herd.simulator``) or a
+baseline (``herd.baselines``) over a prepared trace, by ``params.algorithm``."""
+
+from __future__ import annotations
+
+from herd.baselines import simulate_baseline
+from herd.delays import EntryWrite
+from herd.params import Params
+from herd.prepared import PreparedTrace, SimulationResult
+from herd.simulator import simulate_herd
+from herd.trace import Trace
+
+
+def simulate(trace: Trace | PreparedTrace, params: Params,
+             delays: list[EntryWrite] | None = None) -> SimulationResult:
+    """Run ``params.algorithm`` over the trace with these parameters; ``delays`` (Herd only):
+    a testbed run's measured control-plane timing."""
+    prep = trace if isinstance(trace, PreparedTrace) else PreparedTrace(trace)
+    if params.algorithm != "herd":
+        return simulate_baseline(prep, params)
+    return simulate_herd(prep, params, delays)
+
+
+__all__ = ["PreparedTrace", "SimulationResult", "simulate"]

@@ -1,0 +1,265 @@
+"""What every detector's run over a trace shares: the prepared trace (per-flow hashes, ground
+truth per epoch, T) and the result, scored over (flow, epoch) pairs.
+
+Herd's simulator (``herd.simulator``) and the baselines (``herd.baselines``) both build on this
+module; ``herd.evaluate.simulate`` dispatches between them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from herd import __version__
+from herd.coordinator import NOT_DETECTED
+from herd.errors import HerdInputError
+from herd.groundtruth import (
+    EpochCounts,
+    count_pairs,
+    crossing_times,
+    epoch_ns_of,
+    flow_counts,
+    packet_epochs,
+    pair_keys,
+)
+from herd.hashing import flows_slots
+from herd.loadbalancer import assign_ingress, flows_ingress_pairs, lb_seed
+from herd.metrics import accuracy, detection_delays_ms, per_epoch_rows
+from herd.params import Params
+from herd.prng import probability_threshold
+from herd.switch import stage_layout
+from herd.trace import Trace
+
+# Columns of PreparedTrace.flow_records after the stage slots: fingerprint, group, and the
+# flow's (primary << 16 | secondary) ingress switches.
+REC_FP = 0
+REC_GROUP = 1
+REC_INGRESS = 2
+
+
+class PreparedTrace:
+    """A trace plus what every run over it shares (flow hashes, ground truth, T, ingress),
+    computed once per distinct setting so that sweeps and tuning pay for it once."""
+
+    def __init__(self, trace: Trace) -> None:
+        if trace.packets == 0:
+            raise HerdInputError(f"{trace.paths[0]}: trace holds no IPv4 packets to simulate")
+        self.trace = trace
+        self.flow_group = trace.group_of_flow().astype(np.int32)
+        self._counts: np.ndarray | None = None
+        self._records: dict[tuple[Any, ...], np.ndarray] = {}
+        self._ingress: dict[tuple[int, float, int], np.ndarray] = {}
+        self._crossing: dict[int, np.ndarray] = {}
+        self._epochs: dict[tuple[int, int], EpochCounts] = {}
+        self._pairs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    @property
+    def counts(self) -> np.ndarray:
+        """Packets per flow over the whole trace."""
+        if self._counts is None:
+            self._counts = flow_counts(self.trace.flow, self.trace.flows)
+        return self._counts
+
+    @property
+    def given_ingress(self) -> bool:
+        """Whether the trace says each packet's ingress switch (one file per switch)."""
+        t = self.trace
+        return bool(t.packets and int(t.ingress[:1].min()) >= 0)
+
+    # ---------------------------------------------------------------- ground truth
+
+    def epoch_counts(self, epoch_ms: float, T: int = 0) -> EpochCounts:
+        """Packets, flows and the pair-size histogram per epoch (and with T > 0 the heavy
+        pairs) for epochs of ``epoch_ms``."""
+        key = (epoch_ns_of(epoch_ms), T)
+        if key not in self._epochs:
+            self._epochs[key] = count_pairs(self.trace, key[0], T)
+        return self._epochs[key]
+
+    def threshold(self, params: Params) -> int:
+        """T: given, or floor(percentile of the (flow, epoch) sizes)."""
+        if params.T is not None:
+            return params.T
+        return self.epoch_counts(params.epoch_ms).threshold(params.percentile)
+
+    def truth(self, params: Params, T: int) -> EpochCounts:
+        return self.epoch_counts(params.epoch_ms, T)
+
+    # ---------------------------------------------------------------- per flow
+
+    def flow_records(self, stages: tuple[int, ...], k: int) -> np.ndarray:
+        """Per flow one row: its slot in each stage, then fingerprint, group and the
+        (primary << 16 | secondary) ingress switches. One row, so that a packet costs the
+        simulator one cache line of flow state."""
+        key = (stages, k)
+        if key not in self._records:
+            offsets, sizes = stage_layout(stages)
+            t = self.trace
+            slots, fps = flows_slots(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport,
+                                     t.flow_proto, offsets, sizes)
+            n = len(stages)
+            rec = np.empty((t.flows, n + 3), np.uint32)
+            rec[:, :n] = slots
+            rec[:, n + REC_FP] = fps
+            rec[:, n + REC_GROUP] = self.flow_group
+            rec[:, n + REC_INGRESS] = flows_ingress_pairs(t.flow_src, k)
+            self._records[key] = rec
+        return self._records[key]
+
+    def slots(self, stages: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """(slots[flows, stages], fingerprints) of every flow."""
+        rec = self.flow_records(stages, 1)
+        n = len(stages)
+        return rec[:, :n].astype(np.int32), rec[:, n + REC_FP]
+
+    # ---------------------------------------------------------------- per packet (in memory)
+
+    def ingress(self, k: int, p: float, seed: int) -> np.ndarray:
+        """Per packet ingress switch: the trace's own (one file per switch) or the load
+        balancer's. A whole-trace array: for the baselines and measured timing."""
+        t = self.trace
+        if self.given_ingress:
+            if int(t.ingress.max()) >= k:
+                raise HerdInputError(
+                    f"parameter k={k}: the trace has {int(t.ingress.max()) + 1} ingress files")
+            return t.ingress
+        key = (k, p, seed)
+        if key not in self._ingress:
+            self._ingress[key] = assign_ingress(t.src, k, probability_threshold(p), lb_seed(seed))
+        return self._ingress[key]
+
+    def crossing(self, T: int) -> np.ndarray:
+        """When each flow reached T packets over the whole trace (one epoch)."""
+        if T not in self._crossing:
+            t = self.trace
+            self._crossing[T] = crossing_times(t.flow, t.ts_ns, t.flows, T)
+        return self._crossing[T]
+
+    def pairs(self, epoch_ms: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(pair of every packet, flow of every pair, epoch of every pair): the trace's
+        (flow, epoch) pairs numbered by first appearance. With one epoch a pair is a flow.
+        A whole-trace array: for the baselines, which count pairs as Herd counts flows."""
+        W = epoch_ns_of(epoch_ms)
+        if W not in self._pairs:
+            t = self.trace
+            if W == 0:
+                self._pairs[W] = (t.flow, np.arange(t.flows, dtype=np.int64),
+                                  np.zeros(t.flows, np.int64))
+            else:
+                epoch = packet_epochs(t.ts_ns, t.first_ts, W)
+                keys = pair_keys(epoch, t.flow)
+                uniq, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+                order = np.argsort(first, kind="stable")
+                renumber = np.empty(len(order), np.int64)
+                renumber[order] = np.arange(len(order))
+                uniq = uniq[order]
+                self._pairs[W] = (renumber[inverse], uniq & 0xFFFFFFFF, uniq >> 32)
+        return self._pairs[W]
+
+
+# ------------------------------------------------------------------------------------------
+# results
+
+
+@dataclass
+class Detection:
+    """The (flow, epoch) pairs a detector called elephants, scored against the truth."""
+
+    keys: np.ndarray  # int64 pair keys (epoch << 32 | flow), ascending
+    detect_ts: np.ndarray  # int64 per detected pair
+    # For choosing R after a run (tuning): report counts of the heavy pairs (0 if none)
+    # followed by those of the reported pairs that are not heavy; ``pair_heavy`` marks which.
+    pair_reports: np.ndarray | None = None
+    pair_heavy: np.ndarray | None = None
+
+
+@dataclass
+class SimulationResult:
+    """Everything a run measured; ``to_dict`` is what ``--json`` prints."""
+
+    params: Params
+    T: int
+    R: int
+    metrics: dict[str, Any]
+    seconds: float
+    packets: int
+    trace_digest: str
+    trace_path: str
+    flows: int
+    detection: Detection = field(repr=False)
+    per_epoch: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def f1(self) -> float:
+        return float(self.metrics["f1"])
+
+    @property
+    def detected(self) -> np.ndarray:
+        """Per flow: detected in some epoch."""
+        out = np.zeros(self.flows, np.bool_)
+        out[(self.detection.keys & 0xFFFFFFFF).astype(np.int64)] = True
+        return out
+
+    @property
+    def detect_ts(self) -> np.ndarray:
+        """Per flow: when it was first detected (NOT_DETECTED if never)."""
+        out = np.full(self.flows, NOT_DETECTED, np.int64)
+        flows = (self.detection.keys & 0xFFFFFFFF).astype(np.int64)
+        np.minimum.at(out, flows, self.detection.detect_ts)
+        return out
+
+    @property
+    def report_count(self) -> np.ndarray | None:
+        return self.detection.pair_reports
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "T": self.T,
+            "R": self.R,
+            **self.metrics,
+            "packets": self.packets,
+            "seconds": self.seconds,
+            "packets_per_second": self.packets / self.seconds if self.seconds > 0 else None,
+            "params": self.params.to_dict(),
+            "trace": self.trace_path,
+            "trace_digest": self.trace_digest,
+            "herd_version": __version__,
+            "per_epoch": self.per_epoch,
+        }
+
+
+def score(prep: PreparedTrace, params: Params, T: int, R: int, detection: Detection,
+          epoch_messages: np.ndarray, epoch_states: np.ndarray) -> tuple[dict[str, Any],
+                                                                         list[dict[str, Any]]]:
+    """Precision, recall and F1 micro-averaged over the (flow, epoch) pairs, the detection
+    delays of the true positives, and the per-epoch rows."""
+    truth = prep.truth(params, T)
+    heavy = truth.heavy_keys()
+    tp_mask = np.isin(detection.keys, heavy, assume_unique=True)
+    n_heavy = len(heavy)
+    n_det = len(detection.keys)
+    n_tp = int(tp_mask.sum())
+    metrics: dict[str, Any] = {
+        "epochs": truth.epochs,
+        "epoch_ms": params.epoch_ms,
+        "heavy_hitters": n_heavy,
+        "detected": n_det,
+        **accuracy(n_tp, n_det - n_tp, n_heavy - n_tp),
+    }
+    assert truth.heavy_cross_ts is not None
+    cross = truth.heavy_cross_ts[np.searchsorted(heavy, detection.keys[tp_mask])]
+    metrics.update(detection_delays_ms(detection.detect_ts[tp_mask], cross))
+    E = truth.epochs
+    det_epoch = (detection.keys >> 32).astype(np.int64)
+    rows = per_epoch_rows(
+        start_ns=truth.epoch_start_ns(),
+        packets=truth.epoch_packets,
+        heavy=truth.heavy_per_epoch(),
+        detected=np.bincount(det_epoch, minlength=E)[:E],
+        true_positives=np.bincount(det_epoch[tp_mask], minlength=E)[:E],
+        messages=epoch_messages[:E],
+        max_states=epoch_states[:E],
+    )
+    return metrics, rows
