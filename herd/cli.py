@@ -149,9 +149,9 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     delays = None
     if args.delays:
-        from herd.delays import read_delays
+        from herd.delays import read_timing
 
-        delays = read_delays(args.delays)
+        delays = read_timing(args.delays)
     result = simulate(_load(args.trace), params, delays)
     d = result.to_dict()
     if delays is not None:
@@ -177,7 +177,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         print(f"max states per switch={d['max_states']} of {d['slots_per_switch']} slots")
         if delays is not None:
             print(f"measured timing: {d['measured_delays']} entry writes used "
-                  f"({d['measured_delays_mismatched']} rows did not match this trace)")
+                  f"({d['measured_delays_mismatched']} rows did not match this trace), "
+                  f"{d['measured_epoch_starts']} switch epoch starts")
         print(f"simulated in {d['seconds']:.3f} s")
     return 0
 

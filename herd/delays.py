@@ -13,6 +13,11 @@ entry was written for (from its r_g); ``latency_ms`` the wall-clock hello -> ent
 group's first write (empty for later ones). A hello whose entry never came has ``l_g`` 0 and
 ``packet`` -1.
 
+With epochs, a switch follows its own clock, so the file also says where each switch's
+epochs began: rows with an ``epoch`` (and ``switch``, ``packet``: the first packet of that
+epoch at the switch; the other columns empty). The simulator then gives each switch's
+packets the epochs the switch itself was in.
+
 In the simulator every (switch, group) the file covers follows the run's writes, each from
 the packet it took effect at: the run's control-plane timeline, replayed against the
 simulator's data plane and coordinator counting. Not the simulator's own l_g with measured
@@ -36,7 +41,7 @@ from herd.errors import HerdInputError
 from herd.prng import MASK32, probability_threshold
 from herd.switch import N_GROUPS
 
-COLUMNS = ("switch", "group", "hello_packet", "l_g", "packet", "latency_ms")
+COLUMNS = ("switch", "group", "hello_packet", "l_g", "packet", "latency_ms", "epoch")
 NEVER = np.iinfo(np.int64).max // 4  # past any trace: the entry never took effect
 
 
@@ -50,6 +55,21 @@ class EntryWrite:
     latency_ms: float | None = None
 
 
+@dataclass(frozen=True)
+class EpochStart:
+    switch: int
+    epoch: int
+    packet: int  # the switch's first packet in the epoch (0-based, its IPv4 packets)
+
+
+@dataclass
+class MeasuredTiming:
+    """Everything a run measured of its control plane and clocks."""
+
+    entries: list[EntryWrite]
+    epochs: list[EpochStart]
+
+
 def l_g_of_threshold(r_threshold: int) -> int:
     """The l_g whose r_g = 1 / l_g has this 32-bit threshold (0 if none does)."""
     if r_threshold <= 0:
@@ -58,17 +78,26 @@ def l_g_of_threshold(r_threshold: int) -> int:
     return l_g if probability_threshold(1.0 / l_g) == r_threshold else 0
 
 
-def delays_csv(rows: list[EntryWrite]) -> str:
+def delays_csv(rows: list[EntryWrite], epochs: list[EpochStart] | None = None) -> str:
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(COLUMNS)
     for r in rows:
         w.writerow([r.switch, r.group, r.hello_packet, r.l_g, r.packet,
-                    "" if r.latency_ms is None else f"{r.latency_ms:.6g}"])
+                    "" if r.latency_ms is None else f"{r.latency_ms:.6g}", ""])
+    for e in epochs or []:
+        w.writerow([e.switch, "", "", "", e.packet, "", e.epoch])
     return out.getvalue()
 
 
 def read_delays(path: str | os.PathLike) -> list[EntryWrite]:
+    """The entry writes of a timing file."""
+    return read_timing(path).entries
+
+
+def read_timing(path: str | os.PathLike) -> MeasuredTiming:
+    """Entry writes and epoch starts of a timing file."""
+    epochs: list[EpochStart] = []
     try:
         with open(path, newline="") as f:
             reader = csv.DictReader(f)
@@ -77,6 +106,9 @@ def read_delays(path: str | os.PathLike) -> list[EntryWrite]:
                 raise HerdInputError(f"{path}: not a delays file (no column {missing[0]!r})")
             rows = []
             for line, r in enumerate(reader, start=2):
+                if r.get("epoch"):
+                    epochs.append(_epoch_row(path, line, r))
+                    continue
                 try:
                     w = EntryWrite(int(r["switch"]), int(r["group"]), int(r["hello_packet"]),
                                    int(r["l_g"]), int(r["packet"]),
@@ -92,7 +124,31 @@ def read_delays(path: str | os.PathLike) -> list[EntryWrite]:
         raise HerdInputError(f"{path}: delays file not found") from None
     except UnicodeDecodeError:
         raise HerdInputError(f"{path}: not a delays file (not text)") from None
-    return rows
+    return MeasuredTiming(rows, epochs)
+
+
+def _epoch_row(path: str | os.PathLike, line: int, r: dict[str, str]) -> EpochStart:
+    try:
+        e = EpochStart(int(r["switch"]), int(r["epoch"]), int(r["packet"]))
+    except (TypeError, ValueError):
+        raise HerdInputError(f"{path}: line {line}: not an epoch row: "
+                             f"{','.join(str(v) for v in r.values())}") from None
+    if e.switch < 0 or e.epoch < 0 or e.packet < 0:
+        raise HerdInputError(f"{path}: line {line}: value out of range")
+    return e
+
+
+def switch_epochs(epochs: list[EpochStart], k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Epoch starts for the compiled loop: rows ``start[sw]:start[sw + 1]`` of ``packet`` /
+    ``epoch``, by packet, of switch sw (epoch 0 begins at packet 0 implicitly)."""
+    for e in epochs:
+        if e.switch >= k:
+            raise HerdInputError(f"delays: switch {e.switch} but k={k}")
+    rows = sorted((e.switch, e.packet, e.epoch) for e in epochs)
+    sw = np.array([r[0] for r in rows], np.int64)
+    start = np.searchsorted(sw, np.arange(k + 1)).astype(np.int64)
+    return (start, np.array([r[1] for r in rows], np.int64),
+            np.array([r[2] for r in rows], np.int64))
 
 
 @dataclass

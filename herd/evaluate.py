@@ -4,7 +4,7 @@ baseline (``herd.baselines``) over a prepared trace, by ``params.algorithm``."""
 from __future__ import annotations
 
 from herd.baselines import simulate_baseline
-from herd.delays import EntryWrite
+from herd.delays import EntryWrite, MeasuredTiming
 from herd.params import Params
 from herd.prepared import PreparedTrace, SimulationResult
 from herd.simulator import simulate_herd
@@ -12,9 +12,9 @@ from herd.trace import Trace
 
 
 def simulate(trace: Trace | PreparedTrace, params: Params,
-             delays: list[EntryWrite] | None = None) -> SimulationResult:
+             delays: MeasuredTiming | list[EntryWrite] | None = None) -> SimulationResult:
     """Run ``params.algorithm`` over the trace with these parameters; ``delays`` (Herd only):
-    a testbed run's measured control-plane timing."""
+    a testbed run's measured control-plane timing and switch epochs."""
     prep = trace if isinstance(trace, PreparedTrace) else PreparedTrace(trace)
     if params.algorithm != "herd":
         return simulate_baseline(prep, params)

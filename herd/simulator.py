@@ -28,7 +28,7 @@ from numba import njit
 
 from herd.controller import LocalController, group_entry_nb
 from herd.coordinator import count_reports, register_hello
-from herd.delays import NEVER, EffectTimes, EntryWrite, effect_times
+from herd.delays import NEVER, EffectTimes, EntryWrite, MeasuredTiming, effect_times, switch_epochs
 from herd.errors import HerdInputError
 from herd.groundtruth import epoch_ns_of, next_epoch, pair_keys
 from herd.loadbalancer import lb_seed
@@ -57,6 +57,7 @@ from herd.switch import (
     REG_HOLD_START,
     REG_OCCUPIED,
     REG_OVERFLOWS,
+    REG_PACKETS,
     REG_PEAK_OCCUPIED,
     REG_PRNG,
     REG_REPORTS,
@@ -174,18 +175,23 @@ def _herd_chunk(
     controller_l: np.ndarray, reset_pending: np.ndarray,
     epsilon: float, T: int, delay_ns: int,
     eff_start: np.ndarray, eff_lg: np.ndarray, eff_at: np.ndarray, reset_on_overflow: bool,
+    sep_start: np.ndarray, sep_packet: np.ndarray, sep_epoch: np.ndarray,
+    sep_next: np.ndarray, switch_epoch: np.ndarray,
     st: np.ndarray, q_key: np.ndarray, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray,
     heap_t: np.ndarray, heap_p: np.ndarray, due: np.ndarray, reports: np.ndarray,
     epoch_messages: np.ndarray, epoch_states: np.ndarray, switch_epoch_messages: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
            np.ndarray, np.ndarray]:
     """Packets start .. start + len(ts) of the trace. Returns the arrays that may have grown
-    (q_key, q_sw, q_g, q_l, heap_t, heap_p, due, reports)."""
+    (q_key, q_sw, q_g, q_l, heap_t, heap_p, due, reports). With a run's measured epoch starts
+    (``sep_*``: per switch, the packet at which each of its epochs began), a switch's packets
+    get the switch's own epochs instead of the trace's."""
     k = regs.shape[0]
     n_groups = group_state.shape[1]
     stages = rec.shape[1] - 3
     measured = len(eff_start) > 1
     given = len(given_ingress) > 0
+    own_clock = len(sep_packet) > 0
     cur = st[ST_EPOCH]
     lb = st[ST_LB]
     nrep = st[ST_NREP]
@@ -227,9 +233,18 @@ def _herd_chunk(
             pair = rec[f, stages + REC_INGRESS]
             sw = np.int64(pair >> 16) if lb <= p_threshold else np.int64(pair & 0xFFFF)
         g = np.int64(rec[f, stages + REC_GROUP])
+        e_sw = cur
+        if own_clock:  # the epoch the switch's own clock showed at this, its j-th, packet
+            j = regs[sw, REG_PACKETS]
+            nxt = sep_next[sw]
+            while nxt < sep_start[sw + 1] and sep_packet[nxt] <= j:
+                switch_epoch[sw] = sep_epoch[nxt]
+                nxt += 1
+            sep_next[sw] = nxt
+            e_sw = switch_epoch[sw]
         ev, c = process_packet(regs[sw], group_state[sw], group_tau[sw], group_r[sw],
                                fps[sw], counts[sw], slot_epochs[sw], epoch_log[sw], g,
-                               rec[f, :stages], rec[f, stages + REC_FP], cur)
+                               rec[f, :stages], rec[f, stages + REC_FP], e_sw)
         occ = regs[sw, REG_OCCUPIED]
         if occ > epoch_states[cur]:
             epoch_states[cur] = occ
@@ -317,12 +332,14 @@ class _Run:
         self.fps = np.zeros((k, slots), dtype=np.uint32)
         self.counts = np.zeros((k, slots), dtype=np.uint32)
         self.slot_epochs = np.zeros((k, slots), dtype=np.uint32)
-        self.epoch_log = np.zeros((k, EPOCH_LOG), dtype=np.uint32)
+        self.epoch_log = np.zeros((k, EPOCH_LOG), dtype=np.uint64)
         self.members = np.zeros((N_GROUPS, k), dtype=np.bool_)
         self.member_count = np.zeros(N_GROUPS, dtype=np.int32)
         self.l_g = np.ones(N_GROUPS, dtype=np.int32)
         self.controller_l = np.zeros((k, N_GROUPS), dtype=np.int32)  # l_g each controller holds
         self.reset_pending = np.zeros(k, dtype=np.bool_)
+        self.sep_next = np.zeros(k, dtype=np.int64)  # next measured epoch start per switch
+        self.switch_epoch = np.zeros(k, dtype=np.int64)
         self.st = np.zeros(N_ST, dtype=np.int64)
         self.st[ST_EPOCH] = -1
         self.st[ST_LB] = lb_seed(params.seed)
@@ -341,10 +358,14 @@ class _Run:
 
 
 def simulate_herd(prep: PreparedTrace, params: Params,
-                  delays: list[EntryWrite] | None = None) -> SimulationResult:
-    """Run Herd over the trace with these parameters. ``delays``: the entry writes of a testbed
-    run and the packets they took effect at (``herd.delays``); ``params.delay_ms`` applies to
-    what it does not cover and to table resets."""
+                  delays: MeasuredTiming | list[EntryWrite] | None = None) -> SimulationResult:
+    """Run Herd over the trace with these parameters. ``delays``: a testbed run's measured
+    timing (``herd.delays``): its entry writes and the packets they took effect at, and with
+    epochs where each switch's epochs began; ``params.delay_ms`` applies to what it does not
+    cover and to table resets."""
+    timing = delays if isinstance(delays, MeasuredTiming) else \
+        MeasuredTiming(list(delays or []), [])
+    delays = timing.entries if delays is not None else None
     t = prep.trace
     T = prep.threshold(params)
     R = params.reports_needed
@@ -361,6 +382,7 @@ def simulate_herd(prep: PreparedTrace, params: Params,
         effect = effect_times(delays, prep.ingress(k, params.p, params.seed), prep.flow_group,
                               t.flow, k)
     run = _Run(prep, params, T, truth.epochs)
+    sep_start, sep_packet, sep_epoch = switch_epochs(timing.epochs, k)
     no_ingress = np.zeros(0, np.int16)
     p_threshold = probability_threshold(params.p)
     delay_ns = int(round(params.delay_ms * 1e6))
@@ -376,6 +398,7 @@ def simulate_herd(prep: PreparedTrace, params: Params,
             run.slot_epochs, run.epoch_log, run.members, run.member_count, run.l_g,
             run.controller_l, run.reset_pending, float(params.epsilon), int(T), delay_ns,
             effect.start, effect.l_g, effect.at, params.overflow_policy == "reset",
+            sep_start, sep_packet, sep_epoch, run.sep_next, run.switch_epoch,
             run.st, run.q_key, run.q_sw, run.q_g, run.q_l, run.heap_t, run.heap_p, run.due,
             run.reports, run.epoch_messages, run.epoch_states, run.switch_epoch_messages)
     reports = run.reports[: run.st[ST_NREP]]
@@ -414,6 +437,7 @@ def simulate_herd(prep: PreparedTrace, params: Params,
     if delays is not None:
         metrics["measured_delays"] = len(delays) - effect.mismatched
         metrics["measured_delays_mismatched"] = effect.mismatched
+        metrics["measured_epoch_starts"] = len(timing.epochs)
     return SimulationResult(params, T, R, metrics, seconds, t.packets, t.digest, t.paths[0],
                             t.flows, detection, rows)
 

@@ -11,8 +11,9 @@ and :class:`Switch` (the model target, behind the model driver) calls it per pac
 - ``fps / counts / epochs``: the multi-stage hash table, all stages in one flat array; stage
   ``i`` occupies ``[offset_i, offset_i + size_i)``. ``epochs`` tags each slot with the epoch it
   was written in;
-- ``epoch_log``: the switch packet at which each epoch began (``epoch mod EPOCH_LOG``), so the
-  control plane can read when the switch's epochs changed.
+- ``epoch_log``: where each epoch began, ``epoch << 32 | packet`` (the switch's packet count
+  before it) at ``epoch mod EPOCH_LOG``, so the control plane can read when the switch's
+  epochs changed (the epoch in the entry tells a current entry from a stale one).
 
 Epochs (DESIGN.md "Epochs"): the caller gives each packet the epoch of the switch's clock
 (``clock_epoch``; the simulator gives the trace epoch). The switch never goes back an epoch.
@@ -108,7 +109,8 @@ def process_packet(
     if epoch > regs[REG_EPOCH]:
         regs[REG_EPOCH] = epoch
         regs[REG_OCCUPIED] = 0
-        epoch_log[epoch % EPOCH_LOG] = regs[REG_PACKETS]
+        epoch_log[epoch % EPOCH_LOG] = (np.uint64(epoch) << np.uint64(32)) | np.uint64(
+            regs[REG_PACKETS])
     e = regs[REG_EPOCH]
     regs[REG_PACKETS] += 1
     # 1. Group table. A miss sends one hello per group until the entry is installed,
@@ -179,6 +181,18 @@ def reset_tables(regs: np.ndarray, fps: np.ndarray, counts: np.ndarray) -> None:
     regs[REG_OCCUPIED] = 0
 
 
+def epoch_starts(epoch_log: Sequence[int] | np.ndarray, current: int) -> list[tuple[int, int]]:
+    """Decode an epoch log (as read from the model or from BMv2's ``herd_epoch_log``): the
+    (epoch, first packet) of every epoch after 0 the switch entered, among the last
+    EPOCH_LOG epochs up to ``current``."""
+    out = []
+    for e in range(max(1, current - EPOCH_LOG + 1), current + 1):
+        entry = int(epoch_log[e % EPOCH_LOG])
+        if entry >> 32 == e:
+            out.append((e, entry & 0xFFFFFFFF))
+    return out
+
+
 def stage_layout(stages: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """(offsets, sizes) of the stages in the flat table."""
     sizes = np.asarray(stages, dtype=np.int64)
@@ -210,7 +224,7 @@ class Switch:
         self.fps = np.zeros(slots, dtype=np.uint32)
         self.counts = np.zeros(slots, dtype=np.uint32)
         self.epochs = np.zeros(slots, dtype=np.uint32)
-        self.epoch_log = np.zeros(EPOCH_LOG, dtype=np.uint32)
+        self.epoch_log = np.zeros(EPOCH_LOG, dtype=np.uint64)
         self.epoch_origin_us = 0  # when epoch 0 began, in the switch's clock
         self._slots = np.zeros(len(self.stages), dtype=np.int64)
 
@@ -248,6 +262,10 @@ class Switch:
             return None
         return CpuMessage(MessageType(event), src, dst, sport, dport, proto, int(count),
                           int(self.regs[REG_EPOCH]))
+
+    def epoch_starts(self) -> list[tuple[int, int]]:
+        """(epoch, first packet) of the epochs the log still holds, in epoch order."""
+        return epoch_starts(self.epoch_log, int(self.regs[REG_EPOCH]))
 
     def registers(self) -> dict[str, int]:
         return {

@@ -148,7 +148,7 @@ def test_switch_tables_empty_lazily_at_a_new_epoch() -> None:
     assert msg is not None and (msg.count, msg.epoch) == (5, 2)
     regs = sw.registers()
     assert (regs["occupied"], regs["peak_occupied"], regs["epoch"]) == (1, 2, 2)
-    assert int(sw.epoch_log[2]) == 4  # epoch 2 began at the switch's 5th packet
+    assert sw.epoch_starts() == [(2, 4)]  # epoch 2 began at the switch's 5th packet
     # A packet claiming an earlier epoch does not take the switch back.
     assert sw.process(*flow, epoch=1) is None
     assert sw.registers()["epoch"] == 2 and int(sw.counts[sw.fps == sw.fps.max()].max()) >= 1
@@ -298,3 +298,30 @@ def test_per_epoch_csv_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert set(rows[0]) >= {"epoch", "start_ns", "packets", "heavy_hitters", "detected",
                             "true_positives", "false_positives", "false_negatives", "f1",
                             "messages", "max_states"}
+
+
+def test_measured_switch_epochs_replace_the_trace_epochs(tmp_path: Path) -> None:
+    """A switch whose own clock began epoch 1 at its 8th packet (index 7), while the trace's
+    epoch 1 begins at packet 12: the switch's table empties at packet 8, so its reports
+    follow its clock: epoch 0: #1 hello, #2..#6 report; epoch 1 from #8 (hold start 1):
+    #8..#12 report, #13..#17 report, ... The timing file round-trips the epoch rows."""
+    from herd.delays import EpochStart, MeasuredTiming, delays_csv, read_timing
+
+    packets = [(i * 0.0005, A) for i in range(12)] + [(0.010 + i * 0.0005, A) for i in range(12)]
+    prep = capture(tmp_path, packets)
+    timing = MeasuredTiming([], [EpochStart(0, 1, 7)])
+    path = tmp_path / "timing.csv"
+    path.write_text(delays_csv(timing.entries, timing.epochs))
+    assert read_timing(path) == timing
+    r = simulate(prep, one_switch(epoch_ms=10, T=5, R=1), read_timing(path))
+    ts = prep.trace.ts_ns
+    # tau = ceil(0.5 * 5) = 3: epoch 0 reports at #4, #7 (counts 3); epoch 1 from #8: #10,
+    # #13, #16, #19, #22.
+    assert r.metrics["measured_epoch_starts"] == 1
+    got = sorted(zip((r.detection.keys >> 32).tolist(), r.detection.detect_ts.tolist(),
+                     strict=True))
+    assert got == [(0, int(ts[3])), (1, int(ts[9]))]
+    plain = simulate(prep, one_switch(epoch_ms=10, T=5, R=1))
+    assert sorted(zip((plain.detection.keys >> 32).tolist(),
+                      plain.detection.detect_ts.tolist(), strict=True)) == \
+        [(0, int(ts[3])), (1, int(ts[14]))]
