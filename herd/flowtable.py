@@ -7,6 +7,7 @@ packets: packets can be numbered a chunk at a time.
 
 from __future__ import annotations
 
+import mmap
 from typing import Any
 
 import numpy as np
@@ -128,20 +129,57 @@ def _next_pow2(x: int) -> int:
     return 1 << max(0, x - 1).bit_length()
 
 
+class _KeyRows:
+    """The flows' keys, one row of two words a flow, in a private anonymous mapping: rows
+    not yet written cost no memory, and growing is an mremap (no copy, nothing touched),
+    so the keys are never held twice. Where the mapping cannot grow in place, it is copied.
+    """
+
+    def __init__(self, rows: int) -> None:
+        self._map = self._new_map(rows)
+        self.rows = self._view()
+
+    @staticmethod
+    def _new_map(rows: int) -> mmap.mmap:
+        m = mmap.mmap(-1, rows * 16, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS)
+        if hasattr(mmap, "MADV_HUGEPAGE"):  # probed at random, like the table
+            m.madvise(mmap.MADV_HUGEPAGE)
+        return m
+
+    def _view(self) -> np.ndarray:
+        return np.frombuffer(self._map, np.uint64).reshape(-1, 2)
+
+    def grow(self, rows: int, used: int) -> None:
+        del self.rows  # a mapping with views cannot be resized
+        try:
+            self._map.resize(rows * 16)
+        except (OSError, SystemError):
+            bigger = self._new_map(rows)
+            bigger[: used * 16] = self._map[: used * 16]
+            self._map.close()
+            self._map = bigger
+        self.rows = self._view()
+
+    def close(self) -> None:
+        del self.rows
+        self._map.close()
+
+
 class FlowNumbering:
     """Numbers flows by first appearance, incrementally as packets arrive.
 
-    The table and keys are numpy allocations (not numba's) because numpy advises the kernel
-    to back large arrays with transparent huge pages: the table is probed at random, and
-    with 4 KiB pages every probe would also miss the TLB (measured: 1.5x slower).
+    The table is a numpy allocation (not numba's) because numpy advises the kernel to back
+    large arrays with transparent huge pages: the table is probed at random, and with 4 KiB
+    pages every probe would also miss the TLB (measured: 1.5x slower). Memory: the table
+    (8-16 bytes a flow) and the keys (16 bytes a flow).
     """
 
     def __init__(self, expected_packets: int) -> None:
         # Room for packets/8 flows before the first rehash: real traces have 5-10 packets
-        # a flow. Untouched key rows cost no memory.
+        # a flow.
         size = max(4096, _next_pow2(expected_packets // 4))
         self.table = np.full(size, -1, np.int32)
-        self.keys = np.empty((size // 2, 2), np.uint64)
+        self.keys = _KeyRows(size // 2)
         self.nf = 0
 
     def add(self, cols: tuple[np.ndarray, ...], flow: np.ndarray, start: int, stop: int) -> None:
@@ -149,20 +187,35 @@ class FlowNumbering:
         src, dst, sport, dport, proto = cols
         while start < stop:
             start, self.nf = _number_flows_kernel(
-                src, dst, sport, dport, proto, start, stop, flow, self.table, self.keys, self.nf
+                src,
+                dst,
+                sport,
+                dport,
+                proto,
+                start,
+                stop,
+                flow,
+                self.table,
+                self.keys.rows,
+                self.nf,
             )
             if start < stop:
                 self._grow()
 
     def _grow(self) -> None:
+        # Rehashing reads only the keys: the old table goes before the new one comes.
         size = 2 * len(self.table)
+        del self.table
         self.table = np.full(size, -1, np.int32)
-        # In place (realloc, mremap for large blocks): the keys are never held twice.
-        self.keys.resize((size // 2, 2), refcheck=False)
-        _rehash(self.table, self.keys, self.nf)
+        self.keys.grow(size // 2, self.nf)
+        _rehash(self.table, self.keys.rows, self.nf)
 
-    def flow_table(self) -> dict[str, np.ndarray]:
-        return dict(zip(FLOW_COLUMNS, _unpack_keys(self.keys, self.nf), strict=True))
+    def finish(self) -> dict[str, np.ndarray]:
+        """The flow table, in flow order. Frees the numbering: call once, after the last add."""
+        del self.table
+        table = dict(zip(FLOW_COLUMNS, _unpack_keys(self.keys.rows, self.nf), strict=True))
+        self.keys.close()
+        return table
 
 
 def number_flows(
@@ -172,4 +225,4 @@ def number_flows(
     numbering = FlowNumbering(len(src))
     flow = np.empty(len(src), np.int32)
     numbering.add((src, dst, sport, dport, proto), flow, 0, len(src))
-    return {"flow": flow, **numbering.flow_table()}
+    return {"flow": flow, **numbering.finish()}

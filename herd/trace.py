@@ -298,8 +298,7 @@ def _parse_file(path: str, root: Path | None, progress: bool) -> tuple[str, Entr
 
     try:
         cap = read_capture(path, consume, progress)
-        table = (numbering or FlowNumbering(0)).flow_table()
-        del numbering  # the hash table, before the entry is opened
+        table = (numbering or FlowNumbering(0)).finish()
         skipped = (cap.skipped_non_ipv4, cap.skipped_malformed)
         return cap.digest, writer.finish(cap.digest, table, skipped)
     except BaseException:

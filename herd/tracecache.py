@@ -217,9 +217,12 @@ def _meta(digest: str, packets: int, flows: int, skipped: tuple[int, int]) -> di
     }
 
 
-def open_entry(root: Path, digest: str) -> Entry | None:
+def open_entry(
+    root: Path, digest: str, flow_table: Mapping[str, np.ndarray] | None = None
+) -> Entry | None:
     """The cache entry of a digest, or None when absent, of another version or damaged
-    (checked by its metadata and exact file sizes, without reading the packets)."""
+    (checked by its metadata and exact file sizes, without reading the packets). A writer
+    passes the flow table it wrote, so that it is not held twice."""
     d = entry_dir(root, digest)
     files: dict[str, IO[bytes]] = {}
     try:
@@ -233,7 +236,7 @@ def open_entry(root: Path, digest: str) -> Entry | None:
         for k, dtype in FLOW_COLUMNS.items():
             if os.stat(d / f"{k}.bin").st_size != flows * dtype.itemsize:
                 return None
-            table[k] = np.fromfile(d / f"{k}.bin", dtype)
+            table[k] = np.fromfile(d / f"{k}.bin", dtype) if flow_table is None else flow_table[k]
         for k, dtype in PACKET_COLUMNS.items():
             files[k] = open(d / f"{k}.bin", "rb", buffering=0)  # noqa: SIM115 - kept open
             if os.fstat(files[k].fileno()).st_size != packets * dtype.itemsize:
@@ -259,25 +262,26 @@ class EntryWriter:
 
     def __init__(self, root: Path | None) -> None:
         self.root = root
-        self.tmp: Path | None = None
+        self.tmp: Path | None = None  # the entry being written, in the cache
+        self.files: dict[str, IO[bytes]] = {}
         self.packets = 0
         if root is not None:
             try:
                 root.mkdir(parents=True, exist_ok=True)
                 _remove_stale_tmp(root)
                 self.tmp = Path(tempfile.mkdtemp(dir=root, prefix=".tmp-"))
-                self.files = {k: open(self.tmp / f"{k}.bin", "wb") for k in PACKET_COLUMNS}  # noqa: SIM115
+                for k in PACKET_COLUMNS:
+                    self.files[k] = open(self.tmp / f"{k}.bin", "wb")  # noqa: SIM115
                 return
             except OSError as e:
                 log.debug("trace cache: cannot write in %s (%s): temporary files instead", root, e)
                 self.abort()
-        # Unlinked at once: the space is freed when the trace closes or the process ends.
         try:
-            self.files = {
-                k: tempfile.TemporaryFile(prefix=f"herd-{k}-")  # noqa: SIM115 - kept open
-                for k in PACKET_COLUMNS
-            }
+            for k in PACKET_COLUMNS:
+                # Unlinked at once: freed when the trace closes or the process ends.
+                self.files[k] = tempfile.TemporaryFile(prefix=f"herd-{k}-")  # noqa: SIM115
         except OSError as e:
+            self.abort()
             where = tempfile.gettempdir()
             raise StoreError(f"cannot create temporary files in {where}: {e}") from e
 
@@ -293,35 +297,34 @@ class EntryWriter:
     def finish(
         self, digest: str, flow_table: Mapping[str, np.ndarray], skipped: tuple[int, int]
     ) -> Entry:
-        """Complete the entry: in the cache, renamed into place, then opened."""
+        """Complete the entry and open it: temporary files as they are, a cache entry once
+        its flow table and metadata are written and it is renamed into place."""
+        files, self.files = self.files, {}  # from here on, the entry's
         try:
-            for f in self.files.values():
+            for f in files.values():
                 f.flush()
             if self.tmp is None:
-                return Entry(
-                    self.packets,
-                    *skipped,
-                    dict(flow_table),
-                    ColumnFiles(self.files, self.packets),
-                    cached=False,
-                )
-            for f in self.files.values():
-                f.close()
+                columns = ColumnFiles(files, self.packets)
+                return Entry(self.packets, *skipped, dict(flow_table), columns, cached=False)
+            _close_all(list(files.values()))
             for k, dtype in FLOW_COLUMNS.items():
                 np.ascontiguousarray(flow_table[k], dtype).tofile(self.tmp / f"{k}.bin")
             meta = _meta(digest, self.packets, len(flow_table["flow_src"]), skipped)
             # Last, so that an entry with metadata has all its columns.
             (self.tmp / "meta.json").write_text(json.dumps(meta))
             assert self.root is not None
-            entry = self._install(self.root, digest)
+            entry = self._install(self.root, digest, flow_table)
         except OSError as e:
+            _close_all(list(files.values()))
             self.abort()
             raise StoreError(str(e)) from e
         if entry is None:
             raise StoreError(f"cache entry {entry_dir(self.root, digest)} vanished")
         return entry
 
-    def _install(self, root: Path, digest: str) -> Entry | None:
+    def _install(
+        self, root: Path, digest: str, flow_table: Mapping[str, np.ndarray]
+    ) -> Entry | None:
         assert self.tmp is not None
         final = entry_dir(root, digest)
         try:
@@ -336,11 +339,12 @@ class EntryWriter:
             shutil.rmtree(final, ignore_errors=True)
             os.replace(self.tmp, final)
         self.tmp = None
-        return open_entry(root, digest)
+        return open_entry(root, digest, flow_table)
 
     def abort(self) -> None:
         """Discard what was written."""
-        _close_all(list(getattr(self, "files", {}).values()))
+        _close_all(list(self.files.values()))
+        self.files = {}
         if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None

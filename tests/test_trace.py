@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import itertools
 import json
+import mmap
 import os
 import random
 import struct
@@ -691,8 +693,26 @@ def test_random_mixed_capture_matches_scapy(tmp_path: Path) -> None:
     assert t.skipped_non_ipv4 > 0 and t.flows > 100
 
 
-def test_flow_numbering_through_table_growth() -> None:
-    """More flows than the smallest table holds, so it is rehashed several times."""
+class _FixedSizeMap(mmap.mmap):
+    """A mapping that cannot grow in place (as where there is no mremap)."""
+
+    def resize(self, newsize: int) -> None:
+        raise OSError("no mremap here")
+
+
+@pytest.mark.parametrize("keys_grow", ["in place", "by copy"])
+def test_flow_numbering_through_table_growth(
+    monkeypatch: pytest.MonkeyPatch, keys_grow: str
+) -> None:
+    """More flows than the smallest table holds, so it is rehashed several times; numbered
+    whole, or a chunk at a time."""
+    if keys_grow == "by copy":
+        flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+        monkeypatch.setattr(
+            flowtable_mod._KeyRows,
+            "_new_map",
+            staticmethod(lambda rows: _FixedSizeMap(-1, rows * 16, flags=flags)),
+        )
     rng = np.random.default_rng(3)
     n, nflows = 60_000, 20_000
     keys = rng.integers(0, 2**32, size=(nflows, 5), dtype=np.uint64)
@@ -719,6 +739,14 @@ def test_flow_numbering_through_table_growth() -> None:
         )
     )
     assert table == first
+    numbering = flowtable_mod.FlowNumbering(0)
+    flow = np.empty(n, np.int32)
+    bounds = [0, *sorted(rng.choice(np.arange(1, n), 30, replace=False).tolist()), n]
+    for lo, hi in itertools.pairwise(bounds):
+        cols = (src[lo:hi], dst[lo:hi], sport[lo:hi], dport[lo:hi], proto[lo:hi])
+        numbering.add(cols, flow[lo:hi], 0, hi - lo)
+    assert flow.tolist() == out["flow"].tolist()
+    assert all(np.array_equal(v, out[k]) for k, v in numbering.finish().items())
 
 
 # --------------------------------------------------------------------------------------------
