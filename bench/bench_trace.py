@@ -1,17 +1,20 @@
 """Benchmark of streaming trace ingest: parse and chunk-walk rates, and peak memory at two
 trace lengths (it should not grow with the packets).
 
-    python bench/bench_trace.py [--packets 4000000,16000000] [--runs 3] [--keep-dir DIR]
+    python bench/bench_trace.py [--packets 4000000,16000000] [--runs 3] [--flows F]
+                                [--packets-per-flow 7] [--keep-dir DIR]
 
 For each length N, writes a synthetic headers-only pcap (Ethernet / IPv4 / TCP, 54 captured
-bytes a packet, about N/7 flows, written in blocks so that 100M packets need little memory),
+bytes a packet, N/7 flows or --flows, written in blocks so that 100M packets need little
+memory: about 50 bytes a flow),
 then measures, each run in a fresh subprocess, the median of --runs runs:
   - parse: load_trace on an empty cache directory (parse, number flows, write the entry);
   - walk: load_trace from the cache, then Trace.chunks(("ts_ns", "flow")) over the whole
     trace twice; the second (warm page cache) walk is timed;
 and each process's peak RSS (VmHWM), whole and above its RSS after imports and warm-up.
 The ratio of the peaks at the largest and smallest N is the figure that matters: memory
-may grow with the flows (the flow table), not with the packets. The capture and the cache
+may grow with the flows (the flow table, printed as bytes per added flow), not with the
+packets; --flows fixes the flow count to see the packets' share alone. The capture and the cache
 sit in the OS page cache: these are CPU, not disk, figures. Prints a table and, last, one
 JSON line.
 """
@@ -37,14 +40,12 @@ TARGET_PEAK_RATIO = 1.3  # whole-process peak RSS, largest N over smallest N
 TARGET_WALK_S_PER_20M = 0.3  # ts_ns + flow of 20M packets, warm page cache
 
 
-def write_synthetic_pcap(
-    path: Path, packets: int, seed: int = 1, packets_per_flow: float = 7.0
-) -> int:
-    """A headers-only µs pcap of `packets` TCP packets over about packets/packets_per_flow
-    flows; returns the number of distinct flows. Written in blocks: memory is the per-flow
-    arrays (about 50 bytes a flow) and one block."""
+def write_synthetic_pcap(path: Path, packets: int, flows: int, seed: int = 1) -> int:
+    """A headers-only µs pcap of `packets` TCP packets drawn from `flows` flows; returns the
+    number of distinct flows seen. Written in blocks: memory is the per-flow arrays (about
+    50 bytes a flow) and one block."""
     rng = np.random.default_rng(seed)
-    nflows = max(1, int(packets / packets_per_flow))
+    nflows = max(1, flows)
     f_src = rng.integers(1, 2**32, nflows, dtype=np.uint64).astype(np.uint32)
     f_dst = rng.integers(1, 2**32, nflows, dtype=np.uint64).astype(np.uint32)
     f_sport = rng.integers(1024, 65536, nflows).astype(np.uint16)
@@ -182,6 +183,11 @@ def main(argv: list[str] | None = None) -> int:
         default=7.0,
         help="mean flow size of the synthetic trace (CAIDA slices: about 7)",
     )
+    ap.add_argument(
+        "--flows",
+        type=int,
+        help="a fixed number of flows at every length instead (isolates growth with packets)",
+    )
     ap.add_argument("--keep-dir", type=Path, help="write the synthetic pcaps here and keep them")
     args = ap.parse_args(argv)
     sizes = sorted(int(float(x)) for x in args.packets.split(","))
@@ -192,12 +198,13 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     try:
         tiny = work / "tiny.pcap"
-        write_synthetic_pcap(tiny, 100, seed=2)
+        write_synthetic_pcap(tiny, 100, 14, seed=2)
         for n in sizes:
-            path = pcaps / f"bench-trace-{n}-{args.packets_per_flow:g}.pcap"
+            flows = args.flows or int(n / args.packets_per_flow)
+            path = pcaps / f"bench-trace-{n}-{flows}.pcap"
             if not path.exists():
                 t0 = time.perf_counter()
-                write_synthetic_pcap(path, n, packets_per_flow=args.packets_per_flow)
+                write_synthetic_pcap(path, n, flows)
                 print(
                     f"wrote {path}: {n:,} packets, {path.stat().st_size / 2**20:.0f} MiB in "
                     f"{time.perf_counter() - t0:.1f} s",
@@ -230,9 +237,12 @@ def main(argv: list[str] | None = None) -> int:
             ratio = hi[f"{what}_peak"] / lo[f"{what}_peak"]
             summary[f"{what}_peak_ratio"] = ratio
             ok = "ok" if ratio <= TARGET_PEAK_RATIO else "ABOVE TARGET"
+            grown = hi[f"{what}_peak"] - lo[f"{what}_peak"]
+            per_flow = grown / max(1, hi["flows"] - lo["flows"])
             print(
                 f"peak RSS of {what}, {hi['packets']:,} / {lo['packets']:,} packets: "
-                f"{ratio:.2f} (target <= {TARGET_PEAK_RATIO}) {ok}"
+                f"{ratio:.2f} (target <= {TARGET_PEAK_RATIO}) {ok}; grew {grown / mib:.0f} MiB"
+                + (f" = {per_flow:.1f} bytes per added flow" if hi["flows"] > lo["flows"] else "")
             )
     per_20m = hi["walk_s"] * 20e6 / hi["packets"]
     ok = "ok" if per_20m <= TARGET_WALK_S_PER_20M else "ABOVE TARGET"

@@ -15,6 +15,9 @@ from numba import njit
 
 from herd.hashing import mix64
 
+# The largest table a numbering starts with (4 bytes a slot).
+INITIAL_SLOTS_MAX = 1 << 22
+
 # The flow table's columns, with their dtypes.
 FLOW_COLUMNS: dict[str, np.dtype[Any]] = {
     "flow_src": np.dtype(np.uint32),
@@ -175,9 +178,10 @@ class FlowNumbering:
     """
 
     def __init__(self, expected_packets: int) -> None:
-        # Room for packets/8 flows before the first rehash: real traces have 5-10 packets
-        # a flow.
-        size = max(4096, _next_pow2(expected_packets // 4))
+        # Room for packets/8 flows before the first rehash (real traces have 5-10 packets a
+        # flow), up to INITIAL_SLOTS_MAX: beyond it a few doublings cost little next to
+        # numbering the packets, and a table sized by packets would grow with them.
+        size = min(max(4096, _next_pow2(expected_packets // 4)), INITIAL_SLOTS_MAX)
         self.table = np.full(size, -1, np.int32)
         self.keys = _KeyRows(size // 2)
         self.nf = 0
