@@ -183,6 +183,12 @@ class Trace:
         epochs count from it. 0 for an empty trace."""
         return int(self._read("ts_ns", 0, 1)[0]) if self._packets else 0
 
+    @property
+    def has_ingress(self) -> bool:
+        """Whether packets carry their ingress switch (load_ingress_traces), rather than -1
+        (a single file: the load balancer assigns switches). Reads no column."""
+        return self._files is None and bool(self._packets) and int(self.ingress[0]) >= 0
+
     def chunks(
         self, columns: Sequence[str], size: int = CHUNK_PACKETS
     ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:

@@ -920,6 +920,7 @@ def test_load_ingress_traces_merges_by_timestamp(tmp_path: Path) -> None:
     assert t.flow.tolist() == [0, 1, 0, 1, 1, 0, 0] and flow_table(t) == [A, B]
     assert t.skipped_non_ipv4 == 1
     assert t.paths == (str(a), str(b))
+    assert t.has_ingress and not load_trace(a).has_ingress
     da, db = (hashlib.sha256(p.read_bytes()).hexdigest() for p in (a, b))
     assert t.digest == hashlib.sha256((da + db).encode()).hexdigest()
     check_dtypes(t)
@@ -1135,8 +1136,9 @@ def test_chunks_concatenate_to_the_columns(tmp_path: Path, kind: str) -> None:
             assert starts == list(range(0, n, size))
             for c in columns:
                 assert np.array_equal(np.concatenate(got[c]), expected[c]), (size, c)
+    assert t.has_ingress == (kind == "ingress")
     if kind in ("cached", "temporary"):
-        assert not t._loaded  # walking loads nothing whole
+        assert not t._loaded  # walking (and has_ingress) loads nothing whole
     assert t.first_ts == int(expected["ts_ns"][0])
     counts = np.bincount(expected["flow"], minlength=t.flows)
     assert t.flow_counts().tolist() == counts.tolist()
