@@ -222,7 +222,12 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 
-def build_parser() -> argparse.ArgumentParser:
+CORE_COMMANDS = ("trace", "simulate", "sweep")
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole parser; given the subcommand about to run, only what it needs (the other
+    commands' modules are not imported: a faster start)."""
     parser = OneLineErrors(
         prog="herd", description="Network-wide heavy-hitter detection with Herd: simulate, "
         "sweep, tune, emulate.")
@@ -266,8 +271,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_param_arguments(sw)
     sw.set_defaults(func=cmd_sweep)
 
-    for register in _extra_commands():
-        register(sub)
+    if command not in CORE_COMMANDS:
+        for register in _extra_commands():
+            register(sub)
     return parser
 
 
@@ -288,7 +294,8 @@ def _extra_commands() -> list[Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     try:
         return int(args.func(args) or 0)

@@ -90,72 +90,86 @@ def epoch_ns_of(epoch_ms: float) -> int:
     return int(round(epoch_ms * 1e6))
 
 
-@njit(cache=True)
-def _grow_to(a: np.ndarray, n: int) -> np.ndarray:
-    if n <= len(a):
-        return a
-    b = np.zeros(max(n, 2 * len(a)), dtype=a.dtype)
-    b[: len(a)] = a
-    return b
+# The counting pass's scalar state between calls.
+CS_EPOCH = 0  # the current epoch
+CS_TOUCHED = 1  # flows of the current epoch so far
+CS_HEAVY = 2  # heavy pairs found
+CS_MAX = 3  # largest pair so far in the current epoch
+N_CS = 4
 
 
 @njit(cache=True)
-def _count_pairs_chunk(ts: np.ndarray, flow: np.ndarray, ts_first: int, epoch_ns: int,
-                       state: np.ndarray, scratch: np.ndarray, touched: np.ndarray,
-                       size_hist: np.ndarray, epoch_packets: np.ndarray,
-                       epoch_pairs: np.ndarray, T: int, heavy: np.ndarray,
-                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """One chunk of the counting pass. ``state`` = [current epoch, flows touched in it,
-    heavy pairs found]. Pairs that end (their epoch ends) go into ``size_hist``; with T > 0
-    a pair is also appended to ``heavy`` (rows: epoch, flow, time of its T-th packet) when
-    its T-th packet arrives."""
-    cur = state[0]
-    nt = state[1]
-    nh = state[2]
-    for i in range(len(ts)):
-        e = next_epoch(ts[i], ts_first, epoch_ns, cur)
-        if e != cur:
-            if cur >= 0:
-                size_hist = _flush_epoch(scratch, touched, nt, size_hist)
-                epoch_pairs = _grow_to(epoch_pairs, cur + 1)
-                epoch_pairs[cur] = nt
-            nt = 0
-            cur = e
-            epoch_packets = _grow_to(epoch_packets, cur + 1)
+def _count_pairs_chunk(ts: np.ndarray, flow: np.ndarray, begin: int, ts_first: int,
+                       epoch_ns: int, state: np.ndarray, scratch: np.ndarray,
+                       touched: np.ndarray, size_hist: np.ndarray, epoch_packets: np.ndarray,
+                       epoch_pairs: np.ndarray, T: int, heavy: np.ndarray) -> int:
+    """Packets begin.. of one chunk of the counting pass. Pairs that end (their epoch ends)
+    go into ``size_hist``; with T > 0 a pair is also appended to ``heavy`` (rows: epoch,
+    flow, time of its T-th packet) when its T-th packet arrives. Returns where it stopped:
+    len(ts), or earlier when an output array needs room (the caller grows it and calls
+    again; reallocating inside the loop would cost reference counting on every packet)."""
+    cur = state[CS_EPOCH]
+    nt = state[CS_TOUCHED]
+    nh = state[CS_HEAVY]
+    top = state[CS_MAX]
+    next_start = ts_first + (cur + 1) * epoch_ns if epoch_ns > 0 and cur >= 0 else \
+        np.iinfo(np.int64).min
+    stop = len(ts)
+    for i in range(begin, len(ts)):
+        t = ts[i]
+        if t >= next_start:
+            e = next_epoch(t, ts_first, epoch_ns, cur)
+            if e != cur:
+                if e >= len(epoch_packets) or top >= len(size_hist):
+                    stop = i
+                    break
+                if cur >= 0:
+                    _flush_epoch(scratch, touched, nt, size_hist)
+                    epoch_pairs[cur] = nt
+                nt = 0
+                top = 0
+                cur = e
+            next_start = ts_first + (cur + 1) * epoch_ns if epoch_ns > 0 else \
+                np.iinfo(np.int64).max
+        if nh >= len(heavy):
+            stop = i
+            break
         f = flow[i]
         c = scratch[f] + 1
         scratch[f] = c
         if c == 1:
             touched[nt] = f
             nt += 1
+        if c > top:
+            top = c
         epoch_packets[cur] += 1
         if c == T:
-            if nh == len(heavy):
-                grown = np.empty((2 * len(heavy) + 16, 3), dtype=np.int64)
-                grown[:nh] = heavy[:nh]
-                heavy = grown
             heavy[nh, 0] = cur
             heavy[nh, 1] = f
-            heavy[nh, 2] = ts[i]
+            heavy[nh, 2] = t
             nh += 1
-    state[0] = cur
-    state[1] = nt
-    state[2] = nh
-    return size_hist, epoch_packets, epoch_pairs, heavy
+    state[CS_EPOCH] = cur
+    state[CS_TOUCHED] = nt
+    state[CS_HEAVY] = nh
+    state[CS_MAX] = top
+    return stop
 
 
 @njit(cache=True)
 def _flush_epoch(scratch: np.ndarray, touched: np.ndarray, nt: int,
-                 size_hist: np.ndarray) -> np.ndarray:
-    """Histogram the sizes of the epoch's pairs and clear their scratch counts."""
+                 size_hist: np.ndarray) -> None:
+    """Histogram the sizes of the epoch's pairs (size_hist has room) and clear their scratch
+    counts."""
     for j in range(nt):
         f = touched[j]
-        c = scratch[f]
-        if c >= len(size_hist):
-            size_hist = _grow_to(size_hist, c + 1)
-        size_hist[c] += 1
+        size_hist[scratch[f]] += 1
         scratch[f] = 0
-    return size_hist
+
+
+def _grown(a: np.ndarray, size: int) -> np.ndarray:
+    b = np.zeros((size, *a.shape[1:]), dtype=a.dtype)
+    b[: len(a)] = a
+    return b
 
 
 @dataclass(frozen=True)
@@ -216,18 +230,31 @@ def count_pairs(trace: Trace, epoch_ns: int, T: int = 0) -> EpochCounts:
     epoch_packets = np.zeros(16, np.int64)
     epoch_pairs = np.zeros(16, np.int64)
     heavy = np.empty((1024, 3), np.int64)
-    state = np.array([NO_EPOCH, 0, 0], np.int64)
+    state = np.array([NO_EPOCH, 0, 0, 0], np.int64)
     ts_first = trace.first_ts
     for _, c in trace.chunks(("ts_ns", "flow")):
-        size_hist, epoch_packets, epoch_pairs, heavy = _count_pairs_chunk(
-            c["ts_ns"], c["flow"], ts_first, epoch_ns, state, scratch, touched, size_hist,
-            epoch_packets, epoch_pairs, T, heavy)
-    epochs = int(state[0]) + 1
+        ts, flow = c["ts_ns"], c["flow"]
+        at = 0
+        while at < len(ts):
+            at = _count_pairs_chunk(ts, flow, at, ts_first, epoch_ns, state, scratch, touched,
+                                    size_hist, epoch_packets, epoch_pairs, T, heavy)
+            if at < len(ts):  # stopped for room: grow what is short
+                e = next_epoch(ts[at], ts_first, epoch_ns, int(state[CS_EPOCH]))
+                if e >= len(epoch_packets):
+                    epoch_packets = _grown(epoch_packets, max(e + 1, 2 * len(epoch_packets)))
+                    epoch_pairs = _grown(epoch_pairs, len(epoch_packets))
+                if state[CS_MAX] >= len(size_hist):
+                    size_hist = _grown(size_hist, max(int(state[CS_MAX]) + 1,
+                                                      2 * len(size_hist)))
+                if state[CS_HEAVY] >= len(heavy):
+                    heavy = _grown(heavy, 2 * len(heavy))
+    epochs = int(state[CS_EPOCH]) + 1
     if epochs > 0:
-        size_hist = _flush_epoch(scratch, touched, int(state[1]), size_hist)
-        epoch_pairs = _grow_to(epoch_pairs, epochs)
-        epoch_pairs[epochs - 1] = state[1]
-    heavy = heavy[: int(state[2])]
+        if state[CS_MAX] >= len(size_hist):
+            size_hist = _grown(size_hist, int(state[CS_MAX]) + 1)
+        _flush_epoch(scratch, touched, int(state[CS_TOUCHED]), size_hist)
+        epoch_pairs[epochs - 1] = state[CS_TOUCHED]
+    heavy = heavy[: int(state[CS_HEAVY])]
     order = np.lexsort((heavy[:, 1], heavy[:, 0]))
     heavy = heavy[order]
     return EpochCounts(
@@ -290,9 +317,9 @@ def _linear_floor(sorted_vals: np.ndarray, percentile: float) -> int:
 @njit(cache=True)
 def _epoch_stats_chunk(ts: np.ndarray, flow: np.ndarray, ts_first: int, epoch_ns: int,
                        state: np.ndarray, scratch: np.ndarray, touched: np.ndarray,
-                       percentile: float, out: np.ndarray) -> np.ndarray:
-    """Per epoch [packets, flows, T of its own flow sizes, largest flow]; state = [epoch,
-    flows touched]."""
+                       percentile: float, out: np.ndarray) -> None:
+    """Per epoch [packets, flows, T of its own flow sizes, largest flow] (``out`` has a row
+    for every epoch); state = [epoch, flows touched]."""
     cur = state[0]
     nt = state[1]
     for i in range(len(ts)):
@@ -302,10 +329,6 @@ def _epoch_stats_chunk(ts: np.ndarray, flow: np.ndarray, ts_first: int, epoch_ns
                 _epoch_stats_flush(scratch, touched, nt, cur, percentile, out)
             nt = 0
             cur = e
-            if cur >= len(out):
-                grown = np.zeros((max(cur + 1, 2 * len(out)), 4), np.int64)
-                grown[: len(out)] = out
-                out = grown
         f = flow[i]
         if scratch[f] == 0:
             touched[nt] = f
@@ -314,7 +337,6 @@ def _epoch_stats_chunk(ts: np.ndarray, flow: np.ndarray, ts_first: int, epoch_ns
         out[cur, 0] += 1
     state[0] = cur
     state[1] = nt
-    return out
 
 
 @njit(cache=True)
@@ -342,8 +364,8 @@ def epoch_info(trace: Trace, epoch_ms: float, percentile: float = 99.0) -> dict[
     state = np.array([NO_EPOCH, 0], np.int64)
     out = np.zeros((max(counts.epochs, 1), 4), np.int64)
     for _, c in trace.chunks(("ts_ns", "flow")):
-        out = _epoch_stats_chunk(c["ts_ns"], c["flow"], trace.first_ts, epoch_ns, state,
-                                 scratch, touched, float(percentile), out)
+        _epoch_stats_chunk(c["ts_ns"], c["flow"], trace.first_ts, epoch_ns, state, scratch,
+                           touched, float(percentile), out)
     if state[0] >= 0:
         _epoch_stats_flush(scratch, touched, int(state[1]), int(state[0]), float(percentile),
                            out)

@@ -36,6 +36,18 @@ def _crc32_table() -> np.ndarray:
 CRC32_TABLE = _crc32_table()
 
 
+def _salt_terms() -> np.ndarray:
+    """CRC-32 is affine over equal-length messages: crc(a ^ b) = crc(a) ^ crc(b) ^ crc(0).
+    So crc({salt, 5-tuple}) = crc({0, 5-tuple}) ^ SALT_TERMS[salt], and one CRC over the
+    5-tuple gives every salted hash of it."""
+    zero = zlib.crc32(bytes(14))
+    return np.array([zlib.crc32(bytes([s]) + bytes(13)) ^ zero for s in range(256)],
+                    dtype=np.uint32)
+
+
+SALT_TERMS = _salt_terms()
+
+
 @njit(cache=True, inline="always")
 def _crc_byte(crc: np.uint32, byte: int) -> np.uint32:
     return CRC32_TABLE[(crc ^ np.uint32(byte)) & np.uint32(0xFF)] ^ (crc >> np.uint32(8))
@@ -84,10 +96,11 @@ def flow_slots(
 ) -> int:
     """Fill ``out`` with the flow's slot in each stage (offset into the flat table) and
     return its fingerprint."""
+    base = crc32_flow(0, src, dst, sport, dport, proto)
     for i in range(len(stage_sizes)):
-        h = crc32_flow(SALT_STAGE_BASE + i, src, dst, sport, dport, proto)
+        h = base ^ SALT_TERMS[SALT_STAGE_BASE + i]
         out[i] = stage_offsets[i] + np.int64(h) % np.int64(stage_sizes[i])
-    h = crc32_flow(SALT_FINGERPRINT, src, dst, sport, dport, proto)
+    h = base ^ SALT_TERMS[SALT_FINGERPRINT]
     return np.uint32(1 + np.int64(h) % np.int64(FINGERPRINT_MAX))
 
 

@@ -65,8 +65,7 @@ class PreparedTrace:
     @property
     def given_ingress(self) -> bool:
         """Whether the trace says each packet's ingress switch (one file per switch)."""
-        t = self.trace
-        return bool(t.packets and int(t.ingress[:1].min()) >= 0)
+        return self.trace.has_ingress
 
     # ---------------------------------------------------------------- ground truth
 

@@ -63,25 +63,17 @@ from herd.switch import (
     REG_REPORTS,
     REG_SAMPLE_THRESHOLD,
     install_group,
-    process_packet,
     reset_tables,
+    switch_packet,
 )
 
 RESET = -1  # queue entry: reset the switch's tables instead of installing a group
 
 
 @njit(cache=True)
-def _grow(a: np.ndarray, n: int) -> np.ndarray:
-    b = np.empty(max(2 * len(a), n), dtype=a.dtype)
-    b[: len(a)] = a
-    return b
-
-
-@njit(cache=True)
-def _heap_push(heap: np.ndarray, n: int, item: int, key: np.ndarray) -> np.ndarray:
-    """Push item onto the binary min-heap heap[:n] ordered by (key[item], item)."""
-    if n == len(heap):
-        heap = _grow(heap, n + 1)
+def _heap_push(heap: np.ndarray, n: int, item: int, key: np.ndarray) -> None:
+    """Push item onto the binary min-heap heap[:n] ordered by (key[item], item); heap has
+    room."""
     i = n
     heap[i] = item
     while i > 0:
@@ -91,7 +83,6 @@ def _heap_push(heap: np.ndarray, n: int, item: int, key: np.ndarray) -> np.ndarr
             break
         heap[parent], heap[i] = b, a
         i = parent
-    return heap
 
 
 @njit(cache=True)
@@ -116,17 +107,14 @@ def _heap_pop(heap: np.ndarray, n: int, key: np.ndarray) -> int:
 
 @njit(cache=True)
 def _put(q_key: np.ndarray, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray, qn: int,
-         heap: np.ndarray, hn: int, key: int, sw: int, g: int, lg: int,
-         ) -> tuple[int, int, np.ndarray]:
-    """Queue the action (sw, g, lg), due at ``key`` (a time or a packet, by the heap it goes
-    on); the q_* have room."""
+         heap: np.ndarray, hn: int, key: int, sw: int, g: int, lg: int) -> None:
+    """Queue the action (sw, g, lg) as entry qn, due at ``key`` (a time or a packet, by the
+    heap it goes on); the arrays have room."""
     q_key[qn] = key
     q_sw[qn] = sw
     q_g[qn] = g
     q_l[qn] = lg
-    heap = _heap_push(heap, hn, qn, q_key)
-    return qn + 1, hn + 1, heap
-
+    _heap_push(heap, hn, qn, q_key)
 
 
 # The loop's scalar state between chunks (``Run.st``).
@@ -142,6 +130,7 @@ ST_RESETS = 8  # table resets
 N_ST = 9
 
 IMMEDIATE = np.iinfo(np.int64).min  # due key of an action with no delay: before the next packet
+LAST = np.iinfo(np.int64).max
 
 
 @njit(cache=True)
@@ -167,7 +156,7 @@ def _apply(e: int, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray, regs: np.
 
 @njit(cache=True)
 def _herd_chunk(
-    start: int, ts: np.ndarray, flow: np.ndarray, given_ingress: np.ndarray,
+    start: int, begin: int, ts: np.ndarray, flow: np.ndarray, given_ingress: np.ndarray,
     rec: np.ndarray, p_threshold: int, ts_first: int, epoch_ns: int,
     regs: np.ndarray, group_state: np.ndarray, group_tau: np.ndarray, group_r: np.ndarray,
     fps: np.ndarray, counts: np.ndarray, slot_epochs: np.ndarray, epoch_log: np.ndarray,
@@ -180,12 +169,14 @@ def _herd_chunk(
     st: np.ndarray, q_key: np.ndarray, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray,
     heap_t: np.ndarray, heap_p: np.ndarray, due: np.ndarray, reports: np.ndarray,
     epoch_messages: np.ndarray, epoch_states: np.ndarray, switch_epoch_messages: np.ndarray,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray,
-           np.ndarray, np.ndarray]:
-    """Packets start .. start + len(ts) of the trace. Returns the arrays that may have grown
-    (q_key, q_sw, q_g, q_l, heap_t, heap_p, due, reports). With a run's measured epoch starts
-    (``sep_*``: per switch, the packet at which each of its epochs began), a switch's packets
-    get the switch's own epochs instead of the trace's."""
+    max_rows: int,
+) -> int:
+    """Packets begin .. len(ts) of the chunk that starts at trace packet ``start``. Returns
+    where it stopped: len(ts), or earlier when the reports or the action arrays need more
+    room (the caller grows them and calls again from there; no array is reallocated inside
+    the loop, which would cost reference counting on every packet). With a run's measured
+    epoch starts (``sep_*``: per switch, the packet at which each of its epochs began), a
+    switch's packets get the switch's own epochs instead of the trace's."""
     k = regs.shape[0]
     n_groups = group_state.shape[1]
     stages = rec.shape[1] - 3
@@ -193,26 +184,29 @@ def _herd_chunk(
     given = len(given_ingress) > 0
     own_clock = len(sep_packet) > 0
     cur = st[ST_EPOCH]
+    # The next epoch begins at or after this time: one comparison a packet, not a division.
+    next_start = ts_first + (cur + 1) * epoch_ns if epoch_ns > 0 and cur >= 0 else IMMEDIATE
     lb = st[ST_LB]
     nrep = st[ST_NREP]
     qn = st[ST_QN]
     ht = st[ST_HT]
     hp = st[ST_HP]
-    for i in range(len(ts)):
+    room = min(len(q_key), len(heap_t), len(heap_p), len(due)) - k - max_rows - 2
+    stop = len(ts)
+    for i in range(begin, len(ts)):
+        if nrep >= len(reports) or qn >= room:
+            stop = i
+            break
         t = ts[i]
         gi = start + i
         # The control plane's pending actions: those due before this packet, in send order.
         if ht > 0 or hp > 0:
             nd = 0
             while ht > 0 and q_key[heap_t[0]] <= t:
-                if nd == len(due):
-                    due = _grow(due, nd + 1)
                 due[nd] = _heap_pop(heap_t, ht, q_key)
                 ht -= 1
                 nd += 1
             while hp > 0 and q_key[heap_p[0]] <= gi:
-                if nd == len(due):
-                    due = _grow(due, nd + 1)
                 due[nd] = _heap_pop(heap_p, hp, q_key)
                 hp -= 1
                 nd += 1
@@ -224,7 +218,9 @@ def _herd_chunk(
             if ht == 0 and hp == 0:
                 qn = 0  # nothing pending: reuse the entry arrays from the start
 
-        cur = next_epoch(t, ts_first, epoch_ns, cur)
+        if t >= next_start:
+            cur = next_epoch(t, ts_first, epoch_ns, cur)
+            next_start = ts_first + (cur + 1) * epoch_ns if epoch_ns > 0 else LAST
         f = flow[i]
         if given:
             sw = np.int64(given_ingress[i])
@@ -242,9 +238,8 @@ def _herd_chunk(
                 nxt += 1
             sep_next[sw] = nxt
             e_sw = switch_epoch[sw]
-        ev, c = process_packet(regs[sw], group_state[sw], group_tau[sw], group_r[sw],
-                               fps[sw], counts[sw], slot_epochs[sw], epoch_log[sw], g,
-                               rec[f, :stages], rec[f, stages + REC_FP], e_sw)
+        ev, c = switch_packet(regs, group_state, group_tau, group_r, fps, counts, slot_epochs,
+                              epoch_log, sw, g, rec, f, stages, rec[f, stages + REC_FP], e_sw)
         occ = regs[sw, REG_OCCUPIED]
         if occ > epoch_states[cur]:
             epoch_states[cur] = occ
@@ -258,11 +253,9 @@ def _herd_chunk(
         switch_epoch_messages[sw, 1] += 1
         if switch_epoch_messages[sw, 1] > switch_epoch_messages[sw, 2]:
             switch_epoch_messages[sw, 2] = switch_epoch_messages[sw, 1]
+        if ev == EV_OVERFLOW and not reset_on_overflow:
+            continue
         if ev == EV_REPORT:
-            if nrep == len(reports):
-                grown = np.empty((2 * nrep + 1024, 3), dtype=np.int64)
-                grown[:nrep] = reports[:nrep]
-                reports = grown
             reports[nrep, 0] = f
             reports[nrep, 1] = regs[sw, REG_EPOCH]
             reports[nrep, 2] = t
@@ -271,14 +264,6 @@ def _herd_chunk(
         # Hellos and overflows make control-plane actions; queue them, due at t + delay (or
         # at the very packet a run measured).
         due_key = IMMEDIATE if delay_ns == 0 else t + delay_ns
-        key = sw * n_groups + g
-        rows = eff_start[key + 1] - eff_start[key] if measured else 0
-        if qn + k + rows + 1 >= len(q_key):  # room for this packet's actions
-            size = qn + k + rows + 2
-            q_key = _grow(q_key, size)
-            q_sw = _grow(q_sw, size)
-            q_g = _grow(q_g, size)
-            q_l = _grow(q_l, size)
         if ev == EV_HELLO:
             lg, changed = register_hello(members, member_count, l_g, g, sw)
             for m in range(k):
@@ -289,8 +274,9 @@ def _herd_chunk(
                 key = m * n_groups + g
                 rows = eff_start[key + 1] - eff_start[key] if measured else 0
                 if rows == 0:  # the simulator's own action, at the constant delay
-                    qn, ht, heap_t = _put(q_key, q_sw, q_g, q_l, qn, heap_t, ht, due_key, m,
-                                          g, lg)
+                    _put(q_key, q_sw, q_g, q_l, qn, heap_t, ht, due_key, m, g, lg)
+                    qn += 1
+                    ht += 1
                 elif m == sw:
                     # A run's timing: this switch's entry follows the run's writes, each from
                     # the packet it took effect at. Not the simulator's l_g: the run's switches
@@ -299,23 +285,37 @@ def _herd_chunk(
                     # hello that caused it.
                     for j in range(eff_start[key], eff_start[key + 1]):
                         if eff_lg[j] > 0 and eff_at[j] != NEVER:
-                            qn, hp, heap_p = _put(q_key, q_sw, q_g, q_l, qn, heap_p, hp,
-                                                  max(eff_at[j], gi + 1), m, g, eff_lg[j])
+                            _put(q_key, q_sw, q_g, q_l, qn, heap_p, hp,
+                                 max(eff_at[j], gi + 1), m, g, eff_lg[j])
+                            qn += 1
+                            hp += 1
                 # else: a member with the run's writes got them all at its own hello
         elif ev == EV_OVERFLOW and reset_on_overflow and not reset_pending[sw]:
             reset_pending[sw] = True
-            qn, ht, heap_t = _put(q_key, q_sw, q_g, q_l, qn, heap_t, ht, due_key, sw, 0, RESET)
+            _put(q_key, q_sw, q_g, q_l, qn, heap_t, ht, due_key, sw, 0, RESET)
+            qn += 1
+            ht += 1
     st[ST_EPOCH] = cur
     st[ST_LB] = lb
     st[ST_NREP] = nrep
     st[ST_QN] = qn
     st[ST_HT] = ht
     st[ST_HP] = hp
-    return q_key, q_sw, q_g, q_l, heap_t, heap_p, due, reports
+    return stop
 
 
 class _Run:
     """The simulator's state for one run, carried from chunk to chunk."""
+
+    def ensure_room(self, per_packet: int) -> None:
+        """Room for one more report and one packet's actions: double what is short."""
+        nrep, qn = int(self.st[ST_NREP]), int(self.st[ST_QN])
+        if nrep >= len(self.reports):
+            self.reports = _grown(self.reports, 2 * len(self.reports))
+        while qn + per_packet >= len(self.q_key):
+            size = 2 * len(self.q_key)
+            for name in ("q_key", "q_sw", "q_g", "q_l", "heap_t", "heap_p", "due"):
+                setattr(self, name, _grown(getattr(self, name), size))
 
     def __init__(self, prep: PreparedTrace, params: Params, T: int, epochs: int) -> None:
         k = params.k
@@ -357,6 +357,12 @@ class _Run:
         self.switch_epoch_messages = np.zeros((k, 3), dtype=np.int64)
 
 
+def _grown(a: np.ndarray, size: int) -> np.ndarray:
+    b = np.empty((size, *a.shape[1:]), dtype=a.dtype)
+    b[: len(a)] = a
+    return b
+
+
 def simulate_herd(prep: PreparedTrace, params: Params,
                   delays: MeasuredTiming | list[EntryWrite] | None = None) -> SimulationResult:
     """Run Herd over the trace with these parameters. ``delays``: a testbed run's measured
@@ -388,19 +394,25 @@ def simulate_herd(prep: PreparedTrace, params: Params,
     delay_ns = int(round(params.delay_ms * 1e6))
     columns = ("ts_ns", "flow", "ingress") if given is not None else ("ts_ns", "flow")
 
+    max_rows = int(np.diff(effect.start).max()) if len(effect.start) > 1 else 0
+    per_packet = k + max_rows + 2  # the most actions one packet can queue, and a margin
     started = time.perf_counter()
     for start, c in t.chunks(columns):
-        (run.q_key, run.q_sw, run.q_g, run.q_l, run.heap_t, run.heap_p, run.due,
-         run.reports) = _herd_chunk(
-            start, c["ts_ns"], c["flow"], c["ingress"] if given is not None else no_ingress,
-            rec, p_threshold, t.first_ts, epoch_ns,
-            run.regs, run.group_state, run.group_tau, run.group_r, run.fps, run.counts,
-            run.slot_epochs, run.epoch_log, run.members, run.member_count, run.l_g,
-            run.controller_l, run.reset_pending, float(params.epsilon), int(T), delay_ns,
-            effect.start, effect.l_g, effect.at, params.overflow_policy == "reset",
-            sep_start, sep_packet, sep_epoch, run.sep_next, run.switch_epoch,
-            run.st, run.q_key, run.q_sw, run.q_g, run.q_l, run.heap_t, run.heap_p, run.due,
-            run.reports, run.epoch_messages, run.epoch_states, run.switch_epoch_messages)
+        ts, flow = c["ts_ns"], c["flow"]
+        ingress = c["ingress"] if given is not None else no_ingress
+        at = 0
+        while at < len(ts):
+            run.ensure_room(per_packet)
+            at = _herd_chunk(
+                start, at, ts, flow, ingress, rec, p_threshold, t.first_ts, epoch_ns,
+                run.regs, run.group_state, run.group_tau, run.group_r, run.fps, run.counts,
+                run.slot_epochs, run.epoch_log, run.members, run.member_count, run.l_g,
+                run.controller_l, run.reset_pending, float(params.epsilon), int(T), delay_ns,
+                effect.start, effect.l_g, effect.at, params.overflow_policy == "reset",
+                sep_start, sep_packet, sep_epoch, run.sep_next, run.switch_epoch,
+                run.st, run.q_key, run.q_sw, run.q_g, run.q_l, run.heap_t, run.heap_p, run.due,
+                run.reports, run.epoch_messages, run.epoch_states, run.switch_epoch_messages,
+                max_rows)
     reports = run.reports[: run.st[ST_NREP]]
     keys, report_counts, detect_ts = count_reports(pair_keys(reports[:, 1], reports[:, 0]),
                                                    reports[:, 2], R)

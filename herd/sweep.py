@@ -33,6 +33,7 @@ SWEEP_PARAMS = {
     "s": "s",
     "R": "R",
     "delay_ms": "delay_ms",
+    "epoch_ms": "epoch_ms",
     "p": "p",
     "k": "k",
     "percentile": "percentile",
@@ -44,10 +45,11 @@ METRIC_COLUMNS = ("f1score", "precision", "recall")
 EXTRA_COLUMNS = (
     "f1score_std", "precision_std", "recall_std",
     "messages", "max_messages_per_switch", "hellos", "reports", "overflows",
-    "max_states", "detected", "heavy_hitters", "T", "R",
+    "max_states", "detected", "heavy_hitters", "T", "R", "epochs",
+    "max_messages_per_switch_epoch",
 )
-CONTEXT_COLUMNS = ("algorithm", "s", "epsilon", "k", "p", "stages", "delay_ms", "seeds",
-                   "trace", "trace_digest", "herd_version")
+CONTEXT_COLUMNS = ("algorithm", "s", "epsilon", "k", "p", "stages", "delay_ms", "epoch_ms",
+                   "seeds", "trace", "trace_digest", "herd_version")
 
 
 def parse_values(param: str, text: str) -> list[float]:
@@ -132,11 +134,12 @@ def summarise(param: str, value: float, runs: Sequence[SimulationResult]) -> dic
         "f1score_std": std("f1"), "precision_std": std("precision"), "recall_std": std("recall"),
     }
     for key in ("messages", "max_messages_per_switch", "hellos", "reports", "overflows",
-                "max_states", "detected", "heavy_hitters"):
+                "max_states", "detected", "heavy_hitters", "max_messages_per_switch_epoch"):
         row[key] = mean(key)
     row.update({
         "T": first.T, "R": first.R, "algorithm": p.algorithm, "s": p.s, "epsilon": p.epsilon,
         "k": p.k, "p": p.p, "stages": "/".join(map(str, p.stages)), "delay_ms": p.delay_ms,
+        "epoch_ms": p.epoch_ms, "epochs": first.metrics["epochs"],
         "seeds": ";".join(str(r.params.seed) for r in runs),
         "trace": first.trace_path, "trace_digest": first.trace_digest, "herd_version": __version__,
     })
@@ -209,6 +212,8 @@ def sweep_title(trace_path: str, param: str, rows: Sequence[dict[str, Any]]) -> 
     r = rows[0]
     fixed = {"epsilon": r["epsilon"], "s": r["s"], "k": r["k"], "p": r["p"],
              "stages": r["stages"], "delay_ms": r["delay_ms"]}
+    if r.get("epoch_ms"):
+        fixed["epoch_ms"] = r["epoch_ms"]
     fixed.pop(SWEEP_PARAMS.get(param, param), None)
     fixed_text = ", ".join(f"{k}={v}" for k, v in fixed.items())
     R_text = "R=round(1/epsilon)" if param == "epsilon" else f"R={r['R']}"

@@ -902,6 +902,8 @@ def _int(text: str) -> int:
 
 
 def register_cli(sub: Any) -> None:
+    from herd.cli import add_epoch_argument
+
     p = sub.add_parser(
         "tune", help="find s, epsilon, R and stage sizes that maximise F1 within a memory "
         "and a communication budget per switch",
@@ -912,7 +914,7 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--memory", type=_int, required=True, metavar="S",
                    help="counters (hash-table slots) per switch")
     p.add_argument("--messages", type=_int, required=True, metavar="C",
-                   help="messages per switch over the trace")
+                   help="messages per switch over the trace (with --epoch-ms: per epoch)")
     t = p.add_mutually_exclusive_group()
     t.add_argument("--percentile", type=float, help="T = floor(this percentile of flow sizes) "
                    "(default 99)")
@@ -921,6 +923,7 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--p", type=float, help="probability of the primary ingress (default 0.95)")
     p.add_argument("--delay-ms", dest="delay_ms", type=float,
                    help="control-loop delay to tune for (default 0)")
+    add_epoch_argument(p)
     p.add_argument("--seed", type=int, help="first seed (default 1)")
     p.add_argument("--seeds", type=int, default=DEFAULT_SEEDS,
                    help=f"seeds per configuration (default {DEFAULT_SEEDS}); the few best "
@@ -939,7 +942,7 @@ def register_cli(sub: Any) -> None:
 
 def _base_params(args: argparse.Namespace) -> Params:
     values: dict[str, Any] = {}
-    for name in ("percentile", "T", "k", "p", "delay_ms", "seed"):
+    for name in ("percentile", "T", "k", "p", "delay_ms", "epoch_ms", "seed"):
         v = getattr(args, name, None)
         if v is not None:
             values[name] = v
@@ -968,8 +971,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     else:
         p = result.params
         b = result.best
+        per = f" per epoch of {base.epoch_ms:g} ms" if base.epoch_ms else ""
         print(f"trace {result.trace} ({result.packets} packets), T={result.T}, "
-              f"budgets S={result.memory} states, C={result.messages} messages per switch")
+              f"budgets S={result.memory} states, C={result.messages} messages per switch{per}")
         print(f"s={p.s:g} epsilon={p.epsilon:g} R={p.R} stages={','.join(map(str, p.stages))} "
               f"overflow_policy={p.overflow_policy}")
         print(f"expected F1={b.f1:.4f} (std {b.f1_std:.4f}, min {b.f1_min:.4f} over "
