@@ -12,7 +12,9 @@ the trace, its digest, the parameters, the budgets and the tool version:
 - ``f1_vs_memory_budget``: F1 within a memory budget S per switch at a fixed
   communication budget C - Herd tuned (``herd.tuning.tune``, quick search) against the
   baselines at the same budgets (``herd.tuning.tune_baseline``);
-- ``f1_vs_message_budget``: the same within a communication budget C at a fixed S.
+- ``f1_vs_message_budget``: the same within a communication budget C at a fixed S;
+- ``per_epoch`` (with ``--epoch-ms``): Herd's F1 and messages in each epoch over the trace's
+  time, at the base parameters, beside the heavy hitters each epoch holds.
 
 The runs are independent jobs; with two workers they run in two forked processes.
 """
@@ -569,6 +571,57 @@ def _budget_figure(out: Path, prep: PreparedTrace, plan: Plan, rows: list[dict[s
     return [png, csv_path]
 
 
+def _epoch_figure(out: Path, prep: PreparedTrace, plan: Plan) -> list[Path]:
+    """F1 and messages per epoch over time, Herd at the base parameters (one seed)."""
+    from herd.evaluate import simulate
+    from herd.fileio import atomic_write
+    from herd.metrics import per_epoch_csv
+
+    result = simulate(prep, plan.base)
+    rows = result.per_epoch
+    csv_path = out / "per_epoch.csv"
+    atomic_write(csv_path, per_epoch_csv(rows))
+    b = plan.base
+    title = f"Herd per epoch of {b.epoch_ms:g} ms: F1 {result.f1:.3f} over all (flow, epoch) pairs"
+    fixed = (f"s={b.s:g}, epsilon={b.epsilon:g}, R={result.R}, stages "
+             f"{'/'.join(map(str, b.stages))}, seed {b.seed}")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (top, bottom) = plt.subplots(2, 1, sharex=True, figsize=(7.2, 6.0), dpi=110,
+                                      height_ratios=(3, 2))
+    fig.suptitle(title, fontsize=11, y=0.985)
+    lines = [w for part in f"{_subtitle(prep, plan)}\n{fixed}".split("\n")
+             for w in textwrap.wrap(part, 118)]
+    top.set_title("\n".join(lines), fontsize=7.5)
+    t0 = rows[0]["start_ns"] if rows else 0
+    x = np.array([(r["start_ns"] - t0) / 1e9 for r in rows])
+    scored = [bool(r["heavy_hitters"] or r["detected"]) for r in rows]
+    for key, style in (("f1", "o-"), ("precision", "s--"), ("recall", "^--")):
+        y = np.array([r[key] if ok else np.nan for r, ok in zip(rows, scored, strict=True)])
+        top.plot(x, y, style, markersize=3, linewidth=1 if key != "f1" else 1.6, label=key)
+    top.set_ylabel("accuracy per epoch")
+    top.set_ylim(0, 1.05)
+    top.grid(alpha=0.3)
+    top.legend(loc="lower left", fontsize=8)
+    bottom.plot(x, [r["messages"] for r in rows], "k.-", markersize=3,
+                label="messages (all switches)")
+    bottom.plot(x, [r["heavy_hitters"] for r in rows], color="tab:red", linestyle="--",
+                label="heavy hitters")
+    bottom.plot(x, [r["max_states"] for r in rows], color="tab:green", linestyle=":",
+                label="states (busiest switch)")
+    bottom.set_yscale("symlog", linthresh=10)
+    bottom.set_xlabel("epoch start (s after the first packet)")
+    bottom.set_ylabel("per epoch")
+    bottom.grid(alpha=0.3)
+    bottom.legend(loc="center right", fontsize=7)
+    png = out / "per_epoch.png"
+    _save(fig, png)
+    return [png, csv_path]
+
+
 def make_figures(prep: PreparedTrace, out: str | Path, plan: Plan, *, workers: int = 1,
                  progress: Callable[[int, int], None] | None = None) -> list[Path]:
     """Compute and write every figure (PNG + CSV) and ``figures.json`` into ``out``."""
@@ -584,6 +637,8 @@ def make_figures(prep: PreparedTrace, out: str | Path, plan: Plan, *, workers: i
     written += _cost_figure(out, prep, plan, rows, "s")
     written += _budget_figure(out, prep, plan, rows, "memory")
     written += _budget_figure(out, prep, plan, rows, "messages")
+    if plan.base.epoch_ms:
+        written += _epoch_figure(out, prep, plan)
     meta = {
         "trace": prep.trace.paths[0], "trace_digest": prep.trace.digest,
         "packets": prep.trace.packets, "flows": prep.trace.flows, **plan.to_dict(),

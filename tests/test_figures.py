@@ -104,3 +104,22 @@ def test_bad_input_exits_2(trace_file: Path, tmp_path: Path, bad: list[str],
                  *bad]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("herd: error: ") and "\n" not in err
+
+
+def test_figures_with_epochs_add_the_per_epoch_figure(trace_file: Path, tmp_path: Path) -> None:
+    """40k packets at 100k packets/s: 0.4 s, so 8 epochs of 50 ms. The budget figures hold
+    their budgets per switch and epoch."""
+    out = tmp_path / "epochs"
+    assert main(["figures", "--trace", str(trace_file), "--out", str(out), "--workers", "1",
+                 "--epoch-ms", "50", *SMALL]) == 0
+    png = (out / "per_epoch.png").read_bytes()
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 10_000
+    per_epoch = rows(out / "per_epoch.csv")
+    assert len(per_epoch) == 8
+    assert sum(int(r["packets"]) for r in per_epoch) == 40_000
+    assert all(int(r["heavy_hitters"]) > 0 for r in per_epoch)
+    meta = json.loads((out / "figures.json").read_text())
+    assert meta["base_params"]["epoch_ms"] == 50 and "per_epoch.png" in meta["files"]
+    for r in rows(out / "f1_vs_memory_budget.csv") + rows(out / "f1_vs_message_budget.csv"):
+        if r["fits"] == "True":
+            assert int(r["max_messages_per_switch"]) <= int(r["message_budget"]), r
