@@ -98,6 +98,27 @@ def params_from_args(args: argparse.Namespace) -> Params:
     return Params.from_dict(values, source=args.params or "arguments")
 
 
+# Runs of more packets than this show a progress bar on an interactive terminal.
+PROGRESS_PACKETS = 20_000_000
+
+
+def _packet_progress(label: str, packets: int) -> Any:
+    """A tqdm progress callback (done, total) for a long run on a terminal, else None."""
+    if packets < PROGRESS_PACKETS or not sys.stderr.isatty():
+        return None
+    from tqdm import tqdm
+
+    bar = tqdm(total=packets, desc=label, unit="pkt", unit_scale=True, file=sys.stderr,
+               leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.update(done - bar.n)
+        if done >= total:
+            bar.close()
+
+    return update
+
+
 def _print_json(obj: Any) -> None:
     json.dump(obj, sys.stdout, indent=1, default=json_default)
     sys.stdout.write("\n")
@@ -152,7 +173,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         from herd.delays import read_timing
 
         delays = read_timing(args.delays)
-    result = simulate(_load(args.trace), params, delays)
+    prep = _load(args.trace)
+    result = simulate(prep, params, delays, _packet_progress("simulate", prep.trace.packets))
     d = result.to_dict()
     if delays is not None:
         d["delays_file"] = args.delays

@@ -22,6 +22,7 @@ writes, packet for packet.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import numpy as np
 from numba import njit
@@ -364,11 +365,13 @@ def _grown(a: np.ndarray, size: int) -> np.ndarray:
 
 
 def simulate_herd(prep: PreparedTrace, params: Params,
-                  delays: MeasuredTiming | list[EntryWrite] | None = None) -> SimulationResult:
+                  delays: MeasuredTiming | list[EntryWrite] | None = None,
+                  progress: Callable[[int, int], None] | None = None) -> SimulationResult:
     """Run Herd over the trace with these parameters. ``delays``: a testbed run's measured
     timing (``herd.delays``): its entry writes and the packets they took effect at, and with
     epochs where each switch's epochs began; ``params.delay_ms`` applies to what it does not
-    cover and to table resets."""
+    cover and to table resets. ``progress(done, total)`` is called after every chunk of
+    packets."""
     timing = delays if isinstance(delays, MeasuredTiming) else \
         MeasuredTiming(list(delays or []), [])
     delays = timing.entries if delays is not None else None
@@ -413,6 +416,8 @@ def simulate_herd(prep: PreparedTrace, params: Params,
                 run.st, run.q_key, run.q_sw, run.q_g, run.q_l, run.heap_t, run.heap_p, run.due,
                 run.reports, run.epoch_messages, run.epoch_states, run.switch_epoch_messages,
                 max_rows)
+        if progress is not None:
+            progress(start + len(ts), t.packets)
     reports = run.reports[: run.st[ST_NREP]]
     keys, report_counts, detect_ts = count_reports(pair_keys(reports[:, 1], reports[:, 0]),
                                                    reports[:, 2], R)
