@@ -29,16 +29,6 @@ def ingress_pair(src: int, k: int) -> tuple[int, int]:
 
 
 @njit(cache=True)
-def flows_ingress_pairs(flow_src: np.ndarray, k: int) -> np.ndarray:
-    """Per flow (primary << 16 | secondary): what the simulator looks up per packet."""
-    out = np.empty(len(flow_src), dtype=np.uint32)
-    for f in range(len(flow_src)):
-        primary, secondary = ingress_pair(flow_src[f], k)
-        out[f] = (primary << 16) | secondary
-    return out
-
-
-@njit(cache=True)
 def choose_ingress(src: int, k: int, p_threshold: int, prng_state: int) -> tuple[int, int]:
     """One packet's ingress switch: (switch index, the PRNG state after the draw)."""
     primary, secondary = ingress_pair(src, k)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numba import njit
 
 from herd import __version__
 from herd.coordinator import NOT_DETECTED
@@ -24,8 +25,8 @@ from herd.groundtruth import (
     packet_epochs,
     pair_keys,
 )
-from herd.hashing import flows_slots
-from herd.loadbalancer import assign_ingress, flows_ingress_pairs, lb_seed
+from herd.hashing import flow_slots
+from herd.loadbalancer import assign_ingress, ingress_pair, lb_seed
 from herd.metrics import accuracy, detection_delays_ms, per_epoch_rows
 from herd.params import Params
 from herd.prng import probability_threshold
@@ -39,6 +40,23 @@ REC_GROUP = 1
 REC_INGRESS = 2
 
 
+@njit(cache=True)
+def _fill_flow_records(src: np.ndarray, dst: np.ndarray, sport: np.ndarray, dport: np.ndarray,
+                       proto: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, k: int,
+                       rec: np.ndarray) -> None:
+    """``PreparedTrace.flow_records`` in one pass, with no per-flow temporaries."""
+    n = len(sizes)
+    row = np.empty(n, np.int64)
+    for f in range(len(src)):
+        rec[f, n + REC_FP] = flow_slots(src[f], dst[f], sport[f], dport[f], proto[f], offsets,
+                                        sizes, row)
+        for i in range(n):
+            rec[f, i] = row[i]
+        rec[f, n + REC_GROUP] = ((src[f] >> 24) << 8) | (dst[f] >> 24)  # messages.group_of
+        primary, secondary = ingress_pair(src[f], k)
+        rec[f, n + REC_INGRESS] = (primary << 16) | secondary
+
+
 class PreparedTrace:
     """A trace plus what every run over it shares (flow hashes, ground truth, T, ingress),
     computed once per distinct setting so that sweeps and tuning pay for it once."""
@@ -47,13 +65,20 @@ class PreparedTrace:
         if trace.packets == 0:
             raise HerdInputError(f"{trace.paths[0]}: trace holds no IPv4 packets to simulate")
         self.trace = trace
-        self.flow_group = trace.group_of_flow().astype(np.int32)
+        self._flow_group: np.ndarray | None = None
         self._counts: np.ndarray | None = None
         self._records: dict[tuple[Any, ...], np.ndarray] = {}
         self._ingress: dict[tuple[int, float, int], np.ndarray] = {}
         self._crossing: dict[int, np.ndarray] = {}
         self._epochs: dict[tuple[int, int], EpochCounts] = {}
         self._pairs: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
+
+    @property
+    def flow_group(self) -> np.ndarray:
+        """The group of every flow (int32)."""
+        if self._flow_group is None:
+            self._flow_group = self.trace.group_of_flow().astype(np.int32)
+        return self._flow_group
 
     @property
     def counts(self) -> np.ndarray:
@@ -96,22 +121,11 @@ class PreparedTrace:
         if key not in self._records:
             offsets, sizes = stage_layout(stages)
             t = self.trace
-            slots, fps = flows_slots(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport,
-                                     t.flow_proto, offsets, sizes)
-            n = len(stages)
-            rec = np.empty((t.flows, n + 3), np.uint32)
-            rec[:, :n] = slots
-            rec[:, n + REC_FP] = fps
-            rec[:, n + REC_GROUP] = self.flow_group
-            rec[:, n + REC_INGRESS] = flows_ingress_pairs(t.flow_src, k)
+            rec = np.empty((t.flows, len(stages) + 3), np.uint32)
+            _fill_flow_records(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport,
+                               t.flow_proto, offsets, sizes, k, rec)
             self._records[key] = rec
         return self._records[key]
-
-    def slots(self, stages: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
-        """(slots[flows, stages], fingerprints) of every flow."""
-        rec = self.flow_records(stages, 1)
-        n = len(stages)
-        return rec[:, :n].astype(np.int32), rec[:, n + REC_FP]
 
     # ---------------------------------------------------------------- per packet (in memory)
 

@@ -313,9 +313,10 @@ class _Run:
         nrep, qn = int(self.st[ST_NREP]), int(self.st[ST_QN])
         if nrep >= len(self.reports):
             self.reports = _grown(self.reports, 2 * len(self.reports))
-        while qn + per_packet >= len(self.q_key):
+        names = ("q_key", "q_sw", "q_g", "q_l", "heap_t", "heap_p", "due")
+        while qn + per_packet >= min(len(getattr(self, name)) for name in names):
             size = 2 * len(self.q_key)
-            for name in ("q_key", "q_sw", "q_g", "q_l", "heap_t", "heap_p", "due"):
+            for name in names:
                 setattr(self, name, _grown(getattr(self, name), size))
 
     def __init__(self, prep: PreparedTrace, params: Params, T: int, epochs: int) -> None:
@@ -350,7 +351,7 @@ class _Run:
         self.q_l = np.empty(1024, dtype=np.int64)
         self.heap_t = np.empty(1024, dtype=np.int64)
         self.heap_p = np.empty(1024, dtype=np.int64)
-        self.due = np.empty(64, dtype=np.int64)
+        self.due = np.empty(1024, dtype=np.int64)  # as long as the action arrays
         self.reports = np.empty((1024, 3), dtype=np.int64)
         self.epoch_messages = np.zeros(max(epochs, 1), dtype=np.int64)
         self.epoch_states = np.zeros(max(epochs, 1), dtype=np.int64)

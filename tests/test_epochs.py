@@ -325,3 +325,23 @@ def test_measured_switch_epochs_replace_the_trace_epochs(tmp_path: Path) -> None
     assert sorted(zip((plain.detection.keys >> 32).tolist(),
                       plain.detection.detect_ts.tolist(), strict=True)) == \
         [(0, int(ts[3])), (1, int(ts[14]))]
+
+
+def test_many_pending_actions_grow_the_queue(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A control loop slower than the trace: every hello's entry is still pending at the end
+    (thousands of actions queued, beyond the queue's first allocation), so no packet is
+    counted; and a delay inside the trace gives the same result whatever the chunk size."""
+    from conftest import REPO
+
+    prep = PreparedTrace(load_trace(REPO / "pcap" / "synth-20k.pcap"))
+    never = simulate(prep, Params(delay_ms=1e7, epoch_ms=50)).metrics
+    assert never["hellos"] > 1024 and never["reports"] == 0 and never["table_writes"] == 0
+    params = Params(delay_ms=40, epoch_ms=50, overflow_policy="reset", stages=(32, 16, 8))
+    whole = simulate(prep, params).to_dict()
+    original = Trace.chunks
+    monkeypatch.setattr(Trace, "chunks", lambda self, columns, size=0: original(self, columns,
+                                                                                 333))
+    chunked = simulate(PreparedTrace(load_trace(prep.trace.paths[0])), params).to_dict()
+    for d in (whole, chunked):
+        d.pop("seconds"), d.pop("packets_per_second")
+    assert chunked == whole and whole["table_writes"] > 0
