@@ -27,3 +27,22 @@ def _key_numba_cache_by_sources() -> None:
 
 
 _key_numba_cache_by_sources()
+
+
+def _return_large_blocks_to_the_system() -> None:
+    """glibc raises its mmap threshold each time a large block is freed, after which blocks
+    that size come from the heap and stay resident once freed: a long run's per-flow scratch
+    arrays would then linger beside what follows. A fixed threshold keeps every large array
+    in its own mapping, returned to the system when freed."""
+    import contextlib
+    import ctypes
+    import ctypes.util
+
+    name = ctypes.util.find_library("c")
+    if not name:
+        return
+    with contextlib.suppress(OSError, AttributeError):  # not glibc
+        ctypes.CDLL(name).mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD, 1 MiB
+
+
+_return_large_blocks_to_the_system()

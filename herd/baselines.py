@@ -321,12 +321,9 @@ def _finish(prep: PreparedTrace, params: Params, T: int, R: int, detected: np.nd
     order = np.argsort(keys[detected], kind="stable")
     detection = Detection(keys[detected][order], detect_ts[detected][order])
     if report_count is not None:
-        truth = prep.truth(params, T)
-        heavy = np.isin(keys, truth.heavy_keys())
-        other = ~heavy & (report_count > 0)
-        detection.pair_reports = np.concatenate((report_count[heavy], report_count[other]))
-        detection.pair_heavy = np.r_[np.ones(int(heavy.sum()), np.bool_),
-                                     np.zeros(int(other.sum()), np.bool_)]
+        heavy = np.isin(keys, prep.truth(params, T).heavy_keys())
+        detection.reports_heavy = np.bincount(report_count[heavy], minlength=1)
+        detection.reports_other = np.bincount(report_count[~heavy], minlength=1)
     per_switch, per_epoch = states
     metrics, rows = score(prep, params, T, R, detection, epoch_messages[0], per_epoch)
     zeros = np.zeros(k, dtype=np.int64)

@@ -33,11 +33,13 @@ from herd.prng import probability_threshold
 from herd.switch import stage_layout
 from herd.trace import Trace
 
-# Columns of PreparedTrace.flow_records after the stage slots: fingerprint, group, and the
-# flow's (primary << 16 | secondary) ingress switches.
+# Columns of PreparedTrace.flow_records after the stage slots: fingerprint, then the group
+# with the flow's ingress switches: group | primary << 16 | secondary << 24 when k <= 256
+# (one word: four bytes a flow less), else group, then primary << 16 | secondary.
 REC_FP = 0
 REC_GROUP = 1
 REC_INGRESS = 2
+PACKED_K = 256
 
 
 @njit(cache=True)
@@ -52,9 +54,13 @@ def _fill_flow_records(src: np.ndarray, dst: np.ndarray, sport: np.ndarray, dpor
                                         sizes, row)
         for i in range(n):
             rec[f, i] = row[i]
-        rec[f, n + REC_GROUP] = ((src[f] >> 24) << 8) | (dst[f] >> 24)  # messages.group_of
+        g = ((src[f] >> 24) << 8) | (dst[f] >> 24)  # messages.group_of
         primary, secondary = ingress_pair(src[f], k)
-        rec[f, n + REC_INGRESS] = (primary << 16) | secondary
+        if k <= PACKED_K:
+            rec[f, n + REC_GROUP] = g | (primary << 16) | (secondary << 24)
+        else:
+            rec[f, n + REC_GROUP] = g
+            rec[f, n + REC_INGRESS] = (primary << 16) | secondary
 
 
 class PreparedTrace:
@@ -114,14 +120,14 @@ class PreparedTrace:
     # ---------------------------------------------------------------- per flow
 
     def flow_records(self, stages: tuple[int, ...], k: int) -> np.ndarray:
-        """Per flow one row: its slot in each stage, then fingerprint, group and the
-        (primary << 16 | secondary) ingress switches. One row, so that a packet costs the
-        simulator one cache line of flow state."""
+        """Per flow one row: its slot in each stage, then fingerprint, group and ingress
+        switches (see REC_*). One row, so that a packet costs the simulator one cache line of
+        flow state."""
         key = (stages, k)
         if key not in self._records:
             offsets, sizes = stage_layout(stages)
             t = self.trace
-            rec = np.empty((t.flows, len(stages) + 3), np.uint32)
+            rec = np.empty((t.flows, len(stages) + (2 if k <= PACKED_K else 3)), np.uint32)
             _fill_flow_records(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport,
                                t.flow_proto, offsets, sizes, k, rec)
             self._records[key] = rec
@@ -182,10 +188,50 @@ class Detection:
 
     keys: np.ndarray  # int64 pair keys (epoch << 32 | flow), ascending
     detect_ts: np.ndarray  # int64 per detected pair
-    # For choosing R after a run (tuning): report counts of the heavy pairs (0 if none)
-    # followed by those of the reported pairs that are not heavy; ``pair_heavy`` marks which.
-    pair_reports: np.ndarray | None = None
-    pair_heavy: np.ndarray | None = None
+    # For choosing R after a run (tuning), where the detector counts reports: how many
+    # heavy pairs had n reports ([n], 0 included) and how many other pairs.
+    reports_heavy: np.ndarray | None = None
+    reports_other: np.ndarray | None = None
+
+
+class ReportTally:
+    """Counted reports reduced to what a result keeps: the detected pairs and, per report
+    count, how many heavy and other pairs had it. Fed (keys, report counts, detection times)
+    of disjoint groups of pairs (``herd.coordinator.count_reports``), e.g. epoch by epoch,
+    so that a long run keeps neither every report nor every reported pair."""
+
+    def __init__(self, heavy_keys: np.ndarray, R: int) -> None:
+        self.heavy = heavy_keys
+        self.R = R
+        self.detected: list[tuple[np.ndarray, np.ndarray]] = []
+        self.hist_heavy = np.zeros(1, np.int64)
+        self.hist_other = np.zeros(1, np.int64)
+
+    def add(self, keys: np.ndarray, counts: np.ndarray, detect_ts: np.ndarray) -> None:
+        hit = counts >= self.R
+        self.detected.append((keys[hit], detect_ts[hit]))
+        is_heavy = np.isin(keys, self.heavy, assume_unique=True)
+        self.hist_heavy = _add_hist(self.hist_heavy, counts[is_heavy])
+        self.hist_other = _add_hist(self.hist_other, counts[~is_heavy])
+
+    def detection(self) -> Detection:
+        keys = np.concatenate([k for k, _ in self.detected]) if self.detected else \
+            np.zeros(0, np.int64)
+        ts = np.concatenate([t for _, t in self.detected]) if self.detected else \
+            np.zeros(0, np.int64)
+        order = np.argsort(keys, kind="stable")
+        heavy = self.hist_heavy.copy()
+        heavy[0] = len(self.heavy) - heavy[1:].sum()  # heavy pairs without a report
+        return Detection(keys[order], ts[order], heavy, self.hist_other.copy())
+
+
+def _add_hist(hist: np.ndarray, values: np.ndarray) -> np.ndarray:
+    add = np.bincount(values, minlength=len(hist)) if len(values) else np.zeros(1, np.int64)
+    if len(add) > len(hist):
+        add[: len(hist)] += hist
+        return add
+    hist[: len(add)] += add
+    return hist
 
 
 @dataclass
@@ -222,10 +268,6 @@ class SimulationResult:
         flows = (self.detection.keys & 0xFFFFFFFF).astype(np.int64)
         np.minimum.at(out, flows, self.detection.detect_ts)
         return out
-
-    @property
-    def report_count(self) -> np.ndarray | None:
-        return self.detection.pair_reports
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -39,8 +39,8 @@ from herd.prepared import (
     REC_FP,
     REC_GROUP,
     REC_INGRESS,
-    Detection,
     PreparedTrace,
+    ReportTally,
     SimulationResult,
     score,
 )
@@ -158,7 +158,7 @@ def _apply(e: int, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray, regs: np.
 @njit(cache=True)
 def _herd_chunk(
     start: int, begin: int, ts: np.ndarray, flow: np.ndarray, given_ingress: np.ndarray,
-    rec: np.ndarray, p_threshold: int, ts_first: int, epoch_ns: int,
+    rec: np.ndarray, stages: int, p_threshold: int, ts_first: int, epoch_ns: int,
     regs: np.ndarray, group_state: np.ndarray, group_tau: np.ndarray, group_r: np.ndarray,
     fps: np.ndarray, counts: np.ndarray, slot_epochs: np.ndarray, epoch_log: np.ndarray,
     members: np.ndarray, member_count: np.ndarray, l_g: np.ndarray,
@@ -180,7 +180,7 @@ def _herd_chunk(
     switch's packets get the switch's own epochs instead of the trace's."""
     k = regs.shape[0]
     n_groups = group_state.shape[1]
-    stages = rec.shape[1] - 3
+    packed = rec.shape[1] == stages + 2  # group and ingress switches in one word
     measured = len(eff_start) > 1
     given = len(given_ingress) > 0
     own_clock = len(sep_packet) > 0
@@ -223,13 +223,17 @@ def _herd_chunk(
             cur = next_epoch(t, ts_first, epoch_ns, cur)
             next_start = ts_first + (cur + 1) * epoch_ns if epoch_ns > 0 else LAST
         f = flow[i]
+        word = rec[f, stages + REC_GROUP]
+        g = np.int64(word & 0xFFFF)
         if given:
             sw = np.int64(given_ingress[i])
         else:
             lb = xorshift32(lb)
-            pair = rec[f, stages + REC_INGRESS]
-            sw = np.int64(pair >> 16) if lb <= p_threshold else np.int64(pair & 0xFFFF)
-        g = np.int64(rec[f, stages + REC_GROUP])
+            if packed:
+                sw = np.int64((word >> 16) & 0xFF) if lb <= p_threshold else np.int64(word >> 24)
+            else:
+                pair = rec[f, stages + REC_INGRESS]
+                sw = np.int64(pair >> 16) if lb <= p_threshold else np.int64(pair & 0xFFFF)
         e_sw = cur
         if own_clock:  # the epoch the switch's own clock showed at this, its j-th, packet
             j = regs[sw, REG_PACKETS]
@@ -308,6 +312,23 @@ def _herd_chunk(
 class _Run:
     """The simulator's state for one run, carried from chunk to chunk."""
 
+    def count_closed_epochs(self, final: bool = False) -> None:
+        """Count the reports of the epochs that are over (all of them when ``final``), so
+        that the run keeps one row per reported (flow, epoch) rather than every report.
+        Only with the trace's epochs: a report's epoch is then its packet's, so the epochs
+        before the current one can receive no more."""
+        n = int(self.st[ST_NREP])
+        if n == 0:
+            return
+        reports = self.reports[:n]
+        done = n if final else int(np.searchsorted(reports[:, 1], self.st[ST_EPOCH]))
+        if done == 0:
+            return
+        self.tally.add(*count_reports(pair_keys(reports[:done, 1], reports[:done, 0]),
+                                      reports[:done, 2], self.tally.R))
+        self.reports[: n - done] = reports[done:]
+        self.st[ST_NREP] = n - done
+
     def ensure_room(self, per_packet: int) -> None:
         """Room for one more report and one packet's actions: double what is short."""
         nrep, qn = int(self.st[ST_NREP]), int(self.st[ST_QN])
@@ -352,7 +373,8 @@ class _Run:
         self.heap_t = np.empty(1024, dtype=np.int64)
         self.heap_p = np.empty(1024, dtype=np.int64)
         self.due = np.empty(1024, dtype=np.int64)  # as long as the action arrays
-        self.reports = np.empty((1024, 3), dtype=np.int64)
+        self.reports = np.empty((1024, 3), dtype=np.int64)  # flow, epoch, time
+        self.tally = ReportTally(prep.truth(params, T).heavy_keys(), params.reports_needed)
         self.epoch_messages = np.zeros(max(epochs, 1), dtype=np.int64)
         self.epoch_states = np.zeros(max(epochs, 1), dtype=np.int64)
         # per switch: [epoch, messages in it, most messages in one epoch]
@@ -393,6 +415,7 @@ def simulate_herd(prep: PreparedTrace, params: Params,
                               t.flow, k)
     run = _Run(prep, params, T, truth.epochs)
     sep_start, sep_packet, sep_epoch = switch_epochs(timing.epochs, k)
+    own_clock = len(sep_packet) > 0
     no_ingress = np.zeros(0, np.int16)
     p_threshold = probability_threshold(params.p)
     delay_ns = int(round(params.delay_ms * 1e6))
@@ -408,7 +431,8 @@ def simulate_herd(prep: PreparedTrace, params: Params,
         while at < len(ts):
             run.ensure_room(per_packet)
             at = _herd_chunk(
-                start, at, ts, flow, ingress, rec, p_threshold, t.first_ts, epoch_ns,
+                start, at, ts, flow, ingress, rec, len(params.stages), p_threshold, t.first_ts,
+                epoch_ns,
                 run.regs, run.group_state, run.group_tau, run.group_r, run.fps, run.counts,
                 run.slot_epochs, run.epoch_log, run.members, run.member_count, run.l_g,
                 run.controller_l, run.reset_pending, float(params.epsilon), int(T), delay_ns,
@@ -417,28 +441,13 @@ def simulate_herd(prep: PreparedTrace, params: Params,
                 run.st, run.q_key, run.q_sw, run.q_g, run.q_l, run.heap_t, run.heap_p, run.due,
                 run.reports, run.epoch_messages, run.epoch_states, run.switch_epoch_messages,
                 max_rows)
+        if not own_clock:
+            run.count_closed_epochs()
         if progress is not None:
             progress(start + len(ts), t.packets)
-    reports = run.reports[: run.st[ST_NREP]]
-    keys, report_counts, detect_ts = count_reports(pair_keys(reports[:, 1], reports[:, 0]),
-                                                   reports[:, 2], R)
+    run.count_closed_epochs(final=True)
+    detection = run.tally.detection()
     seconds = time.perf_counter() - started
-
-    heavy = truth.heavy_keys()
-    # For choosing R afterwards: every heavy pair's reports (0 if none), then the reported
-    # pairs that are not heavy.
-    at = np.searchsorted(keys, heavy)
-    found = (at < len(keys)) & (keys[np.minimum(at, max(len(keys) - 1, 0))] == heavy) \
-        if len(keys) else np.zeros(len(heavy), np.bool_)
-    heavy_reports = np.where(found, report_counts[np.minimum(at, max(len(keys) - 1, 0))], 0) \
-        if len(keys) else np.zeros(len(heavy), np.int64)
-    other = ~np.isin(keys, heavy, assume_unique=True)
-    detected = report_counts >= R
-    detection = Detection(
-        keys=keys[detected], detect_ts=detect_ts[detected],
-        pair_reports=np.concatenate((heavy_reports, report_counts[other])).astype(np.int64),
-        pair_heavy=np.r_[np.ones(len(heavy), np.bool_), np.zeros(int(other.sum()), np.bool_)],
-    )
     metrics, rows = score(prep, params, T, R, detection, run.epoch_messages, run.epoch_states)
     regs = run.regs
     metrics.update({

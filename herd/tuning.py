@@ -150,25 +150,25 @@ class RunSummary:
     r_free: bool  # False: tp / fp hold the run's own single detection
 
 
-def _report_histograms(report_count: np.ndarray, heavy: np.ndarray) -> tuple[np.ndarray, ...]:
-    """tp[R-1], fp[R-1] = heavy / other flows with at least R reports, R = 1..max."""
-    top = int(report_count.max()) if len(report_count) else 0
-    top = max(top, 1)
-    h = np.bincount(report_count[heavy], minlength=top + 1)
-    o = np.bincount(report_count[~heavy], minlength=top + 1)
-    # flows with >= R reports = suffix sums, R = 1..top
+def _report_histograms(heavy: np.ndarray, other: np.ndarray) -> tuple[np.ndarray, ...]:
+    """tp[R-1], fp[R-1] = heavy / other (flow, epoch) pairs with at least R reports, R = 1..max,
+    from how many pairs had each report count."""
+    top = max(len(heavy), len(other), 2) - 1
+    h = np.zeros(top + 1, np.int64)
+    o = np.zeros(top + 1, np.int64)
+    h[: len(heavy)] = heavy
+    o[: len(other)] = other
+    # pairs with >= R reports = suffix sums, R = 1..top
     tp = np.cumsum(h[::-1])[::-1][1:]
     fp = np.cumsum(o[::-1])[::-1][1:]
     return tp.astype(np.int64), fp.astype(np.int64)
 
 
-def summarise_run(result: SimulationResult, report_count: np.ndarray | None,
-                  heavy: np.ndarray | None) -> RunSummary:
-    """``report_count``: report counts of (flow, epoch) pairs, ``heavy`` marking the heavy
-    ones (every heavy pair is there; pairs left out have no reports)."""
+def summarise_run(result: SimulationResult) -> RunSummary:
     m = result.metrics
-    if report_count is not None and heavy is not None:
-        tp, fp = _report_histograms(report_count, heavy)
+    d = result.detection
+    if d.reports_heavy is not None and d.reports_other is not None:
+        tp, fp = _report_histograms(d.reports_heavy, d.reports_other)
         r_free = True
     else:
         tp = np.array([m["true_positives"]], dtype=np.int64)
@@ -212,8 +212,7 @@ def run_config(prep: PreparedTrace, base: Params, config: Config, seed: int, *,
         result = run_baseline(prep, params, memory=memory_cap,
                               messages=message_cap if config.algorithm == "strawman"
                               else None).result
-    d = result.detection
-    return summarise_run(result, d.pair_reports, d.pair_heavy)
+    return summarise_run(result)
 
 
 # ------------------------------------------------------------------------------------------
