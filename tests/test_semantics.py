@@ -235,11 +235,12 @@ def test_reports_batches_detect_at_the_rth_report() -> None:
 
 
 def test_cpu_message_roundtrip_and_errors() -> None:
-    m = CpuMessage(MessageType.REPORT, *FLOW, 77)
+    m = CpuMessage(MessageType.REPORT, *FLOW, 77, epoch=0x01020304)
     raw = m.pack()
-    assert len(raw) == 18
-    assert raw == bytes([2]) + struct.pack("!IIHHBI", *FLOW, 77)
+    assert len(raw) == 22
+    assert raw == bytes([2]) + struct.pack("!IIHHBII", *FLOW, 77, 0x01020304)
     assert CpuMessage.unpack(raw) == m
+    assert CpuMessage.unpack(CpuMessage(MessageType.HELLO, *FLOW, 0).pack()).epoch == 0
     with pytest.raises(ValueError, match="too short"):
         CpuMessage.unpack(raw[:10])
     with pytest.raises(ValueError, match="unknown type 9"):
