@@ -1,14 +1,19 @@
 /* herd.p4 — the Herd ingress switch (P4_16, v1model, BMv2 simple_switch).
  *
  * Mirrors herd/switch.py (process_packet) register for register and flip for flip:
+ *   0. the packet's epoch, from the switch's clock: floor((now - origin) / W). The first
+ *      packet of a new epoch logs where it began and restarts the occupancy; every slot is
+ *      tagged with the epoch it was written in, and a slot of an older epoch reads as empty
+ *      (the tables empty lazily, with no control-plane round trip)
  *   1. group table keyed by the two /8s; a miss sends one HELLO per group (hello_sent)
  *   2. a hit gives tau_g and r_g (a 32-bit threshold)
- *   3. a multi-stage hash table of (fingerprint, counter): the flow's slot counts +1; an
- *      untracked flow is sampled with probability s and starts at round(1/s); a sampled
- *      flow with no room anywhere is an OVERFLOW
+ *   3. a multi-stage hash table of (fingerprint, counter, epoch tag): the flow's slot counts
+ *      +1; an untracked flow is sampled with probability s and starts at round(1/s); a
+ *      sampled flow with no room anywhere is an OVERFLOW
  *   4. a counter reaching tau_g restarts at 0 and is REPORTed with probability r_g
  *   5. forward (table forwarding: ingress port -> egress port)
- * CPU messages are I2E clones to CPU_MIRROR_SESSION, turned into ethernet + cpu_t in egress.
+ * CPU messages are I2E clones to CPU_MIRROR_SESSION, turned into ethernet + cpu_t in egress;
+ * they carry the switch's epoch.
  * The stage sizes are compile-time constants (p4c -DSTAGE0_SIZE=... etc.), default 4096,
  * 2048, 1024 as herd.params.DEFAULT_STAGES. */
 #include <core.p4>
@@ -38,7 +43,12 @@ const bit<32> REG_HELLOS           = 5;
 const bit<32> REG_REPORTS          = 6;
 const bit<32> REG_OVERFLOWS        = 7;
 const bit<32> REG_PACKETS          = 8;  /* IPv4 packets measured: the controllers' clock */
-const bit<32> N_REGS               = 9;
+const bit<32> REG_EPOCH            = 9;  /* the switch's current epoch */
+const bit<32> REG_EPOCH_US         = 10; /* epoch length W in microseconds; 0: one epoch */
+const bit<32> N_REGS               = 11;
+
+/* herd_epoch_log entries: herd.switch.EPOCH_LOG (epoch e is logged at e mod EPOCH_LOG) */
+const bit<32> EPOCH_LOG = 256;
 
 /* hash salts: herd.hashing.SALT_* */
 const bit<8> SALT_FINGERPRINT = 0x00;
@@ -46,17 +56,55 @@ const bit<8> SALT_STAGE0      = 0x01;
 const bit<8> SALT_STAGE1      = 0x02;
 const bit<8> SALT_STAGE2      = 0x03;
 
+/* floor(n / d) mod 2^32 for d != 0, as herd.switch.clock_epoch divides. p4c's BMv2 back end
+ * only divides at compile time ("could not evaluate expression at compilation time"), so this
+ * is restoring long division: one step per bit of n, most significant first, bringing it down
+ * into the remainder and taking d out when it fits. Exact for every n and d. */
+#define DIVIDE_STEP(i)                              \
+    r = r << 1 | (bit<64>)n[i:i];                   \
+    q = q << 1;                                     \
+    if (r >= (bit<64>)d) {                          \
+        r = r - (bit<64>)d;                         \
+        q = q | 1;                                  \
+    }
+
+bit<32> divide(in bit<48> n, in bit<32> d) {
+    bit<64> r = 0;  /* the remainder so far, < d before each step */
+    bit<32> q = 0;  /* the quotient's low 32 bits so far */
+    DIVIDE_STEP(47) DIVIDE_STEP(46) DIVIDE_STEP(45) DIVIDE_STEP(44)
+    DIVIDE_STEP(43) DIVIDE_STEP(42) DIVIDE_STEP(41) DIVIDE_STEP(40)
+    DIVIDE_STEP(39) DIVIDE_STEP(38) DIVIDE_STEP(37) DIVIDE_STEP(36)
+    DIVIDE_STEP(35) DIVIDE_STEP(34) DIVIDE_STEP(33) DIVIDE_STEP(32)
+    DIVIDE_STEP(31) DIVIDE_STEP(30) DIVIDE_STEP(29) DIVIDE_STEP(28)
+    DIVIDE_STEP(27) DIVIDE_STEP(26) DIVIDE_STEP(25) DIVIDE_STEP(24)
+    DIVIDE_STEP(23) DIVIDE_STEP(22) DIVIDE_STEP(21) DIVIDE_STEP(20)
+    DIVIDE_STEP(19) DIVIDE_STEP(18) DIVIDE_STEP(17) DIVIDE_STEP(16)
+    DIVIDE_STEP(15) DIVIDE_STEP(14) DIVIDE_STEP(13) DIVIDE_STEP(12)
+    DIVIDE_STEP(11) DIVIDE_STEP(10) DIVIDE_STEP(9)  DIVIDE_STEP(8)
+    DIVIDE_STEP(7)  DIVIDE_STEP(6)  DIVIDE_STEP(5)  DIVIDE_STEP(4)
+    DIVIDE_STEP(3)  DIVIDE_STEP(2)  DIVIDE_STEP(1)  DIVIDE_STEP(0)
+    return q;
+}
+
 control HerdIngress(inout headers_t hdr, inout metadata_t meta,
                     inout standard_metadata_t standard_metadata) {
     register<bit<32>>(N_REGS) herd_regs;
     register<bit<32>>(TOTAL_SLOTS) stage_fp;
     register<bit<32>>(TOTAL_SLOTS) stage_count;
+    register<bit<32>>(TOTAL_SLOTS) stage_epoch;   /* the epoch each slot was written in */
     register<bit<1>>(65536) hello_sent;
+    /* When epoch 0 began, in the switch's clock (ingress_global_timestamp: microseconds
+     * since the switch started); the controller converts its wall-clock origin. */
+    register<bit<48>>(1) herd_epoch_origin;
+    /* Where each epoch began: epoch << 32 | the packets measured before it. */
+    register<bit<64>>(EPOCH_LOG) herd_epoch_log;
 
     bit<32> fp;
     bit<32> slot0;
     bit<32> slot1;
     bit<32> slot2;
+    bit<32> probed_fp;     /* the last probed slot: its fingerprint and epoch tag */
+    bit<32> probed_epoch;
 
     action drop() {
         mark_to_drop(standard_metadata);
@@ -113,6 +161,7 @@ control HerdIngress(inout headers_t hdr, inout metadata_t meta,
         meta.cpuDstPort = meta.dstPort;
         meta.cpuProtocol = hdr.ipv4.protocol;
         meta.cpuCount = count;
+        meta.cpuEpoch = meta.epoch;
         clone_preserving_field_list(CloneType.I2E, CPU_MIRROR_SESSION, FL_CPU);
     }
 
@@ -131,10 +180,48 @@ control HerdIngress(inout headers_t hdr, inout metadata_t meta,
                hdr.ipv4.protocol }, (bit<32>)STAGE2_SIZE);
     }
 
+    /* The first packet of a new epoch: log where it began, restart the occupancy (the peak
+     * stays). Slots of older epochs read as empty from now on. */
+    action start_epoch(bit<32> epoch) {
+        bit<32> packets;
+        herd_regs.read(packets, REG_PACKETS);
+        herd_epoch_log.write(epoch % EPOCH_LOG, epoch ++ packets);
+        herd_regs.write(REG_EPOCH, epoch);
+        herd_regs.write(REG_OCCUPIED, 0);
+        meta.epoch = epoch;
+    }
+
+    /* One slot of the stage walk: its fingerprint and the epoch it was written in. */
+    action probe(bit<32> slot) {
+        stage_fp.read(probed_fp, slot);
+        stage_epoch.read(probed_epoch, slot);
+    }
+
     apply {
         forwarding.apply();
         if (!hdr.ipv4.isValid()) {
             return;  /* non-IPv4 frames are forwarded and not measured */
+        }
+
+        /* 0. The epoch of the switch's clock (herd.switch.clock_epoch): floor((now - origin)
+         *    / W), 0 before the origin or when epochs are off (W = 0); the switch never goes
+         *    back an epoch. A packet before the end of the current epoch e (elapsed <
+         *    (e + 1) * W, nearly every packet) cannot be in a later one: only a packet past
+         *    it pays for the division. */
+        bit<32> epoch_us;
+        bit<48> origin;
+        bit<48> now = standard_metadata.ingress_global_timestamp;
+        herd_regs.read(epoch_us, REG_EPOCH_US);
+        herd_epoch_origin.read(origin, 0);
+        herd_regs.read(meta.epoch, REG_EPOCH);
+        if (epoch_us != 0 && now >= origin) {
+            bit<48> elapsed = now - origin;
+            if ((bit<64>)elapsed >= ((bit<64>)meta.epoch + 1) * (bit<64>)epoch_us) {
+                bit<32> epoch = divide(elapsed, epoch_us);
+                if (epoch > meta.epoch) {
+                    start_epoch(epoch);
+                }
+            }
         }
         count_event(REG_PACKETS);
         meta.src8 = hdr.ipv4.srcAddr[31:24];
@@ -153,29 +240,29 @@ control HerdIngress(inout headers_t hdr, inout metadata_t meta,
             return;
         }
 
-        /* 3. Walk the stages: this flow's slot, or the first empty one. */
+        /* 3. Walk the stages: this flow's slot, or the first empty one. A slot is empty when
+         *    it was written in an older epoch or holds no fingerprint. */
         hash_flow();
         bit<32> slot = 0;
         bit<1> matched = 0;
         bit<1> has_empty = 0;
-        bit<32> f;
-        stage_fp.read(f, slot0);
-        if (f == fp) {
-            slot = slot0; matched = 1;
-        } else if (f == 0) {
+        probe(slot0);
+        if (probed_epoch != meta.epoch || probed_fp == 0) {
             slot = slot0; has_empty = 1;
+        } else if (probed_fp == fp) {
+            slot = slot0; matched = 1;
         } else {
-            stage_fp.read(f, slot1);
-            if (f == fp) {
-                slot = slot1; matched = 1;
-            } else if (f == 0) {
+            probe(slot1);
+            if (probed_epoch != meta.epoch || probed_fp == 0) {
                 slot = slot1; has_empty = 1;
+            } else if (probed_fp == fp) {
+                slot = slot1; matched = 1;
             } else {
-                stage_fp.read(f, slot2);
-                if (f == fp) {
-                    slot = slot2; matched = 1;
-                } else if (f == 0) {
+                probe(slot2);
+                if (probed_epoch != meta.epoch || probed_fp == 0) {
                     slot = slot2; has_empty = 1;
+                } else if (probed_fp == fp) {
+                    slot = slot2; matched = 1;
                 }
             }
         }
@@ -197,6 +284,7 @@ control HerdIngress(inout headers_t hdr, inout metadata_t meta,
                 } else {
                     /* sample-and-hold: start at round(1/s) for the packets missed before */
                     stage_fp.write(slot, fp);
+                    stage_epoch.write(slot, meta.epoch);
                     herd_regs.read(c, REG_HOLD_START);
                     tracked = 1;
                     bit<32> occupied;
@@ -247,6 +335,7 @@ control HerdEgress(inout headers_t hdr, inout metadata_t meta,
         hdr.cpu.dstPort = meta.cpuDstPort;
         hdr.cpu.protocol = meta.cpuProtocol;
         hdr.cpu.count = meta.cpuCount;
+        hdr.cpu.epoch = meta.cpuEpoch;
         truncate(CPU_FRAME_BYTES);
     }
 

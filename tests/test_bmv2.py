@@ -1,15 +1,23 @@
 """The P4 programs on real BMv2 against the Python model, bit for bit.
 
-Needs p4c (p4c-bm2-ss), BMv2 (simple_switch, simple_switch_CLI) and root (veth links);
-skips, saying so, where any is absent. Packets go one at a time through simple_switch on
-veth links that this test creates and removes; after each packet the test collects the
-forwarded frame and any CPU frame, and acts as the controller (installing the group entry
-a hello asks for) exactly as the model's controller and coordinator do. Then the CPU
-messages, the forwarded frames and the registers must be identical.
+Needs p4c (p4c-bm2-ss), BMv2 (simple_switch, simple_switch_CLI and its Python Thrift
+runtime) and root (veth links); skips, saying so, where any is absent. Packets go one at a
+time through simple_switch on veth links that this test creates and removes; after each
+packet the test collects the forwarded frame and any CPU frame, and acts as the controller
+(installing the group entry a hello asks for) exactly as the model's controller and
+coordinator do. Then the CPU messages, the forwarded frames and every register must be
+identical.
+
+With epochs, BMv2 takes each packet's epoch from its own clock; after each packet the test
+reads the epoch BMv2 entered (``herd_regs[REG_EPOCH]``) and gives the model the same one,
+so the two must still agree bit for bit, and checks the epoch against the time that passed.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
+import json
 import os
 import random
 import re
@@ -28,15 +36,36 @@ from herd.controller import LocalController
 from herd.coordinator import Coordinator
 from herd.messages import CPU_HEADER_LEN, ETHERTYPE_HERD_CPU, CpuMessage, MessageType
 from herd.prng import probability_threshold
-from herd.switch import Switch
+from herd.services.drivers.bmv2 import (
+    REG_EPOCH_LOG,
+    REG_EPOCH_ORIGIN,
+    epoch_origin_in_switch_clock,
+    switch_clock_start_us,
+)
+from herd.switch import (
+    GROUP_MISS,
+    REG_EPOCH,
+    REG_EPOCH_US,
+    REG_HELLOS,
+    REG_HOLD_START,
+    REG_OVERFLOWS,
+    REG_PRNG,
+    REG_REPORTS,
+    REG_SAMPLE_THRESHOLD,
+    Switch,
+    clock_epoch,
+    epoch_starts,
+)
 from herd.testbed.rawsock import open_port, recv_frames
 
 TOOLS = ("p4c-bm2-ss", "simple_switch", "simple_switch_CLI")
+THRIFT_MODULES = ("thrift", "bm_runtime", "sswitch_runtime")  # installed with BMv2
 missing = [t for t in TOOLS if shutil.which(t) is None]
+missing += [m for m in THRIFT_MODULES if importlib.util.find_spec(m) is None]
 pytestmark = [
     pytest.mark.bmv2,
     pytest.mark.skipif(bool(missing), reason=f"BMv2/p4c not installed ({', '.join(missing)} "
-                       "not on PATH): the P4 programs can only be checked on a P4 machine"),
+                       "not found): the P4 programs can only be checked on a P4 machine"),
     pytest.mark.skipif(os.geteuid() != 0, reason="needs root to create veth links"),
 ]
 
@@ -67,6 +96,9 @@ class Bmv2Switch:
 
     def __init__(self, json_path: Path, ports: list[int], tag: str, thrift_port: int) -> None:
         self.ports = ports
+        # Thrift names registers in full (HerdIngress.herd_regs); the CLI takes the short name.
+        self.register_names = {r["name"].rsplit(".", 1)[-1]: r["name"]
+                               for r in json.loads(json_path.read_text())["register_arrays"]}
         self.thrift_port = thrift_port
         self.names = {p: (f"{tag}a{p}", f"{tag}b{p}") for p in ports}
         for a, b in self.names.values():
@@ -92,6 +124,24 @@ class Bmv2Switch:
                 if time.time() > deadline:
                     raise
                 time.sleep(0.2)
+        self._connect_thrift()
+
+    def _connect_thrift(self) -> None:
+        """BMv2's own Thrift clients: the standard runtime (registers, fast enough to read
+        after every packet) and the SimpleSwitch service (the switch's clocks)."""
+        from bm_runtime.standard import Standard
+        from sswitch_runtime import SimpleSwitch
+        from thrift.protocol import TBinaryProtocol, TMultiplexedProtocol
+        from thrift.transport import TSocket, TTransport
+
+        self.transport = TTransport.TBufferedTransport(
+            TSocket.TSocket("127.0.0.1", self.thrift_port))
+        protocol = TBinaryProtocol.TBinaryProtocol(self.transport)
+        self.runtime = Standard.Client(
+            TMultiplexedProtocol.TMultiplexedProtocol(protocol, "standard"))
+        self.sswitch = SimpleSwitch.Client(
+            TMultiplexedProtocol.TMultiplexedProtocol(protocol, "simple_switch"))
+        self.transport.open()
 
     def cli(self, commands: str) -> str:
         proc = subprocess.run(["simple_switch_CLI", "--thrift-port", str(self.thrift_port)],
@@ -104,6 +154,14 @@ class Bmv2Switch:
         m = re.search(rf"{name}=\s*([0-9, ]*)", out)
         assert m, out
         return [int(x) for x in m.group(1).replace(" ", "").split(",") if x]
+
+    def register_at(self, name: str, index: int) -> int:
+        """One register cell through Thrift (a CLI call per packet would be too slow)."""
+        return int(self.runtime.bm_register_read(0, self.register_names[name], index))
+
+    def registers_now(self, name: str) -> list[int]:
+        """A whole (small) register array through Thrift."""
+        return [int(v) for v in self.runtime.bm_register_read_all(0, self.register_names[name])]
 
     def drain(self) -> None:
         for s in self.socks.values():
@@ -135,6 +193,7 @@ class Bmv2Switch:
                     seen = seen or bool(frames)
 
     def close(self) -> None:
+        self.transport.close()
         self.proc.terminate()
         try:
             self.proc.wait(5)
@@ -207,52 +266,196 @@ def five_tuple(frame: bytes) -> tuple[int, int, int, int, int] | None:
     return (to_int(ip.src), to_int(ip.dst), sport, dport, int(ip.proto))
 
 
-def test_herd_switch_matches_the_model(herd_bmv2: Bmv2Switch) -> None:
-    sw = herd_bmv2
-    s, epsilon, T, seed = 0.5, 0.3, 20, 9
-    model = Switch((8, 4, 2))
-    controller = LocalController(0, epsilon, T, s, seed)
-    coordinator = Coordinator(switches=4, R=3)
-    # Pretend other switches said hello for group 44/8 -> 99/8 so its l_g is 4 (r = 1/4).
-    for other in (1, 2, 3):
-        coordinator.on_hello((44 << 8) | 99, other)
-    config = controller.switch_config()
-    model.configure(config)
-    sw.cli("\n".join([
-        "mirroring_add 100 3",
-        "table_add forwarding forward 1 => 2",
-        f"register_write herd_regs 0 {config.prng_seed}",
-        f"register_write herd_regs 1 {config.sample_threshold}",
-        f"register_write herd_regs 2 {config.hold_start}",
-    ]))
-    sw.drain()
+ALL_KINDS = {MessageType.HELLO, MessageType.REPORT, MessageType.OVERFLOW}
 
-    bmv2_msgs, model_msgs = [], []
-    for frame in frames(seed=4):
+
+class HerdPair:
+    """BMv2's Herd switch and the model side by side, with the test as their one control
+    plane: the same local controller and coordinator answer the hellos of both."""
+
+    def __init__(self, sw: Bmv2Switch, epoch_us: int = 0) -> None:
+        s, epsilon, T, seed = 0.5, 0.3, 20, 9
+        self.sw = sw
+        self.model = Switch((8, 4, 2))
+        self.controller = LocalController(0, epsilon, T, s, seed)
+        self.coordinator = Coordinator(switches=4, R=3)
+        # Pretend other switches said hello for group 44/8 -> 99/8 so its l_g is 4 (r = 1/4).
+        for other in (1, 2, 3):
+            self.coordinator.on_hello((44 << 8) | 99, other)
+        config = dataclasses.replace(self.controller.switch_config(), epoch_us=epoch_us)
+        self.model.configure(config)
+        sw.cli("\n".join([
+            "mirroring_add 100 3",
+            "table_add forwarding forward 1 => 2",
+            f"register_write herd_regs {REG_PRNG} {config.prng_seed}",
+            f"register_write herd_regs {REG_SAMPLE_THRESHOLD} {config.sample_threshold}",
+            f"register_write herd_regs {REG_HOLD_START} {config.hold_start}",
+            f"register_write herd_regs {REG_EPOCH_US} {config.epoch_us}",
+        ]))
+        sw.drain()
+        self.bmv2_msgs: list[CpuMessage] = []
+        self.model_msgs: list[CpuMessage] = []
+        Switch(self.model.stages).process(0, 0, 0, 0, 0)  # compiled now, not at the first packet
+
+    def set_epoch_origin(self, origin_us: int) -> None:
+        """Epoch 0 begins at ``origin_us`` of the switch's clock, on both (through Thrift: the
+        CLI takes half a second to start)."""
+        sw = self.sw
+        sw.runtime.bm_register_write(0, sw.register_names[REG_EPOCH_ORIGIN], 0, origin_us)
+        self.model.epoch_origin_us = origin_us
+
+    def step(self, frame: bytes) -> int | None:
+        """One frame through both switches; the epoch BMv2 measured it in (None: not IPv4,
+        not measured). The CPU messages must be the same, epochs included."""
+        sw = self.sw
         sw.send(1, frame)
         got = sw.receive()
         assert got[2] == [frame], "BMv2 must forward every frame unchanged"
-        cpu = [CpuMessage.unpack(f[14:14 + CPU_HEADER_LEN]) for f in got[3]]
-        assert all(f[12:14] == ETHERTYPE_HERD_CPU.to_bytes(2, "big") for f in got[3])
-        assert all(len(f) == 14 + CPU_HEADER_LEN for f in got[3])
+        cpu_frames = got[3]
+        # A clone may leave after its original by more than receive() waits: BMv2's counters
+        # say how many CPU messages it has sent in all.
+        regs = sw.registers_now("herd_regs")
+        sent = regs[REG_HELLOS] + regs[REG_REPORTS] + regs[REG_OVERFLOWS]
+        deadline = time.time() + 2.0
+        while len(self.bmv2_msgs) + len(cpu_frames) < sent and time.time() < deadline:
+            late = sw.receive(timeout_s=0.1)
+            assert not any(late[p] for p in sw.ports if p != 3), "a frame arrived twice"
+            cpu_frames += late[3]
+        cpu = [CpuMessage.unpack(f[14:14 + CPU_HEADER_LEN]) for f in cpu_frames]
+        assert all(f[12:14] == ETHERTYPE_HERD_CPU.to_bytes(2, "big") for f in cpu_frames)
+        assert all(len(f) == 14 + CPU_HEADER_LEN for f in cpu_frames)
         key = five_tuple(frame)
-        m = model.process(*key) if key else None
-        bmv2_msgs += cpu
-        model_msgs += [m] if m else []
-        assert cpu == ([m] if m else []), f"after {len(model_msgs)} messages"
+        epoch = m = None
+        if key:
+            # BMv2 took the epoch from its clock: the model is given the same one.
+            epoch = regs[REG_EPOCH]
+            m = self.model.process(*key, epoch=epoch)
+        self.bmv2_msgs += cpu
+        self.model_msgs += [m] if m else []
+        assert cpu == ([m] if m else []), f"after {len(self.model_msgs)} messages"
         for msg in cpu:  # the controller's part, identical for both
-            if msg.type is MessageType.HELLO and controller.on_hello(msg.group):
-                answer = coordinator.on_hello(msg.group, 0)
-                entry = controller.on_l_g(msg.group, answer.l_g)
-                model.install_group(entry.g, entry.tau, entry.r_threshold)
+            if msg.type is MessageType.HELLO and self.controller.on_hello(msg.group):
+                answer = self.coordinator.on_hello(msg.group, 0)
+                entry = self.controller.on_l_g(msg.group, answer.l_g)
+                self.model.install_group(entry.g, entry.tau, entry.r_threshold)
                 sw.cli(f"table_add group_table set_group_params {entry.g >> 8} "
                        f"{entry.g & 0xFF} => {entry.tau} {entry.r_threshold}")
-    kinds = {m.type for m in bmv2_msgs}
-    assert kinds == {MessageType.HELLO, MessageType.REPORT, MessageType.OVERFLOW}
-    regs = sw.register("herd_regs")
-    assert regs == [int(x) for x in model.regs]
-    assert sw.register("stage_fp") == [int(x) for x in model.fps]
-    assert sw.register("stage_count") == [int(x) for x in model.counts]
+        return epoch
+
+    def assert_registers_match(self) -> None:
+        """Every register of herd.p4 against its counterpart in the model."""
+        sw, model = self.sw, self.model
+        assert sw.register("herd_regs") == [int(x) for x in model.regs]
+        assert sw.register("stage_fp") == [int(x) for x in model.fps]
+        assert sw.register("stage_count") == [int(x) for x in model.counts]
+        assert sw.register("stage_epoch") == [int(x) for x in model.epochs]
+        assert sw.register(REG_EPOCH_LOG) == [int(x) for x in model.epoch_log]
+        assert sw.register(REG_EPOCH_ORIGIN) == [model.epoch_origin_us]
+        # the model folds hello_sent into its group state
+        assert sw.register("hello_sent") == [int(x != GROUP_MISS) for x in model.group_state]
+
+
+def test_herd_switch_matches_the_model(herd_bmv2: Bmv2Switch) -> None:
+    pair = HerdPair(herd_bmv2)  # W = 0: one epoch
+    for frame in frames(seed=4):
+        assert pair.step(frame) in (0, None)
+    assert {m.type for m in pair.bmv2_msgs} == ALL_KINDS
+    pair.assert_registers_match()
+
+
+CLOCK_TOLERANCE_US = 2_000  # the error of the wall clock -> switch clock conversion, generously
+
+
+@pytest.mark.parametrize(("epoch_us", "n_frames", "pauses", "kinds"), [
+    # W = 1 s, about 40 packets an epoch; after frame 250 the next packet comes two epochs
+    # later (one epoch without packets), after frame 500 three epochs later (two skipped).
+    (1_000_000, 700, {250: 2, 500: 3}, ALL_KINDS),
+    # W = 1 ms: every packet after the origin starts an epoch (the tables are always empty:
+    # no flow gets to tau_g or finds its stages full), and the epoch log wraps around.
+    (1_000, 300, {}, {MessageType.HELLO}),
+], ids=["W=1s", "W=1ms"])
+def test_herd_switch_epochs_match_the_model(herd_bmv2: Bmv2Switch, epoch_us: int,
+                                            n_frames: int, pauses: dict[int, int],
+                                            kinds: set[MessageType]) -> None:
+    sw = herd_bmv2
+    pair = HerdPair(sw, epoch_us=epoch_us)
+    traffic = frames(seed=4)[:n_frames]
+    start = switch_clock_start_us(sw.sswitch)  # Unix us at which BMv2's timestamps read 0
+
+    def now() -> int:  # the switch's clock
+        return time.time_ns() // 1000 - start
+
+    # Epoch 0 begins 0.3 s from now: the first packets come before the origin (epoch 0 too).
+    origin = epoch_origin_in_switch_clock(time.time_ns() // 1000 + 300_000, start)
+    pair.set_epoch_origin(origin)
+
+    epochs: list[int] = []  # BMv2's epoch of each measured packet
+    expected_starts: list[tuple[int, int]] = []  # (epoch, measured packets before it)
+    before_origin = 0
+    pause = 0  # the epochs the next measured packet must be after the last one
+    for i, frame in enumerate(traffic):
+        t0 = now()
+        epoch = pair.step(frame)
+        t1 = now()
+        if epoch is not None:
+            # The switch stamped the packet between t0 and t1: its epoch is the clock's then.
+            lo = clock_epoch(t0 - CLOCK_TOLERANCE_US, origin, epoch_us)
+            hi = clock_epoch(t1 + CLOCK_TOLERANCE_US, origin, epoch_us)
+            assert lo <= epoch <= hi, f"frame {i}: epoch {epoch}, clock says {lo}..{hi}"
+            last = epochs[-1] if epochs else 0
+            assert epoch >= last, "the switch went back an epoch"
+            assert not pause or epoch == last + pause, f"frame {i}: after a pause"
+            if epoch > last:
+                expected_starts.append((epoch, len(epochs)))
+            epochs.append(epoch)
+            before_origin += t1 < origin
+            pause = 0
+        if i in pauses:  # sleep into the epoch pauses[i] after the last packet's
+            pause = pauses[i]
+            wake = origin + (epochs[-1] + pause) * epoch_us + epoch_us // 20
+            time.sleep(max(0.0, (wake - now()) / 1e6))
+    elapsed_us = now() - origin
+
+    # BMv2's epochs follow its clock: monotone (checked above), from before the origin to
+    # elapsed / W (the last packet waited for its frames a few tens of ms), past pauses
+    # that skip epochs.
+    assert before_origin > 0 and epochs[0] == 0
+    assert epochs[-1] * epoch_us <= elapsed_us < (epochs[-1] + 1) * epoch_us + 100_000
+    entered = sorted(set(epochs))
+    assert len(entered) >= 4
+    assert set(range(entered[-1])) - set(entered), "some epoch must pass without packets"
+    # Every message was compared already (epochs included); reports come from several epochs.
+    assert kinds <= {m.type for m in pair.bmv2_msgs}
+    if MessageType.REPORT in kinds:
+        assert len({m.epoch for m in pair.bmv2_msgs if m.type is MessageType.REPORT}) >= 3
+    pair.assert_registers_match()
+    # The epoch log tells where each epoch began (its last EPOCH_LOG entries).
+    starts = epoch_starts(sw.register(REG_EPOCH_LOG), epochs[-1])
+    assert starts == pair.model.epoch_starts()
+    assert starts == [s for s in expected_starts if s[0] > epochs[-1] - 256]
+
+
+@pytest.mark.skipif(importlib.util.find_spec("p4utils") is None,
+                    reason="p4-utils not installed: the bmv2 driver reaches BMv2 through it")
+def test_bmv2_driver_epochs(herd_bmv2: Bmv2Switch) -> None:
+    from herd.services.drivers.bmv2 import Bmv2Driver
+
+    sw = herd_bmv2
+    driver = Bmv2Driver("s1", f"127.0.0.1:{sw.thrift_port}")
+    try:
+        # The origin, given in wall-clock time, lands in the switch's clock.
+        origin_unix = time.time_ns() // 1000 + 100_000
+        driver.set_epoch_origin(origin_unix)
+        expected = origin_unix - switch_clock_start_us(sw.sswitch)
+        assert abs(sw.register_at(REG_EPOCH_ORIGIN, 0) - expected) < CLOCK_TOLERANCE_US
+        # The log, read and decoded: the switch in epoch 300, entered at packet 60, epoch 299
+        # at packet 50; where epoch 298 would be, epoch 42's entry (298 was never entered).
+        entries = {42: 42 << 32 | 5, 43: 299 << 32 | 50, 44: 300 << 32 | 60}
+        sw.cli("\n".join([f"register_write {REG_EPOCH_LOG} {i} {v}" for i, v in entries.items()]
+                         + [f"register_write herd_regs {REG_EPOCH} 300"]))
+        assert driver.epoch_starts() == [(299, 50), (300, 60)]
+    finally:
+        driver.close()
 
 
 def test_load_balancer_matches_the_model(tmp_path: Path) -> None:

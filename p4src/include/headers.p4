@@ -22,7 +22,7 @@ const bit<8> MSG_OVERFLOW = 3;
 const bit<32> CPU_MIRROR_SESSION = 100;   /* clone session the controller points at the CPU port */
 const bit<8>  FL_CPU             = 1;     /* the metadata field list a CPU clone carries */
 const bit<32> INSTANCE_INGRESS_CLONE = 1; /* standard_metadata.instance_type of an I2E clone */
-const bit<32> CPU_FRAME_BYTES    = 32;    /* ethernet (14) + cpu header (18) */
+const bit<32> CPU_FRAME_BYTES    = 36;    /* ethernet (14) + cpu header (22) */
 
 header ethernet_t {
     bit<48> dstAddr;
@@ -62,7 +62,8 @@ header l4_ports_t {
     bit<16> dstPort;
 }
 
-/* The switch-to-controller message, 18 bytes: herd.messages.CPU_HEADER ("!BIIHHBI"). */
+/* The switch-to-controller message, 22 bytes: herd.messages.CPU_HEADER ("!BIIHHBII").
+ * epoch is the switch's epoch when it sent the message. */
 header cpu_t {
     bit<8>  msgType;
     bit<32> srcAddr;
@@ -71,6 +72,7 @@ header cpu_t {
     bit<16> dstPort;
     bit<8>  protocol;
     bit<32> count;
+    bit<32> epoch;
 }
 
 struct headers_t {
@@ -92,6 +94,8 @@ struct metadata_t {
     bit<8>  dst8;
     bit<32> tau;
     bit<32> r;
+    /* the switch's epoch for this packet (herd_regs[REG_EPOCH] once it is entered) */
+    bit<32> epoch;
     /* the coin flip's draw */
     bit<32> draw;
     /* everything an I2E clone needs to become a CPU message in egress */
@@ -102,6 +106,7 @@ struct metadata_t {
     @field_list(FL_CPU) bit<16> cpuDstPort;
     @field_list(FL_CPU) bit<8>  cpuProtocol;
     @field_list(FL_CPU) bit<32> cpuCount;
+    @field_list(FL_CPU) bit<32> cpuEpoch;
 }
 
 #endif

@@ -4,9 +4,14 @@ CPU port.
 Table and register access goes through p4-utils' ``SimpleSwitchThriftAPI`` (itself a
 wrapper of BMv2's Thrift runtime); it is imported only when this driver is selected. CPU
 messages arrive on the CPU interface (the veth BMv2's CPU port is attached to) as Ethernet
-frames of ethertype
-``herd.messages.ETHERTYPE_HERD_CPU`` carrying the 18-byte CPU header; they are read with a
-raw packet socket (Linux, root or CAP_NET_RAW).
+frames of ethertype ``herd.messages.ETHERTYPE_HERD_CPU`` carrying the 22-byte CPU header;
+they are read with a raw packet socket (Linux, root or CAP_NET_RAW).
+
+Epochs: the P4 switch takes a packet's epoch from its own clock, ``ingress_global_timestamp``
+(microseconds since the switch started), and ``herd_epoch_origin`` (when epoch 0 began, in
+that clock). ``set_epoch_origin`` converts a wall-clock origin with the SimpleSwitch Thrift
+service's two clocks (``get_time_since_epoch_us``: the switch's wall clock;
+``get_time_elapsed_us``: its timestamp clock).
 
 BMv2 keeps no CPU message for a reader that is not there: messages sent while the controller
 is down are lost at the CPU port (the model switch, by contrast, resends them). Sequence
@@ -24,10 +29,50 @@ from typing import Any
 
 from herd.errors import HerdInputError
 from herd.messages import CPU_HEADER_LEN, ETHERTYPE_HERD_CPU
-from herd.services.drivers.base import CpuRecord, SwitchDriver
+from herd.services.drivers.base import REG_HERD, CpuRecord, SwitchDriver
+from herd.switch import REG_EPOCH, epoch_starts
+
+try:
+    from herd.services.drivers.base import REG_EPOCH_LOG, REG_EPOCH_ORIGIN
+except ImportError:  # the P4 program's names (p4src/herd.p4), until base.py names them
+    REG_EPOCH_LOG = "herd_epoch_log"  # bit<64>, epoch << 32 | first packet
+    REG_EPOCH_ORIGIN = "herd_epoch_origin"  # bit<48>, epoch 0's start in the switch's clock
 
 ETH_HEADER_LEN = 14
 _ETH_P_ALL = 0x0003
+_U64 = (1 << 64) - 1  # Thrift hands register values over as signed 64-bit integers
+_ORIGIN_MAX = (1 << 48) - 1  # herd_epoch_origin is a bit<48>, like the timestamp
+
+
+def switch_clock_start_us(sswitch: Any, samples: int = 5) -> int:
+    """When ``simple_switch``'s timestamp clock (``ingress_global_timestamp``: microseconds
+    since the switch started) read 0, in Unix microseconds. ``sswitch`` is a client of BMv2's
+    SimpleSwitch Thrift service. Both its clocks are the same C++ clock, so the start is
+    ``since_epoch - elapsed``; the two reads are separate calls, so the elapsed time is read
+    on both sides of the wall-clock read and the narrowest of a few samples wins (the error
+    is at most half its width, a few tens of microseconds locally)."""
+    best: tuple[int, int] | None = None
+    for _ in range(samples):
+        before = int(sswitch.get_time_elapsed_us())
+        wall = int(sswitch.get_time_since_epoch_us())
+        after = int(sswitch.get_time_elapsed_us())
+        width = after - before
+        if best is None or width < best[0]:
+            best = (width, wall - (before + after) // 2)
+    assert best is not None
+    return best[1]
+
+
+def epoch_origin_in_switch_clock(origin_unix_us: int, clock_start_unix_us: int) -> int:
+    """A wall-clock epoch origin (Unix microseconds) in the switch's timestamp clock, the value
+    of ``herd_epoch_origin``. The register cannot hold an origin before the switch started."""
+    origin = origin_unix_us - clock_start_unix_us
+    if not 0 <= origin <= _ORIGIN_MAX:
+        raise HerdInputError(
+            f"bmv2 driver: epoch origin {origin_unix_us} us is {-origin} us before the switch "
+            "started: its clock cannot express it (set the origin after the switch starts)"
+            if origin < 0 else f"bmv2 driver: epoch origin {origin_unix_us} us out of range")
+    return origin
 
 
 def parse_cpu_frame(frame: bytes) -> bytes | None:
@@ -108,6 +153,23 @@ class Bmv2Driver(SwitchDriver):
     def register_reset(self, name: str) -> None:
         with self._lock:
             self._api.register_reset(name)
+
+    def set_epoch_origin(self, origin_unix_us: int) -> None:
+        """Epoch 0 begins at ``origin_unix_us`` (wall clock, Unix microseconds): written into
+        ``herd_epoch_origin`` in the switch's own clock."""
+        with self._lock:
+            start = switch_clock_start_us(self._api.sswitch_client)
+            self._api.register_write(REG_EPOCH_ORIGIN, 0,
+                                     epoch_origin_in_switch_clock(origin_unix_us, start))
+
+    def epoch_starts(self) -> list[tuple[int, int]]:
+        """(epoch, first packet) of every epoch after 0 the switch entered that its log still
+        holds (``herd.switch.epoch_starts``). The current epoch is read before the log: an
+        epoch entered in between is after it and ignored, never half-read."""
+        with self._lock:
+            current = int(self._api.register_read(REG_HERD, REG_EPOCH))
+            log = self._api.register_read(REG_EPOCH_LOG)
+        return epoch_starts([int(v) & _U64 for v in log], current)
 
     def messages(self) -> Iterator[CpuRecord]:
         if not self.cpu_interface:
