@@ -49,14 +49,16 @@ class LocalController:
     s: float
     seed: int
     overflow_policy: str = "ignore"
+    epoch_us: int = 0  # the epoch length W in the switch's clock; 0: one epoch
     hellos_forwarded: set[int] = field(default_factory=set)
     l_g: dict[int, int] = field(default_factory=dict)
     reset_pending: bool = False
 
     def switch_config(self) -> SwitchConfig:
-        """The registers written at start: PRNG seed, sampling threshold, hold start."""
+        """The registers written at start: PRNG seed, sampling threshold, hold start, epoch
+        length."""
         return SwitchConfig(switch_seed(self.seed, self.switch), probability_threshold(self.s),
-                            hold_start(self.s))
+                            hold_start(self.s), self.epoch_us)
 
     def on_hello(self, g: int) -> bool:
         """A hello for group g arrived; True if it must go to the coordinator."""

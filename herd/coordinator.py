@@ -2,19 +2,22 @@
 
 Per group g it keeps the set of switches that sent a hello and the locality l_g (start 1).
 When the set reaches 2 * l_g, l_g becomes its size and is pushed to every switch of the
-group; otherwise the asking switch gets the current l_g. It counts reports per flow; a flow
-is an elephant once it has R reports, detected at the time of its R-th report.
+group; otherwise the asking switch gets the current l_g. Group state persists across epochs.
+It counts reports per (flow, epoch), the epoch being the one the report carries; a pair is an
+elephant once it has R reports, detected at the time of its R-th report. ``Coordinator``
+keeps only the open epochs in memory (the rule is in its docstring).
 
 ``register_hello`` is compiled so the simulator's loop calls the very same rule.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from numba import njit
 
+from herd.services.flowtable import FlowTable
 from herd.switch import N_GROUPS
 
 NOT_DETECTED = np.iinfo(np.int64).max
@@ -57,20 +60,107 @@ class HelloAnswer:
     push_to: tuple[int, ...]  # switches that must (re)install the group with l_g
 
 
-class Coordinator:
-    """Group locality and elephant classification for ``switches`` ingress switches."""
+class EpochTally:
+    """The reports of one open epoch: its flows (5-tuple -> index, in order of first report,
+    capped), and per flow the reports counted and the time of the R-th."""
 
-    def __init__(self, switches: int, R: int) -> None:
+    def __init__(self, epoch: int, max_flows: int) -> None:
+        self.epoch = epoch
+        self.flows = FlowTable(max_flows)
+        self.report_count = np.zeros(0, dtype=np.int64)
+        self.detect_ts = np.zeros(0, dtype=np.int64)
+        self.reports = 0  # reports of the epoch received (tracked or not)
+        self.untracked = 0  # of which for flows beyond the cap
+
+    def _ensure(self, flows: int) -> None:
+        n = len(self.report_count)
+        if flows > n:
+            size = max(flows, 2 * n, 1024)
+            self.report_count = np.concatenate((self.report_count,
+                                                np.zeros(size - n, np.int64)))
+            self.detect_ts = np.concatenate(
+                (self.detect_ts, np.full(size - n, NOT_DETECTED, np.int64)))
+
+    def count(self, flows: np.ndarray, ts_ns: np.ndarray, R: int) -> np.ndarray:
+        """Count reports (flow indices of this epoch, in arrival order, with their times);
+        returns the flows that became elephants with them (R-th report)."""
+        if len(flows) == 0:
+            return np.zeros(0, dtype=np.int64)
+        self._ensure(int(flows.max()) + 1)
+        # Rank of each report among its flow's reports in this batch, to find the R-th.
+        order = np.argsort(flows, kind="stable")
+        f_sorted = flows[order]
+        starts = np.flatnonzero(np.r_[True, f_sorted[1:] != f_sorted[:-1]])
+        run_start = np.repeat(starts, np.diff(np.r_[starts, len(f_sorted)]))
+        rank = np.arange(len(f_sorted)) - run_start + 1  # 1-based within this batch
+        crossing = self.report_count[f_sorted] + rank == R
+        newly = f_sorted[crossing]
+        self.detect_ts[newly] = np.asarray(ts_ns, dtype=np.int64)[order][crossing]
+        np.add.at(self.report_count, flows, 1)
+        return newly
+
+    def elephants(self, R: int) -> list[dict[str, int | None]]:
+        """The epoch's elephants (flows with >= R reports) as records."""
+        n = self.flows.n
+        idx = np.flatnonzero(self.report_count[:n] >= R)
+        f = self.flows
+        return [
+            {"epoch": self.epoch, "src": int(f.src[i]), "dst": int(f.dst[i]),
+             "sport": int(f.sport[i]), "dport": int(f.dport[i]), "proto": int(f.proto[i]),
+             "reports": int(self.report_count[i]),
+             "detected_ns": int(self.detect_ts[i]) if self.detect_ts[i] != NOT_DETECTED
+             else None}
+            for i in idx
+        ]
+
+    def nbytes(self) -> int:
+        return self.flows.nbytes() + self.report_count.nbytes + self.detect_ts.nbytes
+
+
+@dataclass
+class ReportOutcome:
+    """What a batch of reports did."""
+
+    late: int = 0  # reports of epochs already closed: counted here, not applied
+    late_by_epoch: dict[int, int] = field(default_factory=dict)
+    untracked: int = 0  # reports of new flows beyond the cap: not classified
+    newly: list[tuple[int, np.ndarray]] = field(default_factory=list)  # (epoch, flow indices)
+    closed: list[EpochTally] = field(default_factory=list)  # epochs this batch closed
+
+
+class Coordinator:
+    """Group locality and elephant classification for ``switches`` ingress switches.
+
+    Reports are counted per (flow, epoch): a report counts in the epoch it carries (the
+    switch's epoch when it sent it), even when it arrives after the next epoch's reports.
+    Only open epochs are in memory. **Epoch e closes once a report of epoch >= e + 2 has
+    arrived**, or on ``close_all`` (shutdown, explicit flush). A batch is taken epoch by
+    epoch, in ascending order (a switch's reports come in epoch order, so this is arrival
+    order): before the reports of epoch e count, every epoch below e - 1 closes. So at most
+    two epochs are open, and a report may be up to one whole epoch late and still count. A
+    report for a closed epoch is *late*: counted in ``late_reports`` and not applied - a
+    closed epoch's elephants are final (they have been written out), it is never reopened.
+    ``max_flows`` bounds the flows of all open epochs together; reports of new flows beyond
+    it are ``untracked``.
+    """
+
+    def __init__(self, switches: int, R: int, max_flows: int = 2_000_000) -> None:
         if R < 1:
             raise ValueError(f"R must be >= 1, got {R}")
+        if max_flows < 1:
+            raise ValueError(f"max_flows must be >= 1, got {max_flows}")
         self.R = R
+        self.max_flows = max_flows
         self.members = np.zeros((N_GROUPS, max(1, switches)), dtype=np.bool_)
         self.member_count = np.zeros(N_GROUPS, dtype=np.int32)
         self.l_g = np.ones(N_GROUPS, dtype=np.int32)
-        self.report_count = np.zeros(0, dtype=np.int64)
-        self.detect_ts = np.zeros(0, dtype=np.int64)
+        self.open: dict[int, EpochTally] = {}
+        self.newest = -1  # the highest epoch a report carried
+        self.closed_below = 0  # every epoch below is closed
         self.hellos = 0
         self.reports = 0
+        self.late_reports = 0
+        self.untracked_reports = 0
 
     @property
     def switches(self) -> int:
@@ -98,36 +188,73 @@ class Coordinator:
             return {}
         return {int(g): int(self.l_g[g]) for g in np.flatnonzero(self.members[:, switch])}
 
-    def ensure_flows(self, flows: int) -> None:
-        """Make room for flow indices < flows."""
-        n = len(self.report_count)
-        if flows > n:
-            size = max(flows, 2 * n)
-            self.report_count = np.concatenate((self.report_count, np.zeros(size - n, np.int64)))
-            self.detect_ts = np.concatenate(
-                (self.detect_ts, np.full(size - n, NOT_DETECTED, np.int64)))
+    # ---------------------------------------------------------------- reports, per epoch
 
-    def on_reports(self, flows: np.ndarray, ts_ns: np.ndarray) -> np.ndarray:
-        """Count a batch of reports (flow indices, in arrival order, with their times);
-        returns the flows that became elephants with this batch."""
-        flows = np.asarray(flows, dtype=np.int64)
-        if len(flows) == 0:
-            return np.zeros(0, dtype=np.int64)
-        self.ensure_flows(int(flows.max()) + 1)
-        self.reports += len(flows)
-        # Rank of each report among its flow's reports in this batch, to find the R-th.
-        order = np.argsort(flows, kind="stable")
-        f_sorted = flows[order]
-        starts = np.flatnonzero(np.r_[True, f_sorted[1:] != f_sorted[:-1]])
-        run_start = np.repeat(starts, np.diff(np.r_[starts, len(f_sorted)]))
-        rank = np.arange(len(f_sorted)) - run_start + 1  # 1-based within this batch
-        before = self.report_count[f_sorted]
-        crossing = before + rank == self.R
-        newly = f_sorted[crossing]
-        self.detect_ts[newly] = np.asarray(ts_ns, dtype=np.int64)[order][crossing]
-        np.add.at(self.report_count, flows, 1)
-        return newly
+    def open_flows(self) -> int:
+        return sum(t.flows.n for t in self.open.values())
 
-    def elephants(self) -> np.ndarray:
-        """Indices of the flows with at least R reports."""
-        return np.flatnonzero(self.report_count >= self.R)
+    def on_reports(self, src: np.ndarray, dst: np.ndarray, sport: np.ndarray,
+                   dport: np.ndarray, proto: np.ndarray, epoch: np.ndarray,
+                   ts_ns: np.ndarray) -> ReportOutcome:
+        """Count a batch of reports (5-tuple columns, the epoch each carries, their times),
+        in arrival order."""
+        epoch = np.asarray(epoch, dtype=np.int64)
+        out = ReportOutcome()
+        n = len(epoch)
+        if n == 0:
+            return out
+        self.reports += n
+        late = epoch < self.closed_below
+        if late.any():
+            out.late = int(np.count_nonzero(late))
+            es, cs = np.unique(epoch[late], return_counts=True)
+            out.late_by_epoch = {int(e): int(c) for e, c in zip(es, cs, strict=True)}
+            self.late_reports += out.late
+        ts = np.asarray(ts_ns, dtype=np.int64)
+        cols = [np.asarray(c) for c in (src, dst, sport, dport, proto)]
+        for e in np.unique(epoch[~late]).tolist():
+            out.closed += self._close_below(e - 1)  # first: their flows leave the cap
+            sel = epoch == e
+            tally = self.open.get(e)
+            if tally is None:
+                tally = self.open[e] = EpochTally(e, self.max_flows)
+            # The cap is over every open epoch: this one may take what the others leave.
+            tally.flows.max_flows = max(tally.flows.n,
+                                        self.max_flows - self.open_flows() + tally.flows.n)
+            idx = tally.flows.index(*(c[sel] for c in cols))
+            tracked = idx >= 0
+            k = int(np.count_nonzero(sel))
+            untracked = k - int(np.count_nonzero(tracked))
+            tally.reports += k
+            tally.untracked += untracked
+            out.untracked += untracked
+            newly = tally.count(idx[tracked], ts[sel][tracked], self.R)
+            if len(newly):
+                out.newly.append((e, newly))
+        self.untracked_reports += out.untracked
+        self.newest = max(self.newest, int(epoch.max()))
+        return out
+
+    def close_all(self) -> list[EpochTally]:
+        """Close every open epoch (shutdown, explicit flush): later reports of these epochs
+        are late."""
+        return self._close_below(self.newest + 1)
+
+    def _close_below(self, bound: int) -> list[EpochTally]:
+        if bound <= self.closed_below:
+            return []
+        self.closed_below = bound
+        closed = [self.open.pop(e) for e in sorted(self.open) if e < bound]
+        return closed
+
+    def is_open(self, epoch: int) -> bool:
+        return epoch in self.open
+
+    def elephants(self, epoch: int | None = None) -> list[dict[str, int | None]]:
+        """The elephants of the open epochs (or of one), as records."""
+        return [x for e in sorted(self.open) if epoch is None or e == epoch
+                for x in self.open[e].elephants(self.R)]
+
+    def nbytes(self) -> int:
+        """Memory of the open epochs' flow state."""
+        return sum(t.nbytes() for t in self.open.values())

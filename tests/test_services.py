@@ -351,11 +351,14 @@ def test_sigterm_writes_results_json_atomically(procs: Procs, tmp_path: Path) ->
     assert co.proc.wait(20) == 0
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["params"]["R"] == 1 and res["params"]["switches"] == ["s1", "s2", "s3"]
-    assert res["elephants"] == [{"src": FLOW_A[0], "dst": FLOW_A[1], "sport": FLOW_A[2],
-                                 "dport": FLOW_A[3], "proto": FLOW_A[4], "reports": 1,
-                                 "detected_ns": 12345}]
+    elephant = {"epoch": 0, "src": FLOW_A[0], "dst": FLOW_A[1], "sport": FLOW_A[2],
+                "dport": FLOW_A[3], "proto": FLOW_A[4], "reports": 1, "detected_ns": 12345}
+    assert res["elephants"] == [elephant]
     assert res["switches"][0]["reports"] == 1 and res["counters"]["reports"] == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".results.json")]
+    # Shutdown closed the one epoch: its results file beside the results.
+    epoch0 = json.loads((tmp_path / "results-epochs" / "epoch-0.json").read_text())
+    assert epoch0["elephants"] == [elephant] and epoch0["reports"] == 1
 
 
 def test_unique_flow_flood_keeps_coordinator_memory_bounded(procs: Procs,
@@ -494,3 +497,271 @@ def test_runnable_scripts_and_subcommands_have_help() -> None:
     out = subprocess.run([PY, "-m", "herd.cli", "replay", "--help"], capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0 and "--pps" in out.stdout
+
+
+# ------------------------------------------------------------------------------ epochs
+
+
+def _cols(flows: list[tuple[int, int, int, int, int]]) -> list[np.ndarray]:
+    return [np.array(c, np.uint32) for c in zip(*flows, strict=True)]
+
+
+def test_coordinator_counts_per_flow_and_epoch_closes_old_epochs_and_counts_late() -> None:
+    from herd.coordinator import Coordinator
+
+    c = Coordinator(2, R=2, max_flows=4)
+
+    def send(flows: list[tuple[int, int, int, int, int]], epochs: list[int],
+             ts: int = 1) -> Any:
+        return c.on_reports(*_cols(flows), np.array(epochs), np.full(len(epochs), ts))
+
+    flow_c, flow_d, flow_e = ((0x0C000001 + i, 0x14000002, 7, 7, 17) for i in range(3))
+    out = send([FLOW_A, FLOW_A, FLOW_B], [0, 0, 0], ts=10)
+    assert [(e, len(f)) for e, f in out.newly] == [(0, 1)] and not out.closed
+    # B has two reports, but in two epochs: no elephant in either.
+    out = send([FLOW_B, FLOW_A], [1, 1], ts=20)
+    assert not out.newly and sorted(c.open) == [0, 1] and c.open_flows() == 4
+    # A report of epoch 2 closes epoch 0 (e + 2 arrived), not epoch 1 - before it counts,
+    # so that C finds room under the cap.
+    out = send([flow_c], [2], ts=30)
+    assert [t.epoch for t in out.closed] == [0] and sorted(c.open) == [1, 2]
+    assert out.untracked == 0
+    closed = out.closed[0].elephants(2)
+    assert [(x["epoch"], x["src"], x["reports"], x["detected_ns"]) for x in closed] == \
+        [(0, FLOW_A[0], 2, 10)]
+    # Late for epoch 0 (closed): counted, not applied; epoch 1 still open counts A's second.
+    out = send([FLOW_B, FLOW_A], [0, 1], ts=40)
+    assert out.late == 1 and out.late_by_epoch == {0: 1} and c.late_reports == 1
+    assert [(e, len(f)) for e, f in out.newly] == [(1, 1)]
+    assert [(x["epoch"], x["src"], x["detected_ns"]) for x in c.elephants()] == \
+        [(1, FLOW_A[0], 40)]
+    # The flow cap is over the open epochs together: A, B in epoch 1, C, D in epoch 2.
+    out = send([flow_d, flow_e], [2, 2])
+    assert out.untracked == 1 and c.open_flows() == 4
+    out = send([flow_e], [3])  # closes epoch 1 first: room again
+    assert [t.epoch for t in out.closed] == [1] and out.untracked == 0
+    # Shutdown / flush closes the rest; later reports of them are late.
+    assert [t.epoch for t in c.close_all()] == [2, 3] and not c.open
+    assert send([flow_e], [3]).late == 1
+    assert c.reports == 12 and c.late_reports == 2 and c.untracked_reports == 1
+
+
+def test_coordinator_per_epoch_counting_matches_count_reports() -> None:
+    """Without late reports, the service's incremental counting (batches, open epochs) is the
+    simulator's ``count_reports`` over (flow, epoch) keys: same elephants, same times."""
+    from herd.coordinator import Coordinator, count_reports
+    from herd.groundtruth import pair_keys
+
+    rng = np.random.default_rng(7)
+    n = 20_000
+    flow = rng.integers(0, 300, n)
+    epoch = np.sort(rng.integers(0, 6, n))  # arrival order: epochs never go back
+    ts = np.arange(n, dtype=np.int64) * 1000
+    src = (flow + (10 << 24)).astype(np.uint32)
+    z = np.zeros(n, np.uint32)
+    c = Coordinator(1, R=4)
+    got = []
+    for a in range(0, n, 777):
+        b = min(n, a + 777)
+        out = c.on_reports(src[a:b], z[a:b] + 7, z[a:b], z[a:b], z[a:b] + 6, epoch[a:b],
+                           ts[a:b])
+        assert out.late == 0
+        got += [x for t in out.closed for x in t.elephants(4)]
+    got += [x for t in c.close_all() for x in t.elephants(4)]
+    keys, counts, detect = count_reports(pair_keys(epoch, flow), ts, 4)
+    want = sorted((int(k >> 32), int(k & 0xFFFFFFFF), int(d))
+                  for k, d in zip(keys[counts >= 4], detect[counts >= 4], strict=True))
+    assert sorted((x["epoch"], x["src"] - (10 << 24), x["detected_ns"]) for x in got) == want
+    assert len(want) > 100
+
+
+def test_coordinator_service_epochs_results_journal_query_and_restart(
+        procs: Procs, tmp_path: Path) -> None:
+    """Over gRPC: reports counted in their epoch; a closed epoch's elephants in its file and
+    the journal, queryable by epoch; a late report counted, not applied, and not reopening
+    the epoch after a kill -9 and restart; Flush and shutdown close the rest."""
+    co = Coord(procs, tmp_path, R=2, extra=["--epoch-ms", "250"])
+    c = co.client
+    flow_c = (0x0C000001, 0x14000002, 7, 7, 17)
+
+    def send(switch: int, seqs: list[int], flows: list[tuple[int, int, int, int, int]],
+             epochs: list[int], ts: int) -> None:
+        b = batch(switch, seqs, flows, ts=ts)
+        b.epoch.extend(epochs)
+        list(c.reports(iter([b]), metadata=c.metadata))
+
+    send(0, [1, 2, 3], [FLOW_A, FLOW_A, FLOW_B], [0, 0, 0], ts=100)
+    send(1, [1, 2], [FLOW_B, FLOW_A], [1, 1], ts=200)
+    files = tmp_path / "results-epochs"
+    assert not (files / "epoch-0.json").exists()
+    send(1, [3], [flow_c], [2], ts=300)  # closes epoch 0
+    epoch0 = json.loads((files / "epoch-0.json").read_text())
+    assert epoch0["epoch"] == 0 and epoch0["epoch_ms"] == 250 and epoch0["reports"] == 3
+    assert [(x["src"], x["reports"], x["detected_ns"]) for x in epoch0["elephants"]] == \
+        [(FLOW_A[0], 2, 100)]
+    send(0, [4], [FLOW_B], [0], ts=400)  # late: B would be an elephant of epoch 0
+
+    def check() -> None:
+        q = c.query(pb.QueryRequest(epoch=0), metadata=c.metadata)
+        assert [(e.src, e.epoch, e.reports) for e in q.elephants] == [(FLOW_A[0], 0, 2)]
+        assert [(x.epoch, x.open, x.late_reports) for x in q.epochs] == [(0, False, 1)]
+        q = co.query(True)
+        assert [(x.epoch, x.open) for x in q.epochs] == [(0, False), (1, True), (2, True)]
+        assert {(e.src, e.epoch) for e in q.elephants} == {(FLOW_A[0], 0)}
+        assert q.counters["late_reports"] == 1 and q.counters["reports"] == 7
+        assert q.counters["open_epochs"] == 2 and q.counters["flows"] == 3
+
+    check()
+    co.kill9()
+    co.start()
+    c = co.client
+    check()  # the journal replays to the same epochs: epoch 0 stays closed
+    assert co.counters()["recovered_reports"] == 7
+    send(0, [5], [FLOW_B], [1], ts=500)  # B's second report in epoch 1
+    closed = c.flush(pb.FlushRequest(), metadata=c.metadata).closed
+    assert list(closed) == [1, 2]
+    epoch1 = json.loads((files / "epoch-1.json").read_text())
+    assert {(x["src"], x["detected_ns"]) for x in epoch1["elephants"]} == {(FLOW_B[0], 500)}
+    assert json.loads((files / "epoch-2.json").read_text())["elephants"] == []
+    co.proc.send_signal(signal.SIGTERM)
+    assert co.proc.wait(20) == 0
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["params"]["epoch_ms"] == 250
+    assert [(x["epoch"], x["open"]) for x in res["epochs"]] == [(0, False), (1, False),
+                                                                (2, False)]
+    assert sorted((x["epoch"], x["src"]) for x in res["elephants"]) == \
+        [(0, FLOW_A[0]), (1, FLOW_B[0])]
+
+
+def test_model_switch_follows_its_clock_across_epochs(tmp_path: Path) -> None:
+    """A model switch driven through the model driver: W and the origin set, paced packets
+    cross five epochs; the tables empty lazily (old slots keep their fingerprints, read as
+    empty), every epoch start is recorded, CPU messages carry their epoch, and the registers
+    and tables equal ``herd.switch.Switch`` fed the same packets in the same epochs."""
+    import threading
+
+    from herd.messages import CpuMessage
+    from herd.prng import probability_threshold
+    from herd.services.model_switch import ArraySource, ModelSwitch, ModelSwitchServer
+    from herd.switch import (
+        REG_EPOCH_US,
+        REG_HOLD_START,
+        REG_PRNG,
+        REG_SAMPLE_THRESHOLD,
+        Switch,
+        SwitchConfig,
+    )
+
+    n, pps, per_epoch = 2000, 4000, 400  # W = 100 ms = 400 packets
+    rng = np.random.default_rng(3)
+    flow = rng.integers(0, 60, n)
+    flow[4 * per_epoch:] = rng.integers(0, 8, per_epoch)  # the last epoch leaves slots stale
+    src = (np.arange(60) + (10 << 24)).astype(np.uint32)
+    dst = np.full(60, 20 << 24, np.uint32)
+    sport = (np.arange(60) + 1000).astype(np.uint16)
+    dport = np.full(60, 80, np.uint16)
+    proto = np.full(60, 6, np.uint8)
+    packets = tmp_path / "p.npz"
+    np.savez(packets, ts_ns=np.arange(n, dtype=np.int64), flow=flow, flow_src=src,
+             flow_dst=dst, flow_sport=sport, flow_dport=dport, flow_proto=proto)
+    stages = (32, 16, 8)  # small: some flows find no room
+    model = ModelSwitch("s1", stages)
+    server = ModelSwitchServer(model, f"unix:{tmp_path / 's1.sock'}")
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    runner = threading.Thread(target=model.run, args=(ArraySource(str(packets)),), daemon=True)
+    runner.start()
+    drv = ModelDriver("s1", f"unix:{tmp_path / 's1.sock'}")
+    g = (10 << 8) | 20
+    half = probability_threshold(0.5)
+    config = SwitchConfig(prng_seed=12345, sample_threshold=half, hold_start=2,
+                          epoch_us=100_000)
+    try:
+        drv.register_write("herd_regs", REG_PRNG, config.prng_seed)
+        drv.register_write("herd_regs", REG_SAMPLE_THRESHOLD, config.sample_threshold)
+        drv.register_write("herd_regs", REG_EPOCH_US, config.epoch_us)
+        drv.register_write("herd_regs", REG_HOLD_START, config.hold_start)
+        drv.install_group(g, 6, half, modify=False)  # tau 6, r 1/2
+        t0_us = time.time_ns() // 1000 + 150_000
+        drv.set_epoch_origin(t0_us)
+        assert drv.register_read("herd_epoch_origin", 0) == t0_us
+        drv.request(op="start", t0_ns=t0_us * 1000, pps=pps)
+        runner.join(20)
+        assert model.done.is_set()
+        starts = drv.epoch_starts()
+        assert starts == [(e, e * per_epoch) for e in range(1, 5)]
+        # The pipeline's own log says the same (what a BMv2 driver decodes).
+        from herd.services.drivers.base import SwitchDriver
+        assert SwitchDriver.epoch_starts(drv) == starts
+        stats = drv.stats()
+        msgs = []
+        for rec in drv.messages():
+            msgs.append(CpuMessage.unpack(rec.payload))
+            if rec.seq == stats["cpu_emitted"]:
+                break
+        regs = [drv.register_read("herd_regs", i) for i in range(11)]
+        fps = [drv.register_read("stage_fp", i) for i in range(sum(stages))]
+        tags = [drv.register_read("stage_epoch", i) for i in range(sum(stages))]
+    finally:
+        drv.close()
+        model.stopping.set()
+        server.close()
+    ref = Switch(stages)
+    ref.configure(config)
+    ref.install_group(g, 6, half)
+    want = [m for i, f in enumerate(flow)
+            if (m := ref.process(int(src[f]), int(dst[f]), int(sport[f]), int(dport[f]),
+                                 int(proto[f]), epoch=i // per_epoch)) is not None]
+    assert msgs == want and len({m.epoch for m in msgs}) == 5
+    assert regs == [int(x) for x in ref.regs] and regs[9] == 4
+    assert fps == [int(x) for x in ref.fps] and tags == [int(x) for x in ref.epochs]
+    # Lazily emptied: slots of older epochs still hold fingerprints; only this epoch's count.
+    stale = [i for i, t in enumerate(tags) if t != 4 and fps[i] != 0]
+    assert stale and regs[3] == sum(1 for i, t in enumerate(tags) if t == 4 and fps[i])
+
+
+@pytest.fixture(scope="module")
+def short_trace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("short") / "t30k.pcap"
+    write_synthetic_pcap(path, 30_000, seed=3)  # 0.3 s of trace time
+    return path
+
+
+def test_replay_with_epochs_equals_the_simulator_under_its_timing(short_trace: Path,
+                                                                   tmp_path: Path) -> None:
+    """``herd replay --epoch-ms``: the switches follow their own clocks, paced by the trace's
+    timing; nothing is lost or late, and F1 is the simulator's under the measured timing
+    (entry writes and each switch's epoch starts), exactly - also from the timing file."""
+    from herd.delays import read_timing
+    from herd.evaluate import simulate
+    from herd.services.replay import run_replay
+
+    prep = PreparedTrace(load_trace(short_trace))
+    params = Params(k=4, percentile=95, epoch_ms=75)
+    delays = tmp_path / "timing.csv"
+    coord = tmp_path / "coord.json"
+    d = run_replay(prep, params, 6000, compare=True, delays_out=str(delays),
+                   results=str(coord))
+    assert d["lost_messages"] == 0 and d["drained"] and d["cpu_dropped"] == 0
+    assert d["late_reports"] == 0 and d["untracked_reports"] == 0
+    assert d["epochs"] == 4 and d["epochs_closed"] == 4 and len(d["per_epoch"]) == 4
+    assert d["switch_epoch_us"] == round(75_000 / d["multiplier"])
+    assert d["switch_epoch_starts"] == 4 * 3  # every switch entered epochs 1, 2, 3
+    # The switches' epochs are the trace's up to microsecond rounding.
+    assert d["epoch_mismatched_packets"] * 1000 < prep.trace.packets, d
+    assert d["reports"] > 50 and d["detected"] > 20
+    timing = read_timing(delays)
+    assert len(timing.epochs) == d["switch_epoch_starts"]
+    assert simulate(prep, params, timing).f1 == d["simulated_f1"]
+    res = json.loads(coord.read_text())
+    assert [x["epoch"] for x in res["epochs"]] == [0, 1, 2, 3]
+    assert len(res["elephants"]) == d["detected"]
+    assert d["f1"] == d["simulated_f1"], (
+        f"replay F1 {d['f1']} != simulator under the measured timing {d['simulated_f1']}")
+
+
+def test_replay_refuses_an_epoch_shorter_than_a_microsecond(short_trace: Path) -> None:
+    from herd.errors import HerdInputError
+
+    prep = PreparedTrace(load_trace(short_trace))
+    with pytest.raises(HerdInputError, match="epoch_ms=0.001: at 10x"):
+        ReplayRun(prep, Params(k=2, epoch_ms=0.001), pps=1_000_000)

@@ -87,3 +87,39 @@ def test_harness_rejects_bad_input(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120, cwd=REPO)
     assert proc.returncode == 2 and "epsilon=2.0" in proc.stderr
     assert layout.read_text() == "epsilon,f1score,precision,recall\n2.0\n"
+
+
+def test_harness_with_epochs_on_the_model_target(tmp_path: Path) -> None:
+    """Epochs on the testbed: the pcap replayed with its own timing (20k packets over 0.2 s,
+    sped up to a mean of 5,000 packets/s: 4 s), the switches' clocks split it into epochs of
+    40 ms of pcap time (800 ms on theirs) from an origin set through their drivers; F1 per
+    (flow, epoch) close to the simulator's under the measured timing and switch epochs."""
+    from herd.delays import read_timing
+
+    layout = tmp_path / "epsilon.csv"
+    layout.write_text("epsilon,f1score,precision,recall\n0.1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", "20", "0", str(layout),
+         str(REPO / "pcap" / "synth-20k.pcap"),
+         str(REPO / "topologies" / "p4app_10_switches_herd.json"),
+         "--target", "model", "--pps", "5000", "--epoch-ms", "40"],
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = list(csv.DictReader(layout.read_text().splitlines()))
+    assert r["sent_packets"] == "20000" and r["lost_packets"] == "0", r
+    assert r["lost_messages"] == "0", r
+    assert int(r["epochs"]) == 5 and float(r["epoch_ms"]) == 40, r
+    (run,) = json.loads(layout.with_suffix(".json").read_text())["runs"]
+    assert run["late_reports"] == 0 and run["epochs_closed"] >= 5
+    assert abs(run["switch_epoch_us"] - 800_000) <= 10  # the pcap's mean rate: 99,999.5/s
+    # Every switch entered epochs 1..4, and the timing file says where.
+    timing = read_timing(tmp_path / "epsilon-delays-epsilon=0.1.csv")
+    assert len(timing.epochs) == run["switch_epoch_starts"] >= 10 * 4
+    # The origin lined up with tcpreplay's start: few packets in another epoch than the pcap's.
+    assert run["epoch_mismatched_packets"] < 0.02 * 20000, run
+    assert abs(float(r["f1score"]) - float(r["simulated_f1"])) <= 0.05, r
+    left = [n for n in interface_names(evaluation_topology(10))
+            if Path(f"/sys/class/net/{n}").exists()]
+    assert left == []
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "herd.testbed.model_node" not in ps and "controller_service" not in ps

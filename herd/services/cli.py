@@ -46,7 +46,8 @@ def register_cli(sub: Any) -> None:
     add_param_arguments(rp)
     rp.add_argument("--pps", type=float, default=0.0,
                     help="packets per second over all switches, following the trace order "
-                    "(default 0: every switch at full speed)")
+                    "(default 0: every switch at full speed); with --epoch-ms the mean rate: the "
+                    "trace's own timing sped up to it (default: the trace's own pace)")
     rp.add_argument("--json", action="store_true", help="print one JSON object (the keys of "
                     "herd simulate --json plus lost_messages, hello latency, reports/s)")
     rp.add_argument("--compare", action="store_true",

@@ -2,11 +2,14 @@
 ``herd.controller.LocalController``.
 
 On start it configures its switch through a driver (PRNG seed, sampling threshold, hold
-start, the forwarding entry), then connects to the coordinator, retrying with backoff. It
-reads the switch's CPU messages: hellos are deduped per group (``LocalController.on_hello``)
-and forwarded; the l_g that comes back, or is pushed later, becomes the group entry
-(``LocalController.on_l_g``) written to the switch; reports are buffered and streamed to the
-coordinator in batches; overflows follow the policy (``LocalController.on_overflow``).
+start, epoch length W in the switch's clock, the forwarding entry), then connects to the
+coordinator, retrying with backoff. It reads the switch's CPU messages: hellos are deduped
+per group (``LocalController.on_hello``) and forwarded; the l_g that comes back, or is
+pushed later, becomes the group entry (``LocalController.on_l_g``) written to the switch;
+reports are buffered and streamed to the coordinator in batches, each with the epoch the
+switch sent it in (the coordinator counts it there); overflows follow the policy
+(``LocalController.on_overflow``). Hellos, l_g and group entries know no epochs: locality
+persists across them.
 
 No message is lost and none is counted twice:
   - reports keep the switch's sequence number end to end; the coordinator counts a report
@@ -60,7 +63,7 @@ from herd.services.drivers.base import (
     SwitchDriver,
 )
 from herd.services.rpc import herd_pb2 as pb
-from herd.switch import REG_HOLD_START, REG_PRNG, REG_SAMPLE_THRESHOLD
+from herd.switch import REG_EPOCH_US, REG_HOLD_START, REG_PRNG, REG_SAMPLE_THRESHOLD
 
 log = logging.getLogger("herd.controller")
 
@@ -104,6 +107,8 @@ class CoordinatorClient:
                                         pb.ReportAck.FromString)
         self.query = ch.unary_unary(SERVICE + "Query", pb.QueryRequest.SerializeToString,
                                     pb.QueryReply.FromString)
+        self.flush = ch.unary_unary(SERVICE + "Flush", pb.FlushRequest.SerializeToString,
+                                    pb.FlushReply.FromString)
 
     def close(self) -> None:
         self.channel.close()
@@ -152,7 +157,7 @@ class ControllerService:
         self._push_cv = threading.Condition()
         # Reports not yet acknowledged by the coordinator, in seq order; _rsent of them were
         # sent on the current stream.
-        self._rbuf: list[tuple[int, int, int, int, int, int, int, int]] = []
+        self._rbuf: list[tuple[int, int, int, int, int, int, int, int, int]] = []
         self._rsent = 0
         self._in_flight = 0
         self._rcv = threading.Condition()
@@ -168,11 +173,12 @@ class ControllerService:
         cfg = self.lc.switch_config()
         if hold != 0 and not self.fresh:
             thr = self.driver.register_read(REG_HERD, REG_SAMPLE_THRESHOLD)
-            if (hold, thr) != (cfg.hold_start, cfg.sample_threshold):
-                log.warning("%s is configured with hold start %d / sample threshold %d, this "
-                            "controller would write %d / %d; keeping the switch's (use --fresh "
-                            "to reconfigure)", self.name, hold, thr, cfg.hold_start,
-                            cfg.sample_threshold)
+            w = self.driver.register_read(REG_HERD, REG_EPOCH_US)
+            if (hold, thr, w) != (cfg.hold_start, cfg.sample_threshold, cfg.epoch_us):
+                log.warning("%s is configured with hold start %d / sample threshold %d / epoch "
+                            "%d us, this controller would write %d / %d / %d; keeping the "
+                            "switch's (use --fresh to reconfigure)", self.name, hold, thr, w,
+                            cfg.hold_start, cfg.sample_threshold, cfg.epoch_us)
             log.info("%s already configured: resuming without reseeding", self.name)
             return False
         d = self.driver
@@ -181,11 +187,12 @@ class ControllerService:
         d.table_set_default(FORWARD_TABLE, FORWARD_ACTION, (AGGREGATOR_PORT,))
         d.register_write(REG_HERD, REG_PRNG, cfg.prng_seed)
         d.register_write(REG_HERD, REG_SAMPLE_THRESHOLD, cfg.sample_threshold)
+        d.register_write(REG_HERD, REG_EPOCH_US, cfg.epoch_us)
         # Last: a non-zero hold start marks the switch configured (the model switch starts
         # its packets on it).
         d.register_write(REG_HERD, REG_HOLD_START, cfg.hold_start)
-        log.info("%s configured: seed %#x, s=%s, hold start %d", self.name, cfg.prng_seed,
-                 self.lc.s, cfg.hold_start)
+        log.info("%s configured: seed %#x, s=%s, hold start %d, epoch %d us", self.name,
+                 cfg.prng_seed, self.lc.s, cfg.hold_start, cfg.epoch_us)
         return True
 
     # ---------------------------------------------------------------- CPU messages
@@ -239,7 +246,7 @@ class ControllerService:
             self.counters["reports"] += 1
             with self._rcv:
                 self._rbuf.append((rec.seq, rec.ts_ns, msg.src, msg.dst, msg.sport, msg.dport,
-                                   msg.proto, msg.count))
+                                   msg.proto, msg.count, msg.epoch))
                 self._rcv.notify_all()
         else:
             self.counters["overflows"] += 1
@@ -328,7 +335,8 @@ class ControllerService:
     def _call_register(self) -> None:
         lc = self.lc
         req = pb.RegisterRequest(switch_name=self.name, params=pb.ControllerParams(
-            epsilon=lc.epsilon, T=lc.T, s=lc.s, seed=lc.seed, overflow_policy=lc.overflow_policy))
+            epsilon=lc.epsilon, T=lc.T, s=lc.s, seed=lc.seed, overflow_policy=lc.overflow_policy,
+            epoch_us=lc.epoch_us))
         try:
             reply = self.coord.register(req, timeout=5, metadata=self.coord.metadata)
         except grpc.RpcError as e:
@@ -524,7 +532,7 @@ class ControllerService:
             self.counters["report_batches"] += 1
             yield pb.ReportBatch(switch_id=self.switch_id, seq=cols[0], ts_ns=cols[1],
                                  src=cols[2], dst=cols[3], sport=cols[4], dport=cols[5],
-                                 proto=cols[6], count=cols[7])
+                                 proto=cols[6], count=cols[7], epoch=cols[8])
 
     # ---------------------------------------------------------------- status
 
@@ -593,6 +601,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=1, help="run seed (the switch PRNG is seeded "
                    "from it and the switch index)")
     p.add_argument("--overflow-policy", choices=OVERFLOW_POLICIES, default="ignore")
+    p.add_argument("--epoch-us", type=int, default=0, metavar="W",
+                   help="epoch length in the switch's clock, microseconds (written to its "
+                   "epoch register at configuration; default 0: one epoch)")
     p.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="host:port")
     p.add_argument("--token-file", help="the shared token (else $HERD_TOKEN)")
     p.add_argument("--driver", choices=DRIVERS, default="model")
@@ -617,7 +628,11 @@ def serve(args: argparse.Namespace) -> int:
     if token is None:
         log.warning("no token given (--token-file / HERD_TOKEN): the coordinator will refuse "
                     "us unless it runs with --no-auth")
-    lc = LocalController(index, args.epsilon, args.T, args.s, args.seed, args.overflow_policy)
+    if not 0 <= args.epoch_us < 1 << 32:
+        raise HerdInputError(f"--epoch-us {args.epoch_us}: must be in [0, 2^32) "
+                             "(a 32-bit register; 0: one epoch)")
+    lc = LocalController(index, args.epsilon, args.T, args.s, args.seed, args.overflow_policy,
+                         args.epoch_us)
     options: dict[str, Any] = {}
     if args.driver == "bmv2":
         options = {"cpu_interface": args.cpu_interface, "json_path": args.p4_json}

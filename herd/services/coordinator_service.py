@@ -13,19 +13,31 @@ A batch is acknowledged only after its transaction is committed to the SQLite jo
 a hello is answered only after the membership it adds is committed. Batches that arrive
 together are committed together (group commit), which is what keeps >= 50k reports/s.
 On start the journal is replayed through the same code, so a killed coordinator restarts with
-every acknowledged report and every group's members and l_g. With ``--fsync`` each commit
-is also flushed to disk (synchronous=FULL): durable across power loss, not only process loss.
+every acknowledged report and every group's members and l_g, and with exactly the epochs
+closed that were closed (closing is a function of the batch order, and flushes are journaled
+in that order). With ``--fsync`` each commit is also flushed to disk (synchronous=FULL):
+durable across power loss, not only process loss.
+
+Epochs. Reports are counted per (flow, epoch), the epoch being the one the report carries
+(``herd.coordinator.Coordinator``): epoch e closes once a report of epoch >= e + 2 has
+arrived, on ``Flush`` and at shutdown. A closed epoch's elephants are final: they go into the
+journal (tables ``epochs`` and ``elephants``) and into ``<--epoch-results>/epoch-<e>.json``
+(written atomically, right after the commit that closed it), and leave memory. A report for a
+closed epoch is a *late report*: acknowledged, counted (``late_reports``, and per epoch in
+the journal), never applied - the epoch is not reopened. Group state persists across epochs.
 
 Memory (bounded; what a flood of unique flows costs):
   - per group: the member matrix, 65,536 groups x k switches, 1 byte each, plus l_g and the
     member count (8 bytes a group) - allocated at start: 1.1 MiB for k = 10, whatever the
     traffic; hellos add no memory beyond it (at most one membership per (group, switch), and
     the controllers dedupe before that);
-  - per reported flow: 77 bytes (hash slots 48 at load 1/2, 5-tuple 13, report counter and
-    detection time 16), up to twice that just after an array doubles - only for flows some
-    switch reported, i.e. flows that crossed tau_g and won the r_g coin; at most
-    ``--max-flows`` flows (default 2,000,000: at most ~220 MiB); reports of new flows beyond
-    the cap are acknowledged and counted as ``untracked_reports`` but not classified;
+  - per reported flow of an open epoch (at most two are open): 77 bytes (hash slots 48 at
+    load 1/2, 5-tuple 13, report counter and detection time 16), up to twice that just after
+    an array doubles - only for flows some switch reported, i.e. flows that crossed tau_g and
+    won the r_g coin; at most ``--max-flows`` flows over the open epochs together (default
+    2,000,000: at most ~220 MiB); reports of new flows beyond the cap are acknowledged and
+    counted as ``untracked_reports`` but not classified; a closed epoch costs no memory (its
+    elephants are on disk);
   - in flight: one batch per report stream (a stream is read as it is handled; a batch holds
     at most 65,536 reports), and at most ``--workers`` concurrent calls;
   - the journal grows on disk (about 30 bytes a report, 30 a membership), not in memory.
@@ -55,7 +67,7 @@ import grpc
 import numpy as np
 
 from herd import __version__
-from herd.coordinator import NOT_DETECTED, Coordinator
+from herd.coordinator import Coordinator, EpochTally
 from herd.errors import HerdInputError
 from herd.services.common import (
     TOKEN_METADATA_KEY,
@@ -65,7 +77,6 @@ from herd.services.common import (
     rss_bytes,
     setup_logging,
 )
-from herd.services.flowtable import FlowTable
 from herd.services.rpc import herd_pb2 as pb
 from herd.switch import N_GROUPS
 
@@ -74,7 +85,7 @@ log = logging.getLogger("herd.coordinator")
 SERVICE = "herd.v1.Coordinator"
 MAX_BATCH = 65536  # reports in one batch; more is a malformed batch
 DEFAULT_MAX_FLOWS = 2_000_000
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: report epochs, closed epochs and their elephants
 
 
 class _Malformed:
@@ -110,6 +121,7 @@ class _SwitchState:
     batches: int = 0
     acked_seq: int = 0
     params: dict[str, Any] = field(default_factory=dict)
+    late_logged: bool = False
 
 
 @dataclass
@@ -129,8 +141,10 @@ class _Op:
 
 class Journal:
     """SQLite (WAL) record of what the coordinator acknowledged: new group memberships in
-    order and accepted report batches (the wire bytes) in order. Replaying it through the
-    same code rebuilds the exact state."""
+    order and accepted report batches (the wire bytes) in order, with flushes among them
+    (rows of switch -1). Replaying it through the same code rebuilds the exact state. It also
+    holds what the replay does not need to rebuild: every closed epoch's summary and
+    elephants (so that they leave memory) and the late reports per epoch."""
 
     def __init__(self, path: str, fsync: bool) -> None:
         self.path = path
@@ -155,6 +169,14 @@ class Journal:
                 grp INTEGER NOT NULL, seq INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS batches (id INTEGER PRIMARY KEY,
                 switch INTEGER NOT NULL, recv_ns INTEGER NOT NULL, batch BLOB NOT NULL);
+            CREATE TABLE IF NOT EXISTS epochs (epoch INTEGER PRIMARY KEY,
+                closed_ns INTEGER NOT NULL, reports INTEGER NOT NULL,
+                untracked INTEGER NOT NULL, late INTEGER NOT NULL, flows INTEGER NOT NULL,
+                elephants INTEGER NOT NULL);
+            CREATE TABLE IF NOT EXISTS elephants (epoch INTEGER NOT NULL, src INTEGER NOT NULL,
+                dst INTEGER NOT NULL, sport INTEGER NOT NULL, dport INTEGER NOT NULL,
+                proto INTEGER NOT NULL, reports INTEGER NOT NULL, detected_ns INTEGER);
+            CREATE INDEX IF NOT EXISTS elephants_by_epoch ON elephants (epoch);
             """)
 
     def start_checkpoints(self) -> None:
@@ -193,6 +215,51 @@ class Journal:
         self.db.execute("INSERT INTO batches (switch, recv_ns, batch) VALUES (?, ?, ?)",
                         (switch, recv_ns, raw))
 
+    def add_flush(self, recv_ns: int) -> None:
+        """A flush, in order among the batches (replayed as one)."""
+        self.db.execute("INSERT INTO batches (switch, recv_ns, batch) VALUES (-1, ?, x'')",
+                        (recv_ns,))
+
+    def add_closed_epoch(self, summary: dict[str, Any],
+                         elephants: list[dict[str, Any]]) -> None:
+        self.db.execute(
+            "INSERT OR REPLACE INTO epochs (epoch, closed_ns, reports, untracked, late, flows, "
+            "elephants) VALUES (?, ?, ?, ?, COALESCE((SELECT late FROM epochs WHERE epoch = ?),"
+            " 0), ?, ?)",
+            (summary["epoch"], summary["closed_ns"], summary["reports"],
+             summary["untracked_reports"], summary["epoch"], summary["flows"],
+             summary["elephants"]))
+        self.db.executemany(
+            "INSERT INTO elephants (epoch, src, dst, sport, dport, proto, reports, detected_ns) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [(x["epoch"], x["src"], x["dst"], x["sport"], x["dport"], x["proto"],
+              x["reports"], x["detected_ns"]) for x in elephants])
+
+    def add_late(self, late_by_epoch: dict[int, int]) -> None:
+        # An epoch closed before any report of it arrived has no row yet: closed_ns 0.
+        self.db.executemany(
+            "INSERT INTO epochs (epoch, closed_ns, reports, untracked, late, flows, elephants) "
+            "VALUES (?, 0, 0, 0, ?, 0, 0) ON CONFLICT(epoch) DO UPDATE SET "
+            "late = late + excluded.late", list(late_by_epoch.items()))
+
+    def closed_epochs(self, epoch: int | None = None) -> list[dict[str, Any]]:
+        where, args = ("WHERE epoch = ?", (epoch,)) if epoch is not None else ("", ())
+        return [
+            {"epoch": e, "open": False, "closed_ns": c, "reports": r, "untracked_reports": u,
+             "late_reports": late, "flows": f, "elephants": n}
+            for e, c, r, u, late, f, n in self.db.execute(
+                "SELECT epoch, closed_ns, reports, untracked, late, flows, elephants FROM "
+                f"epochs {where} ORDER BY epoch", args)]
+
+    def closed_elephants(self, epoch: int | None = None) -> list[dict[str, Any]]:
+        where, args = ("WHERE epoch = ?", (epoch,)) if epoch is not None else ("", ())
+        return [
+            {"epoch": e, "src": s, "dst": d, "sport": sp, "dport": dp, "proto": p,
+             "reports": r, "detected_ns": t}
+            for e, s, d, sp, dp, p, r, t in self.db.execute(
+                "SELECT epoch, src, dst, sport, dport, proto, reports, detected_ns FROM "
+                f"elephants {where} ORDER BY epoch, rowid", args)]
+
     def hellos(self) -> Iterator[tuple[int, int, int]]:
         yield from self.db.execute("SELECT switch, grp, seq FROM hellos ORDER BY id")
 
@@ -211,29 +278,34 @@ def _warm_up() -> None:
     """Load the compiled kernels now, not on the first hello (a second, the first time)."""
     scratch = Coordinator(1, 1)
     scratch.on_hello(0, 0)
-    scratch.on_reports(np.zeros(1, np.int64), np.zeros(1, np.int64))
     z = np.zeros(1, np.uint32)
-    FlowTable(1).index(z, z, z, z, z)
+    scratch.on_reports(z, z, z, z, z, z, np.zeros(1, np.int64))
 
 
 class CoordinatorState:
-    """The core Coordinator plus what the service keeps around it (flow table, per-switch
-    sequence numbers and counters, subscribers) and the journal. Mutated only by the writer
-    thread; read under ``lock``."""
+    """The core Coordinator plus what the service keeps around it (per-switch sequence
+    numbers and counters, subscribers), the journal and the closed epochs' result files.
+    Mutated only by the committer (``submit``); read under ``lock``."""
 
-    def __init__(self, switch_names: list[str], R: int, journal: Journal | None,
-                 max_flows: int = DEFAULT_MAX_FLOWS) -> None:
+    def __init__(self, switch_names: list[str], R: int, journal: Journal,
+                 max_flows: int = DEFAULT_MAX_FLOWS, epoch_dir: str | None = None,
+                 epoch_ms: float = 0.0) -> None:
         if len(set(switch_names)) != len(switch_names) or not switch_names:
             raise HerdInputError(f"switch names must be distinct and non-empty: {switch_names}")
+        if max_flows < 1:
+            raise HerdInputError(f"--max-flows {max_flows}: must be >= 1")
         self.switch_names = list(switch_names)
         self.ids = {n: i for i, n in enumerate(self.switch_names)}
         self.R = R
-        self.coordinator = Coordinator(len(switch_names), R)
-        self.flows = FlowTable(max_flows)
+        self.max_flows = max_flows
+        self.epoch_ms = epoch_ms  # informational: W as the run's trace has it
+        self.epoch_dir = epoch_dir
+        self.coordinator = Coordinator(len(switch_names), R, max_flows)
         self.switches = [_SwitchState(n) for n in self.switch_names]
         self.counters: dict[str, int] = {
             "hello_rpcs": 0, "memberships": 0, "l_g_pushes": 0, "report_batches": 0,
-            "reports": 0, "duplicates": 0, "untracked_reports": 0, "recovered_reports": 0,
+            "reports": 0, "duplicates": 0, "untracked_reports": 0, "late_reports": 0,
+            "epochs_closed": 0, "flushes": 0, "recovered_reports": 0,
             "recovered_memberships": 0, "journal_commits": 0, "ops": 0, "op_wait_ns": 0,
             "commit_busy_ns": 0,
         }
@@ -243,9 +315,10 @@ class CoordinatorState:
         self._queue: list[_Op] = []
         self._queue_lock = threading.Lock()
         self._commit_lock = threading.Lock()
+        # Closed epochs whose result file is written once their close is committed.
+        self._epoch_files: list[dict[str, Any]] = []
         _warm_up()
-        if journal is not None:
-            self._open_journal(journal, max_flows)
+        self._open_journal(journal, max_flows)
 
     # ---------------------------------------------------------------- journal and recovery
 
@@ -274,18 +347,23 @@ class CoordinatorState:
             self._apply_hello(switch, g, seq, journal_it=False)
             self.counters["recovered_memberships"] += 1
         for switch, recv_ns, raw in journal.batches():
+            if switch < 0:
+                self._flush(recv_ns, journal_it=False)
+                continue
             batch = pb.ReportBatch.FromString(raw)
             accepted, _ = self._apply_reports(switch, batch, raw, recv_ns, journal_it=False)
             self.counters["recovered_reports"] += accepted
+        # A close committed just before a kill may have missed its file: write what is missing.
+        self._write_epoch_files()
         for name in self.switch_names:
             params = journal.get_meta(f"controller:{name}")
             if params:
                 self.switches[self.ids[name]].params = params
         if self.counters["recovered_memberships"] or self.counters["recovered_reports"]:
             log.info("recovered from %s in %.2f s: %d group memberships, %d reports, "
-                     "%d flows", journal.path, time.perf_counter() - t,
+                     "%d epochs closed, %d open", journal.path, time.perf_counter() - t,
                      self.counters["recovered_memberships"], self.counters["recovered_reports"],
-                     self.flows.n)
+                     self.counters["epochs_closed"], len(self.coordinator.open))
 
     # ---------------------------------------------------------------- the state changes
 
@@ -298,7 +376,7 @@ class CoordinatorState:
         self.counters["hello_rpcs"] += 1
         if new_member:
             self.counters["memberships"] += 1
-            if journal_it and self.journal is not None:
+            if journal_it:
                 self.journal.add_hello(switch, g, seq)
         # l_g changed: push it to every member (the asker also gets it in its answer).
         push_to = answer.push_to if len(answer.push_to) > 1 else ()
@@ -321,21 +399,79 @@ class CoordinatorState:
         if accepted == 0:
             return 0, duplicates
         take = slice(None) if duplicates == 0 else new
-        idx = self.flows.index(
+        ts = np.asarray(batch.ts_ns, dtype=np.int64)[take]
+        epoch = (np.asarray(batch.epoch, dtype=np.int64)[take] if len(batch.epoch)
+                 else np.zeros(accepted, np.int64))
+        outcome = self.coordinator.on_reports(
             np.asarray(batch.src, np.uint32)[take], np.asarray(batch.dst, np.uint32)[take],
             np.asarray(batch.sport, np.uint32)[take], np.asarray(batch.dport, np.uint32)[take],
-            np.asarray(batch.proto, np.uint32)[take])
-        ts = np.asarray(batch.ts_ns, dtype=np.int64)[take]
-        ts = np.where(ts > 0, ts, recv_ns)
-        tracked = idx >= 0
-        self.counters["untracked_reports"] += accepted - int(np.count_nonzero(tracked))
-        self.coordinator.on_reports(idx[tracked], ts[tracked])
+            np.asarray(batch.proto, np.uint32)[take], epoch, np.where(ts > 0, ts, recv_ns))
+        self.counters["untracked_reports"] += outcome.untracked
+        if outcome.late:
+            self.counters["late_reports"] += outcome.late
+            if not sw.late_logged:  # once per switch: a flood must not fill the log
+                sw.late_logged = True
+                log.warning("switch %s: %d reports of closed epochs %s (late: counted, not "
+                            "applied; further ones are only counted)", sw.name, outcome.late,
+                            sorted(outcome.late_by_epoch))
+            if journal_it:
+                self.journal.add_late(outcome.late_by_epoch)
         sw.reports += accepted
         sw.acked_seq = int(seq[-1])
         self.counters["reports"] += accepted
-        if journal_it and self.journal is not None:
+        if journal_it:
             self.journal.add_batch(switch, recv_ns, raw)
+        self._closed(outcome.closed, recv_ns, journal_it)
         return accepted, duplicates
+
+    def _flush(self, recv_ns: int, journal_it: bool = True) -> list[int]:
+        """Close every open epoch; returns them."""
+        closed = self.coordinator.close_all()
+        self.counters["flushes"] += 1
+        if journal_it:
+            self.journal.add_flush(recv_ns)
+        self._closed(closed, recv_ns, journal_it)
+        return [t.epoch for t in closed]
+
+    def _closed(self, tallies: list[EpochTally], now_ns: int, journal_it: bool) -> None:
+        """Closed epochs: final elephants to the journal (not when replaying it: they are
+        there), their files queued for after the commit."""
+        for tally in tallies:
+            elephants = tally.elephants(self.R)
+            summary = {"epoch": tally.epoch, "open": False, "closed_ns": now_ns,
+                       "reports": tally.reports, "untracked_reports": tally.untracked,
+                       "late_reports": 0, "flows": tally.flows.n, "elephants": len(elephants)}
+            if journal_it:
+                self.journal.add_closed_epoch(summary, elephants)
+            self.counters["epochs_closed"] += 1
+            if self.epoch_dir is not None:
+                self._epoch_files.append({**summary, "elephants": elephants,
+                                          "replayed": not journal_it})
+            log.info("epoch %d closed: %d reports, %d flows, %d elephants", tally.epoch,
+                     tally.reports, tally.flows.n, len(elephants))
+
+    def _write_epoch_files(self) -> None:
+        """Each closed epoch's results, ``<epoch_dir>/epoch-<e>.json`` (atomic). When the
+        journal is replayed, only the missing ones (with the journal's close time)."""
+        files, self._epoch_files = self._epoch_files, []
+        if self.epoch_dir is None:
+            return
+        for f in files:
+            path = os.path.join(self.epoch_dir, f"epoch-{f['epoch']}.json")
+            if f.pop("replayed"):
+                if os.path.exists(path):
+                    continue
+                rows = self.journal.closed_epochs(f["epoch"])
+                if rows:
+                    f["closed_ns"] = rows[0]["closed_ns"]
+            f.pop("open")
+            f.pop("late_reports")  # arrive after the file: in the journal and the counters
+            try:
+                os.makedirs(self.epoch_dir, exist_ok=True)
+                atomic_write_json(path, {"herd_version": __version__, "R": self.R,
+                                         "epoch_ms": self.epoch_ms, **f})
+            except OSError as e:  # the journal has it: a full disk must not stop counting
+                log.error("cannot write %s: %s", path, e)
 
     # ---------------------------------------------------------------- group commit
 
@@ -360,24 +496,22 @@ class CoordinatorState:
         pushes: list[tuple[int, pb.LgUpdate]] = []
         t_start = time.monotonic_ns()
         with self.lock:
-            if self.journal is not None:
-                self.journal.begin()
+            self.journal.begin()
             for o in ops:
                 try:
                     self._run(o, pushes)
                 except Exception as e:  # a bug must not take the service down
                     log.exception("coordinator op %s failed", o.kind)
                     o.error = e
-            if self.journal is not None:
-                # A failing commit (disk full, I/O error) must not be acknowledged: die
-                # loudly; the controllers keep what is unacknowledged and resend it.
-                try:
-                    self.journal.commit()
-                except sqlite3.Error:
-                    log.critical("journal commit failed; exiting without acknowledging",
-                                 exc_info=True)
-                    os._exit(3)
-                self.counters["journal_commits"] += 1
+            # A failing commit (disk full, I/O error) must not be acknowledged: die
+            # loudly; the controllers keep what is unacknowledged and resend it.
+            try:
+                self.journal.commit()
+            except sqlite3.Error:
+                log.critical("journal commit failed; exiting without acknowledging",
+                             exc_info=True)
+                os._exit(3)
+            self.counters["journal_commits"] += 1
             # After the commit: answers, acks and pushes may go out now.
             for target, update in pushes:
                 q = self.subscribers.get(target)
@@ -387,6 +521,9 @@ class CoordinatorState:
             self.counters["op_wait_ns"] += sum(now - o.submitted_ns for o in ops)
             self.counters["ops"] += len(ops)
             self.counters["commit_busy_ns"] += now - t_start
+        # Still under the commit lock: an ack that closed an epoch comes after its file.
+        if self._epoch_files:
+            self._write_epoch_files()
         for o in ops:
             o.done.set()
 
@@ -405,6 +542,8 @@ class CoordinatorState:
             op.result = [self._hello(sw, g, seq, pushes) for sw, g, seq in op.payload]
         elif op.kind == "reports":
             op.result = self._apply_reports(op.switch, op.payload, op.raw, op.recv_ns)
+        elif op.kind == "flush":
+            op.result = self._flush(op.recv_ns)
         elif op.kind == "subscribe":
             q: queue.Queue[pb.LgUpdate | None] = op.payload
             old = self.subscribers.get(op.switch)
@@ -423,27 +562,31 @@ class CoordinatorState:
             sw.registered = True
             if op.payload and op.payload != sw.params:
                 sw.params = op.payload
-                if self.journal is not None:
-                    self.journal.set_meta(f"controller:{sw.name}", op.payload)
+                self.journal.set_meta(f"controller:{sw.name}", op.payload)
             op.result = (sw.acked_seq,)
         else:
             raise ValueError(f"unknown op {op.kind}")
 
     # ---------------------------------------------------------------- reads
 
-    def elephants(self) -> list[dict[str, Any]]:
+    def elephants(self, epoch: int | None = None) -> list[dict[str, Any]]:
+        """The elephants of every epoch (or of one): the closed epochs' from the journal,
+        then the open ones'."""
         with self.lock:
-            idx = self.coordinator.elephants()
-            idx = idx[idx < self.flows.n]
-            f = self.flows
-            c = self.coordinator
-            return [
-                {"src": int(f.src[i]), "dst": int(f.dst[i]), "sport": int(f.sport[i]),
-                 "dport": int(f.dport[i]), "proto": int(f.proto[i]),
-                 "reports": int(c.report_count[i]),
-                 "detected_ns": int(c.detect_ts[i]) if c.detect_ts[i] != NOT_DETECTED else None}
-                for i in idx
-            ]
+            return [*self.journal.closed_elephants(epoch), *self.coordinator.elephants(epoch)]
+
+    def epochs(self, epoch: int | None = None) -> list[dict[str, Any]]:
+        """A summary of every epoch known (or of one): closed ones, then open ones."""
+        with self.lock:
+            out = self.journal.closed_epochs(epoch)
+            for e, t in sorted(self.coordinator.open.items()):
+                if epoch is None or e == epoch:
+                    out.append({"epoch": e, "open": True, "closed_ns": 0,
+                                "reports": t.reports, "untracked_reports": t.untracked,
+                                "late_reports": 0, "flows": t.flows.n,
+                                "elephants": int(np.count_nonzero(
+                                    t.report_count[: t.flows.n] >= self.R))})
+            return out
 
     def switch_counters(self) -> list[dict[str, Any]]:
         with self.lock:
@@ -463,15 +606,18 @@ class CoordinatorState:
             return {int(g): int(self.coordinator.l_g[g]) for g in gs}
 
     def memory(self) -> dict[str, int]:
-        c = self.coordinator
-        return {
-            "groups": int(np.count_nonzero(c.member_count)),
-            "flows": self.flows.n,
-            "max_flows": self.flows.max_flows,
-            "flow_table_bytes": self.flows.nbytes() + c.report_count.nbytes + c.detect_ts.nbytes,
-            "group_state_bytes": c.members.nbytes + c.member_count.nbytes + c.l_g.nbytes,
-            "rss_bytes": rss_bytes(),
-        }
+        with self.lock:
+            c = self.coordinator
+            return {
+                "groups": int(np.count_nonzero(c.member_count)),
+                "open_epochs": len(c.open),
+                "epochs_seen": c.newest + 1,  # the highest epoch a report carried, + 1
+                "flows": c.open_flows(),
+                "max_flows": self.max_flows,
+                "flow_table_bytes": c.nbytes(),
+                "group_state_bytes": c.members.nbytes + c.member_count.nbytes + c.l_g.nbytes,
+                "rss_bytes": rss_bytes(),
+            }
 
 
 class CoordinatorService:
@@ -529,7 +675,7 @@ class CoordinatorService:
         if req.HasField("params"):
             p = req.params
             params = {"epsilon": p.epsilon, "T": p.T, "s": p.s, "seed": p.seed,
-                      "overflow_policy": p.overflow_policy}
+                      "overflow_policy": p.overflow_policy, "epoch_us": p.epoch_us}
         op = self.state.submit(_Op("register", sid, params))
         log.info("switch %s registered (id %d) from %s", req.switch_name, sid, context.peer())
         return pb.RegisterReply(switch_id=sid, acked_seq=op.result[0], R=self.state.R)
@@ -609,11 +755,17 @@ class CoordinatorService:
     def Query(self, request: Any, context: grpc.ServicerContext) -> pb.QueryReply:
         req: pb.QueryRequest = self._request(request, context)
         reply = pb.QueryReply(params_json=json.dumps(self.params()))
-        if req.elephants:
-            for e in self.state.elephants():
+        epoch = req.epoch if req.HasField("epoch") else None
+        if req.elephants or epoch is not None:
+            for e in self.state.elephants(epoch):
                 reply.elephants.add(src=e["src"], dst=e["dst"], sport=e["sport"],
                                     dport=e["dport"], proto=e["proto"], reports=e["reports"],
-                                    detected_ns=e["detected_ns"] or 0)
+                                    detected_ns=e["detected_ns"] or 0, epoch=e["epoch"])
+            for x in self.state.epochs(epoch):
+                reply.epochs.add(epoch=x["epoch"], open=x["open"], reports=x["reports"],
+                                 untracked_reports=x["untracked_reports"],
+                                 late_reports=x["late_reports"], flows=x["flows"],
+                                 elephants=x["elephants"], closed_ns=x["closed_ns"])
         for s in self.state.switch_counters():
             reply.switches.add(name=s["name"], switch_id=s["switch_id"],
                                registered=s["registered"], subscribed=s["subscribed"],
@@ -623,6 +775,14 @@ class CoordinatorService:
         for k, v in self.counters().items():
             reply.counters[k] = int(v)
         return reply
+
+    def Flush(self, request: Any, context: grpc.ServicerContext) -> pb.FlushReply:
+        self._request(request, context)
+        op = self.state.submit(_Op("flush", 0, recv_ns=time.time_ns()))
+        if op.error is not None:
+            context.abort(grpc.StatusCode.INTERNAL, "flush failed")
+        log.info("flush: closed epochs %s", op.result)
+        return pb.FlushReply(closed=op.result)
 
     # ---------------------------------------------------------------- results
 
@@ -638,8 +798,8 @@ class CoordinatorService:
 
     def params(self) -> dict[str, Any]:
         return {"R": self.state.R, "switches": self.state.switch_names,
-                "max_flows": self.state.flows.max_flows,
-                "journal": self.state.journal.path if self.state.journal else None}
+                "max_flows": self.state.max_flows, "journal": self.state.journal.path,
+                "epoch_ms": self.state.epoch_ms, "epoch_results": self.state.epoch_dir}
 
     def results(self) -> dict[str, Any]:
         return {
@@ -649,6 +809,7 @@ class CoordinatorService:
             "counters": self.counters(),
             "switches": self.state.switch_counters(),
             "groups": {str(g): lg for g, lg in self.state.groups().items()},
+            "epochs": self.state.epochs(),
             "elephants": self.state.elephants(),
         }
 
@@ -668,6 +829,8 @@ class CoordinatorService:
                 pb.ReportAck.SerializeToString),
             "Query": grpc.unary_unary_rpc_method_handler(
                 s.Query, _deserializer(pb.QueryRequest), pb.QueryReply.SerializeToString),
+            "Flush": grpc.unary_unary_rpc_method_handler(
+                s.Flush, _deserializer(pb.FlushRequest), pb.FlushReply.SerializeToString),
         }
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
@@ -679,9 +842,10 @@ def _batch_problem(batch: pb.ReportBatch, switches: int) -> tuple[str, str] | No
     n = len(batch.seq)
     if n == 0 or n > MAX_BATCH:
         return ("malformed", f"batch of {n} reports (1..{MAX_BATCH})")
-    for name in ("ts_ns", "src", "dst", "sport", "dport", "proto", "count"):
-        if len(getattr(batch, name)) != n:
-            return ("malformed", f"column {name} has {len(getattr(batch, name))} values, seq {n}")
+    for name in ("ts_ns", "src", "dst", "sport", "dport", "proto", "count", "epoch"):
+        m = len(getattr(batch, name))
+        if m != n and not (name == "epoch" and m == 0):  # no epochs: all in epoch 0
+            return ("malformed", f"column {name} has {m} values, seq {n}")
     seq = np.asarray(batch.seq, dtype=np.uint64)
     if seq[0] == 0 or (n > 1 and not np.all(seq[1:] > seq[:-1])):
         return ("malformed", "sequence numbers not positive and strictly increasing")
@@ -721,7 +885,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--results", default="coordinator-results.json",
                    help="JSON written atomically on SIGINT/SIGTERM")
     p.add_argument("--max-flows", type=int, default=DEFAULT_MAX_FLOWS,
-                   help="flows tracked at most (memory bound; default 2,000,000)")
+                   help="flows tracked at most over the open epochs (memory bound; default "
+                   "2,000,000)")
+    p.add_argument("--epoch-results", metavar="DIR",
+                   help="each closed epoch's elephants go to DIR/epoch-<e>.json (default: "
+                   "<results without .json>-epochs beside --results)")
+    p.add_argument("--epoch-ms", type=float, default=0.0, metavar="W",
+                   help="the epoch length of the run in trace ms: recorded in the results "
+                   "only (the switches' clocks make the epochs; 0: one epoch)")
     p.add_argument("--workers", type=int, default=0,
                    help="gRPC worker threads (default 12 per switch + 16)")
     p.add_argument("--ready-file", help="write the bound host:port here once serving")
@@ -742,8 +913,14 @@ def serve(args: argparse.Namespace) -> int:
         log.warning("--no-auth: every client is accepted")
     journal_path = args.journal or os.path.join(
         os.path.dirname(os.path.abspath(args.results)), "coordinator-journal.sqlite")
+    if args.max_flows < 1:
+        raise HerdInputError(f"--max-flows {args.max_flows}: must be >= 1")
+    if not args.epoch_ms >= 0:  # also refuses NaN
+        raise HerdInputError(f"--epoch-ms {args.epoch_ms}: must be >= 0")
+    epoch_dir = args.epoch_results or (os.path.splitext(os.path.abspath(args.results))[0]
+                                       + "-epochs")
     journal = Journal(journal_path, args.fsync)
-    state = CoordinatorState(names, R, journal, args.max_flows)
+    state = CoordinatorState(names, R, journal, args.max_flows, epoch_dir, args.epoch_ms)
     journal.start_checkpoints()
     service = CoordinatorService(state, token)
     # Per controller: two streams and up to 8 hellos in flight, each holding a thread.
@@ -780,6 +957,8 @@ def serve(args: argparse.Namespace) -> int:
     log.info("stopping: writing %s", args.results)
     service.stopping.set()
     server.stop(grace=1.0).wait(5)
+    # Shutdown closes the open epochs: their elephants are final and written out.
+    state.submit(_Op("flush", 0, recv_ns=time.time_ns()))
     atomic_write_json(args.results, service.results())
     journal.close()
     log.info("results written to %s", args.results)

@@ -1,13 +1,14 @@
-"""The coordinator service's 5-tuple -> flow index table: compact and capped.
+"""The coordinator's 5-tuple -> flow index table: compact and capped.
 
-``herd.coordinator.Coordinator`` counts reports per flow *index*; the service needs the
-mapping from a reported 5-tuple to that index. A Python dict would cost ~130 bytes per flow
-(key object, value object, sparse slots); this open-addressing table costs 24 bytes per slot
-of the hash (two uint64 key words and an int32 index, load <= 1/2) plus 13 bytes per flow for
-the 5-tuple columns: about 61-85 bytes per flow in all, half of it the Coordinator's own
-report counter and detection time (16 bytes). It is capped at ``max_flows`` flows: a report
-for a new flow beyond the cap is counted as ``untracked`` and not classified, so that a flood
-of unique flows cannot grow the coordinator without bound (see docs in coordinator_service).
+``herd.coordinator.Coordinator`` counts reports per flow *index* of an epoch; each open epoch
+has one of these tables for the mapping from a reported 5-tuple to that index. A Python dict
+would cost ~130 bytes per flow (key object, value object, sparse slots); this open-addressing
+table costs 24 bytes per slot of the hash (two uint64 key words and an int32 index, load <=
+1/2) plus 13 bytes per flow for the 5-tuple columns: about 61-85 bytes per flow in all, half
+of it the epoch's report counter and detection time (16 bytes). It is capped at
+``max_flows`` flows (the coordinator sets it so that the open epochs share one cap): a report
+for a new flow beyond the cap is counted as ``untracked`` and not classified, so that a
+flood of unique flows cannot grow the coordinator without bound (see coordinator_service).
 """
 
 from __future__ import annotations

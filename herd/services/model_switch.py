@@ -12,7 +12,7 @@ Wire protocol (one listening socket, Unix-domain ``unix:/path`` or TCP ``host:po
     frame (``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``), and the connection
     stays a control connection;
   - the CPU stream sends records ``u32 length | u64 seq | i64 ts_ns | payload``, payload
-    being the 18-byte CPU header of ``herd.messages`` (``ts_ns`` is the time of the packet
+    being the 22-byte CPU header of ``herd.messages`` (``ts_ns`` is the time of the packet
     that caused it: its trace timestamp when replaying a trace); the reader answers with
     cumulative acks, ``u64 seq`` each, 8 bytes, no framing.
 The switch keeps every CPU message until it is acknowledged and resends the unacknowledged
@@ -24,8 +24,19 @@ Control operations (``op``): table_add / table_modify (table, key, action, param
 (ops: a list of requests, one round trip),
 table_clear (table), table_set_default (table, action, params), register_read (name, index),
 register_write (name, index, value), register_reset (name), reset_tables, stats, start
-(t0_ns, pps), inject_cpu (hex: a raw CPU payload, for tests of malformed messages), shutdown.
-Names are those of ``herd.services.drivers.base`` (the P4 program's).
+(t0_ns, pps), set_epoch_origin (origin_us), epoch_starts, inject_cpu (hex: a raw CPU payload,
+for tests of malformed messages), shutdown. Names are those of
+``herd.services.drivers.base`` (the P4 program's).
+
+Epochs. The switch follows its own clock, the wall clock (CLOCK_REALTIME) in microseconds: a
+packet's epoch is ``clock_epoch(arrival, origin, W)`` (``herd.switch``), W the register
+``herd_regs[REG_EPOCH_US]`` and the origin ``herd_epoch_origin`` (``set_epoch_origin``; until
+it is set, every packet is in epoch 0). A packet arrives when its source says (a frame: when
+it was read from the port) or, from a paced schedule, when it is due: that is when it is on
+the wire, however late the pipeline takes it; unpaced, when the pipeline takes it. Every
+epoch start (epoch, the switch's packet count before it) is recorded in full, beside the
+pipeline's 256-entry epoch log (``epoch_starts``, and ``stats`` with latencies): the timing
+``herd simulate --delays`` replays.
 """
 
 from __future__ import annotations
@@ -57,9 +68,12 @@ from herd.services.drivers.base import (
     FORWARD_TABLE,
     GROUP_ACTION,
     GROUP_TABLE,
+    REG_EPOCH_LOG,
+    REG_EPOCH_ORIGIN,
     REG_HELLO_SENT,
     REG_HERD,
     REG_STAGE_COUNT,
+    REG_STAGE_EPOCH,
     REG_STAGE_FP,
 )
 from herd.switch import (
@@ -68,8 +82,12 @@ from herd.switch import (
     GROUP_HELLO_SENT,
     GROUP_INSTALLED,
     GROUP_MISS,
+    REG_EPOCH,
+    REG_EPOCH_US,
     REG_HOLD_START,
+    REG_PACKETS,
     Switch,
+    clock_epoch,
     process_packet,
 )
 
@@ -82,6 +100,14 @@ MAX_FRAME = 1 << 20
 CHUNK = 4096  # packets per locked step at full speed: control writes land between steps
 DEFAULT_CPU_BUFFER = 2_000_000
 PACE_STEP = 0.001  # seconds: the pacing granularity
+# Register widths (the P4 program's): what a register write may hold. The origin is 63 bits
+# here, not 48: this switch's clock is Unix microseconds (51 bits), not microseconds since the
+# switch started (and the pipeline takes it as a signed 64-bit integer).
+REGISTER_BITS = {REG_HERD: 32, REG_STAGE_FP: 32, REG_STAGE_COUNT: 32, REG_STAGE_EPOCH: 32,
+                 REG_HELLO_SENT: 32, REG_EPOCH_LOG: 64, REG_EPOCH_ORIGIN: 63}
+# The origin until the control plane sets one: never, so every packet is in epoch 0 (with W
+# written and the origin 0, the first packet would jump to epoch now / W).
+ORIGIN_UNSET = (1 << 63) - 1
 
 
 # ------------------------------------------------------------------------------- packets
@@ -91,8 +117,11 @@ PACE_STEP = 0.001  # seconds: the pacing granularity
 class PacketBatch:
     """Packets in order, by flow: packet i is flow ``flow[i]`` of the batch's flow table.
     ``due`` (optional) is each packet's position in the global schedule: with a rate of N
-    packets/s, packet i is due at t0 + due[i] / N. Without it packets are numbered in
-    order across the batches."""
+    (units of ``due``) per second, packet i is due at t0 + due[i] / N - ``due`` is the global
+    packet index with N packets/s, or trace nanoseconds with N = 1e9 x the speed-up. Without
+    it packets are numbered in order across the batches. ``arrival_ns`` (optional): when
+    each packet arrived (wall clock), for its epoch; without it, when it is due (paced) or
+    when the pipeline takes it."""
 
     ts_ns: np.ndarray
     flow: np.ndarray
@@ -102,6 +131,7 @@ class PacketBatch:
     flow_dport: np.ndarray
     flow_proto: np.ndarray
     due: np.ndarray | None = None
+    arrival_ns: np.ndarray | None = None
 
 
 class PacketSource(ABC):
@@ -158,22 +188,35 @@ class TraceSource(PacketSource):
 @njit(cache=True, nogil=True)
 def _run_packets(regs: np.ndarray, group_state: np.ndarray, group_tau: np.ndarray,
                  group_r: np.ndarray, fps: np.ndarray, counts: np.ndarray,
+                 slot_epochs: np.ndarray, epoch_log: np.ndarray,
                  pkt_flow: np.ndarray, flow_group: np.ndarray, flow_slot: np.ndarray,
-                 flow_fp: np.ndarray, start: int, end: int, ev_pkt: np.ndarray,
-                 ev_type: np.ndarray, ev_count: np.ndarray) -> int:
-    """Packets [start, end) through the switch (``process_packet``, the one semantics);
-    the events they cause go to ev_*; returns how many."""
+                 flow_fp: np.ndarray, start: int, end: int, arrival_us: np.ndarray,
+                 origin_us: int, ev_pkt: np.ndarray, ev_type: np.ndarray, ev_count: np.ndarray,
+                 ev_epoch: np.ndarray, ep_epoch: np.ndarray, ep_packet: np.ndarray
+                 ) -> tuple[int, int]:
+    """Packets [start, end) through the switch (``process_packet``, the one semantics), each
+    in the epoch its arrival (``arrival_us[i - start]``) shows on the switch's clock. The
+    events they cause go to ev_*, the epochs they start to ep_* (epoch, the switch's packet
+    count before it); returns how many of each."""
     n = 0
+    m = 0
+    w = regs[REG_EPOCH_US]
     for i in range(start, end):
+        e = clock_epoch(arrival_us[i - start], origin_us, w)
+        if e > regs[REG_EPOCH]:
+            ep_epoch[m] = e
+            ep_packet[m] = regs[REG_PACKETS]
+            m += 1
         f = pkt_flow[i]
-        ev, c = process_packet(regs, group_state, group_tau, group_r, fps, counts,
-                               flow_group[f], flow_slot[f], flow_fp[f])
+        ev, c = process_packet(regs, group_state, group_tau, group_r, fps, counts, slot_epochs,
+                               epoch_log, flow_group[f], flow_slot[f], flow_fp[f], e)
         if ev != EV_NONE:
             ev_pkt[n] = i
             ev_type[n] = ev
             ev_count[n] = c
+            ev_epoch[n] = regs[REG_EPOCH]
             n += 1
-    return n
+    return n, m
 
 
 # ------------------------------------------------------------------------------- switch
@@ -205,6 +248,11 @@ class ModelSwitch:
         # Every group entry write: (group, r_g threshold, first packet to see it, hello ->
         # entry latency ns or -1): the timing ``herd simulate --delays`` replays (herd.delays).
         self.entry_writes: list[tuple[int, int, int, int]] = []
+        # Every epoch start: (epoch, the switch's packets before it), in order.
+        self.epoch_starts: list[tuple[int, int]] = []
+        self.first_arrival_us = 0  # when the first packet arrived (wall clock)
+        self._origin = np.full(1, ORIGIN_UNSET, np.uint64)  # herd_epoch_origin, as in Switch
+        self.switch.epoch_origin_us = ORIGIN_UNSET
         self.packets_done = 0
         self.packets_total: int | None = None
         self.started = threading.Event()
@@ -227,7 +275,8 @@ class ModelSwitch:
                                z.astype(np.uint8), sw.stage_offsets, sw.stage_sizes)
         e = np.zeros(1, np.int64)
         _run_packets(sw.regs, sw.group_state, sw.group_tau, sw.group_r, sw.fps, sw.counts,
-                     e, e, slot, fp, 0, 1, e.copy(), e.copy(), e.copy())
+                     sw.epochs, sw.epoch_log, e, e, slot, fp, 0, 1, e.copy(), 0, e.copy(),
+                     e.copy(), e.copy(), e.copy(), e.copy(), e.copy())
 
     # ---------------------------------------------------------------- CPU messages
 
@@ -390,7 +439,8 @@ class ModelSwitch:
     def _register(self, name: Any) -> np.ndarray:
         sw = self.switch
         arrays = {REG_HERD: sw.regs, REG_STAGE_FP: sw.fps, REG_STAGE_COUNT: sw.counts,
-                  REG_HELLO_SENT: sw.group_state}
+                  REG_STAGE_EPOCH: sw.epochs, REG_HELLO_SENT: sw.group_state,
+                  REG_EPOCH_LOG: sw.epoch_log, REG_EPOCH_ORIGIN: self._origin}
         if name not in arrays:
             raise ValueError(f"no register {name!r}")
         return arrays[name]
@@ -415,8 +465,9 @@ class ModelSwitch:
         arr = self._register(name)
         i = self._index(req, len(arr))
         v = req.get("value")
-        if not isinstance(v, int) or not 0 <= v < 1 << 32:
-            raise ValueError(f"register value {v!r} is not 32-bit")
+        bits = REGISTER_BITS[name]
+        if not isinstance(v, int) or not 0 <= v < 1 << bits:
+            raise ValueError(f"register value {v!r} is not {bits}-bit")
         with self.lock:
             if name == REG_HELLO_SENT:
                 # One bit per group beside the table: only a group without an entry has one.
@@ -424,6 +475,7 @@ class ModelSwitch:
                     arr[i] = GROUP_HELLO_SENT if v else GROUP_MISS
             else:
                 arr[i] = v
+            self.switch.epoch_origin_us = int(self._origin[0])
 
     def op_register_reset(self, req: dict[str, Any]) -> None:
         name = req.get("name")
@@ -432,7 +484,8 @@ class ModelSwitch:
             if name == REG_HELLO_SENT:
                 arr[arr == GROUP_HELLO_SENT] = GROUP_MISS
             else:
-                arr[:] = 0
+                arr[:] = ORIGIN_UNSET if name == REG_EPOCH_ORIGIN else 0
+            self.switch.epoch_origin_us = int(self._origin[0])
 
     def op_reset_tables(self, req: dict[str, Any]) -> None:
         with self.lock:
@@ -457,6 +510,20 @@ class ModelSwitch:
         self.pps = float(pps)
         self.started.set()
 
+    def op_set_epoch_origin(self, req: dict[str, Any]) -> None:
+        """Epoch 0 begins at ``origin_us`` (wall clock, microseconds since the Unix epoch:
+        this switch's clock)."""
+        v = req.get("origin_us")
+        if not isinstance(v, int) or not 0 <= v < 1 << REGISTER_BITS[REG_EPOCH_ORIGIN]:
+            raise ValueError(f"origin_us {v!r}: Unix microseconds, 0 <= origin < 2^63")
+        with self.lock:
+            self._origin[0] = v
+            self.switch.epoch_origin_us = v
+
+    def op_epoch_starts(self, req: dict[str, Any]) -> dict[str, Any]:
+        with self.lock:
+            return {"starts": [list(x) for x in self.epoch_starts]}
+
     def op_shutdown(self, req: dict[str, Any]) -> None:
         self.stopping.set()
 
@@ -465,7 +532,12 @@ class ModelSwitch:
             regs = self.switch.registers()
             installed = int(np.count_nonzero(self.switch.group_state == GROUP_INSTALLED))
             pending = len(self.hello_emit_ns)
-            if req.get("latencies"):  # only then: the harness polls stats many times a second
+            origin = self.switch.epoch_origin_us
+            origin = None if origin == ORIGIN_UNSET else origin
+            first_us = self.first_arrival_us
+            # Only with latencies: the harness polls stats many times a second.
+            if req.get("latencies"):
+                starts = [list(x) for x in self.epoch_starts]
                 writes = [(g, self.hello_packet.get(g, -1), r, packet, ns)
                           for g, r, packet, ns in self.entry_writes]
                 writes += [(g, self.hello_packet.get(g, -1), 0, -1, -1)
@@ -480,11 +552,13 @@ class ModelSwitch:
             "registers": regs, "groups_installed": installed, "pending_hellos": pending,
             "table_writes": self.table_writes, "table_resets": self.table_resets,
             "malformed_requests": self.malformed_requests,
-            "wall_start_ns": self.wall_start_ns, "wall_end_ns": self.wall_end_ns, **cpu,
+            "wall_start_ns": self.wall_start_ns, "wall_end_ns": self.wall_end_ns,
+            "epoch_origin_us": origin, "first_arrival_us": first_us, **cpu,
         }
         if req.get("latencies"):
             out["hello_latency_ns"] = [w[4] for w in writes if w[4] >= 0]
             out["entry_writes"] = writes
+            out["epoch_starts"] = starts
         return out
 
     # ---------------------------------------------------------------- packets
@@ -510,10 +584,11 @@ class ModelSwitch:
             slot, fp = self._slots(batch)
             due = batch.due if batch.due is not None else np.arange(numbered, numbered + n)
             numbered += n
-            ev_pkt = np.empty(min(n, CHUNK), np.int64)
-            ev_type = np.empty(min(n, CHUNK), np.int64)
-            ev_cnt = np.empty(min(n, CHUNK), np.int64)
+            size = min(n, CHUNK)
+            ev_pkt, ev_type, ev_cnt, ev_epoch, ep_epoch, ep_packet = (
+                np.empty(size, np.int64) for _ in range(6))
             flow = np.asarray(batch.flow, np.int64)
+            arrival = batch.arrival_ns
             i = 0
             while i < n and not self.stopping.is_set():
                 end = min(i + CHUNK, n)
@@ -526,10 +601,23 @@ class ModelSwitch:
                         wait = (self.t0_ns + due[i] / self.pps * 1e9 - time.time_ns()) / 1e9
                         time.sleep(min(max(wait, PACE_STEP), 0.005))
                         continue
+                if arrival is not None:
+                    arrival_us = arrival[i:end] // 1000
+                elif self.pps > 0:  # on the wire when due, however late the pipeline is
+                    arrival_us = (self.t0_ns + (due[i:end] * (1e9 / self.pps)).astype(np.int64)
+                                  ) // 1000
+                else:
+                    arrival_us = np.full(end - i, time.time_ns() // 1000, np.int64)
                 with self.lock:
-                    k = _run_packets(sw.regs, sw.group_state, sw.group_tau, sw.group_r,
-                                     sw.fps, sw.counts, flow, flow_group, slot, fp, i, end,
-                                     ev_pkt, ev_type, ev_cnt)
+                    k, m = _run_packets(sw.regs, sw.group_state, sw.group_tau, sw.group_r,
+                                        sw.fps, sw.counts, sw.epochs, sw.epoch_log, flow,
+                                        flow_group, slot, fp, i, end, arrival_us,
+                                        sw.epoch_origin_us, ev_pkt, ev_type, ev_cnt, ev_epoch,
+                                        ep_epoch, ep_packet)
+                    if not self.first_arrival_us:
+                        self.first_arrival_us = int(arrival_us[0])
+                    for j in range(m):
+                        self.epoch_starts.append((int(ep_epoch[j]), int(ep_packet[j])))
                     now = time.monotonic_ns()
                     first = numbered - n  # the switch's number of this batch's packet 0
                     for j in range(k):
@@ -544,7 +632,8 @@ class ModelSwitch:
                     self.emit(CPU_HEADER.pack(int(ev_type[j]), int(batch.flow_src[f]),
                                               int(batch.flow_dst[f]), int(batch.flow_sport[f]),
                                               int(batch.flow_dport[f]), int(batch.flow_proto[f]),
-                                              int(ev_cnt[j])), int(batch.ts_ns[p]))
+                                              int(ev_cnt[j]), int(ev_epoch[j])),
+                              int(batch.ts_ns[p]))
                 i = end
         self.wall_end_ns = time.time_ns()
         self.done.set()

@@ -9,6 +9,17 @@ Timing. With ``--pps N`` the packets follow one global schedule: trace packet i 
 t0 + i / N on every switch's clock, so the switches interleave as the trace does. Without it
 each switch runs as fast as it can (full speed).
 
+Epochs (``--epoch-ms W``, W in trace time). The switches follow their own clocks, so the
+replay follows the trace's own timing, sped up by m: trace packet i is due at
+t0 + (ts_i - ts_0) / m, m = pps / the trace's mean rate (``--pps`` is then the mean rate;
+without it m = 1, the trace's own pace). The switches get W / m (their clock's epoch, via the
+controllers' ``--epoch-us``) and the origin t0, the moment trace packet 0 is due (set through
+each switch's driver). A packet's switch epoch is then its trace epoch up to microsecond
+rounding; where each switch's epochs began is measured and written to the timing file, and
+``simulated_f1`` runs the simulator with each switch in the epochs it was really in. The
+coordinator counts reports per (flow, epoch); the result is scored per trace epoch
+(micro-averaged over the pairs, ``per_epoch`` beside it).
+
 Delays. The model switches record, for every group entry written, the first packet that saw
 it (``herd.delays``). ``--compare`` runs ``herd simulate`` under that control-plane timeline
 (``simulated_f1``: any difference is then the system, not the timing), and also with one
@@ -39,21 +50,67 @@ import grpc
 import numpy as np
 
 from herd import __version__
-from herd.delays import EntryWrite, delays_csv, l_g_of_threshold
+from herd.delays import EntryWrite, EpochStart, MeasuredTiming, delays_csv, l_g_of_threshold
 from herd.errors import HerdInputError
 from herd.fileio import atomic_write
-from herd.groundtruth import pair_keys
+from herd.groundtruth import epoch_ns_of, packet_epochs, pair_keys
 from herd.metrics import memory_summary, message_summary
 from herd.params import Params
 from herd.prepared import Detection, PreparedTrace, score
 from herd.services.common import write_token_file
 from herd.services.controller_service import CoordinatorClient
+from herd.services.drivers.base import SwitchDriver
 from herd.services.drivers.model import ModelDriver
 from herd.services.flowtable import FlowTable
 from herd.services.rpc import herd_pb2 as pb
 
 STARTUP_TIMEOUT = 60.0
 MAX_K = 64
+START_LEAD_NS = 200_000_000  # packets start this long after the start command
+
+
+def trace_schedule(ts_ns: np.ndarray) -> np.ndarray:
+    """Each packet's time since the first, in trace ns, never going back (a capture need not
+    be monotonic; epochs never go back either)."""
+    if len(ts_ns) == 0:
+        return np.zeros(0, np.int64)
+    return np.maximum.accumulate(np.asarray(ts_ns, np.int64)) - int(ts_ns[0])
+
+
+def mean_rate(ts_ns: np.ndarray) -> float | None:
+    """The trace's mean packet rate (packets/s), None if it spans no time."""
+    span = int(trace_schedule(ts_ns)[-1]) if len(ts_ns) > 1 else 0
+    return (len(ts_ns) - 1) / (span / 1e9) if span > 0 else None
+
+
+def epoch_alignment(ingress: np.ndarray, ts_ns: np.ndarray, first_ts: int, epoch_ns: int,
+                    starts: list[EpochStart], k: int) -> dict[str, Any]:
+    """How well the switches' epochs (``starts``, measured) lined up with the trace's:
+    packets a switch counted in another epoch than the trace's, and per (switch, epoch > 0)
+    the trace time between the switch's first packet of the epoch and the trace's first
+    packet of it at that switch (ms; positive: the switch changed epoch later)."""
+    trace_epoch = packet_epochs(np.asarray(ts_ns, np.int64), first_ts, epoch_ns)
+    by_switch: dict[int, list[tuple[int, int]]] = {}
+    for x in starts:
+        by_switch.setdefault(x.switch, []).append((x.packet, x.epoch))
+    mismatched = 0
+    offsets = []
+    for sw in range(k):
+        pos = np.flatnonzero(ingress == sw)
+        if len(pos) == 0:
+            continue
+        te = trace_epoch[pos]
+        se = np.zeros(len(pos), np.int64)
+        for packet, e in sorted(by_switch.get(sw, [])):
+            se[min(packet, len(pos)):] = e
+            j = int(np.searchsorted(te, e))  # the trace's first packet of epoch e here
+            if packet < len(pos) and j < len(pos):
+                offsets.append(int(ts_ns[pos[packet]]) - int(ts_ns[pos[j]]))
+        mismatched += int(np.count_nonzero(se != te))
+    off = np.asarray(offsets, np.float64) / 1e6
+    return {"epoch_mismatched_packets": mismatched,
+            "epoch_offset_ms_p50": float(np.median(off)) if len(off) else None,
+            "epoch_offset_ms_max": float(np.abs(off).max()) if len(off) else None}
 
 
 def free_port() -> int:
@@ -65,6 +122,10 @@ def free_port() -> int:
 class ReplayRun:
     """One replay: start the processes, run the trace, collect the results, clean up.
     Methods to kill and restart processes mid-run are there for the fault tests."""
+
+    #: The switches read their packets from files and pace them themselves (the testbed's
+    #: come over the wire, paced by their sender).
+    fed_by_wire = False
 
     def __init__(self, prep: PreparedTrace, params: Params, pps: float = 0.0,
                  workdir: str | None = None, log_level: str = "WARNING",
@@ -79,6 +140,22 @@ class ReplayRun:
         self.prep = prep
         self.params = params
         self.pps = float(pps)
+        self.trace_pps = mean_rate(prep.trace.ts_ns)
+        # Epochs: the trace's own timing, sped up by multiplier; the switches' epoch W / m.
+        self.multiplier = 1.0
+        self.epoch_us = 0
+        if params.epoch_ms > 0:
+            if self.pps > 0:
+                if self.trace_pps is None:
+                    raise HerdInputError(f"{prep.trace.paths[0]}: the trace spans no time, so "
+                                         "--pps cannot scale its timing for epochs")
+                self.multiplier = self.pps / self.trace_pps
+            self.epoch_us = round(params.epoch_ms * 1000 / self.multiplier)
+            if not 1 <= self.epoch_us < 1 << 32:
+                raise HerdInputError(
+                    f"parameter epoch_ms={params.epoch_ms:g}: at {self.multiplier:.4g}x the "
+                    f"trace's pace a switch epoch is {params.epoch_ms * 1000 / self.multiplier:g}"
+                    " us; it must be in [1 us, 2^32 us)")
         self.k = params.k
         self.names = [f"s{i + 1}" for i in range(self.k)]
         self.T = prep.threshold(params)
@@ -101,23 +178,38 @@ class ReplayRun:
         self.switches: list[subprocess.Popen[bytes] | None] = [None] * self.k
         self.controllers: list[subprocess.Popen[bytes] | None] = [None] * self.k
         self.drivers: list[ModelDriver] = []
+        self.origin_us = 0  # the switches' epoch origin (wall clock), once set
         self.restarts = {"controllers": 0, "coordinator": 0}
         self.wall_start_ns = 0
         self.wall_end_ns = 0
         self.entry_writes: list[EntryWrite] = []  # measured by results()
+        self.epoch_starts: list[EpochStart] = []  # measured by results()
         self._write_packets()
 
     # ---------------------------------------------------------------- files
 
+    @property
+    def epochs(self) -> bool:
+        return self.epoch_us > 0
+
+    @property
+    def schedule_rate(self) -> float:
+        """The switches' pace: units of their packets' ``due`` per second (0: full speed)."""
+        if self.fed_by_wire:
+            return 0.0
+        return self.multiplier * 1e9 if self.epochs else self.pps
+
     def _write_packets(self) -> None:
         t = self.prep.trace
         ingress = self.prep.ingress(self.k, self.params.p, self.params.seed)
+        # Due: the trace packet index at pps, or with epochs the trace time at m x its pace.
+        due = trace_schedule(t.ts_ns) if self.epochs else np.arange(t.packets, dtype=np.int64)
         for i in range(self.k):
             idx = np.flatnonzero(ingress == i)
             flows = t.flow[idx]
             uf, local = np.unique(flows, return_inverse=True)
             np.savez(self.dir / f"{self.names[i]}.npz", ts_ns=t.ts_ns[idx],
-                     flow=local.astype(np.int64), due=idx.astype(np.int64),
+                     flow=local.astype(np.int64), due=due[idx],
                      flow_src=t.flow_src[uf], flow_dst=t.flow_dst[uf],
                      flow_sport=t.flow_sport[uf], flow_dport=t.flow_dport[uf],
                      flow_proto=t.flow_proto[uf])
@@ -140,6 +232,7 @@ class ReplayRun:
             "--listen", self.address, "--switches", ",".join(self.names), "--R", str(self.R),
             "--token-file", str(self.token_file), "--journal", str(self.dir / "journal.sqlite"),
             "--results", str(self.dir / "coordinator-results.json"),
+            "--epoch-ms", repr(float(self.params.epoch_ms)),
             "--ready-file", str(ready), "--log-level", self.log_level], "coordinator")
         self._wait_file(ready, self.coordinator, "coordinator")
 
@@ -160,7 +253,8 @@ class ReplayRun:
         self.controllers[i] = self._spawn("herd.services.controller_service", [
             "--switch", self.names[i], "--switch-index", str(i), "--epsilon", repr(p.epsilon),
             "--T", str(self.T), "--s", repr(p.s), "--seed", str(p.seed),
-            "--overflow-policy", p.overflow_policy, "--coordinator", self.address,
+            "--overflow-policy", p.overflow_policy, "--epoch-us", str(self.epoch_us),
+            "--coordinator", self.address,
             "--token-file", str(self.token_file), *self.driver_args(i),
             "--status-file", str(self.dir / f"{self.names[i]}.controller.json"),
             "--log-level", self.log_level], f"controller-{self.names[i]}")
@@ -239,10 +333,31 @@ class ReplayRun:
             if time.monotonic() > deadline:
                 raise RuntimeError("controllers did not configure their switches in time")
             time.sleep(0.05)
-        t0 = time.time_ns() + 200_000_000
+        t0 = time.time_ns() + START_LEAD_NS
+        if self.epochs and not self.fed_by_wire:
+            self.set_epoch_origin(t0 // 1000)  # epoch 0 begins when trace packet 0 is due
         for d in self.drivers:
-            d.request(op="start", t0_ns=t0, pps=self.pps)
+            d.request(op="start", t0_ns=t0, pps=self.schedule_rate)
         self.wall_start_ns = t0
+
+    def epoch_drivers(self) -> list[SwitchDriver]:
+        """A driver per switch, s1..sk, for the epoch origin and starts."""
+        return list(self.drivers)
+
+    def set_epoch_origin(self, origin_us: int) -> None:
+        """Epoch 0 of every switch begins at ``origin_us`` (wall clock)."""
+        for d in self.epoch_drivers():
+            d.set_epoch_origin(origin_us)
+        self.origin_us = origin_us
+
+    def flush(self) -> list[int]:
+        """Close every open epoch at the coordinator (its elephants are final)."""
+        client = CoordinatorClient(self.address, self.token_file.read_text().strip())
+        try:
+            return list(client.flush(pb.FlushRequest(), timeout=30,
+                                     metadata=client.metadata).closed)
+        finally:
+            client.close()
 
     # ---------------------------------------------------------------- progress
 
@@ -297,6 +412,11 @@ class ReplayRun:
     def results(self, drained: bool, compare: bool = False) -> dict[str, Any]:
         prep, t = self.prep, self.prep.trace
         stats = self.switch_stats(latencies=True)
+        if self.params.epoch_ms > 0:
+            self.epoch_starts = [EpochStart(i, e, p)
+                                 for i, d in enumerate(self.epoch_drivers())
+                                 for e, p in d.epoch_starts()]
+        self.flush()  # the run is over: every epoch's elephants are final
         q = self.query(True)
         counters = dict(q.counters)
         # Map the coordinator's elephants (5-tuples) to the trace's flow indices.
@@ -312,7 +432,7 @@ class ReplayRun:
                               np.array([x.dport for x in e], np.uint32),
                               np.array([x.proto for x in e], np.uint32))
             ok = (idx >= 0) & (idx < t.flows)
-            epoch = np.array([getattr(x, "epoch", 0) for x in e], np.int64)
+            epoch = np.array([x.epoch for x in e], np.int64)
             keys = pair_keys(epoch[ok], idx[ok])
             detect_ts = np.array([x.detected_ns for x in e], np.int64)[ok]
             order = np.argsort(keys, kind="stable")
@@ -335,9 +455,9 @@ class ReplayRun:
         packet_start = min(starts) if starts else self.wall_start_ns
         packet_end = max(s["wall_end_ns"] for s in stats) or self.wall_end_ns
         packet_s = max(1e-6, (packet_end - packet_start) / 1e9)
-        span_ns = int(t.ts_ns[-1] - t.ts_ns[0]) if t.packets > 1 else 0
-        trace_pps = (t.packets - 1) / (span_ns / 1e9) if span_ns > 0 else None
-        replay_pps = self.pps if self.pps > 0 else t.packets / packet_s
+        trace_pps = self.trace_pps
+        replay_pps = self.pps if self.pps > 0 else (
+            trace_pps if self.epochs and trace_pps else t.packets / packet_s)
         # The mean, not the median: the packets a switch does not count while an entry is
         # pending add up with the mean latency, tail included.
         lat_mean = float(lat.mean()) if len(lat) else None
@@ -351,6 +471,8 @@ class ReplayRun:
         E = prep.truth(self.params, self.T).epochs
         scored, per_epoch = score(prep, self.params, self.T, self.R, Detection(keys, detect_ts),
                                   np.zeros(E, np.int64), np.zeros(E, np.int64))
+        for row in per_epoch:  # not measured per trace epoch here
+            row["messages"] = row["max_states"] = None
         metrics: dict[str, Any] = {
             **scored,
             **message_summary(hellos, reports, overflows),
@@ -384,16 +506,34 @@ class ReplayRun:
             "replay_pps": replay_pps,
             "trace_pps": trace_pps,
             "measured_delay_ms": delay_ms,
+            "late_reports": int(counters.get("late_reports", 0)),
+            "untracked_reports": int(counters.get("untracked_reports", 0)),
             "cpu_dropped": int(sum(s["cpu_dropped"] for s in stats)),
             "coordinator": {k: int(v) for k, v in counters.items()},
             "restarts": dict(self.restarts),
+            "per_epoch": per_epoch,
         }
+        if self.params.epoch_ms > 0:
+            origin = self.origin_us * 1000
+            firsts = [s["first_arrival_us"] * 1000 for s in stats if s.get("first_arrival_us")]
+            out.update({
+                "multiplier": self.multiplier, "switch_epoch_us": self.epoch_us,
+                "switch_epoch_starts": len(self.epoch_starts),
+                "epochs_closed": int(counters.get("epochs_closed", 0)),
+                # Wall time from the origin to the first packet at a switch: ~0 if aligned.
+                "first_packet_after_origin_ms": (min(firsts) - origin) / 1e6
+                if firsts and origin else None,
+                **epoch_alignment(prep.ingress(self.k, self.params.p, self.params.seed),
+                                  t.ts_ns, t.first_ts, epoch_ns_of(self.params.epoch_ms),
+                                  self.epoch_starts, self.k)})
         if compare:
             from herd.evaluate import simulate
 
             constant = simulate(prep, params)
             out["simulated_f1_mean_delay"] = constant.f1
-            sim = simulate(prep, params, self.entry_writes) if self.entry_writes else constant
+            timing = MeasuredTiming(self.entry_writes, self.epoch_starts)
+            sim = simulate(prep, params, timing) if self.entry_writes or self.epoch_starts \
+                else constant
             out["simulated_f1"] = sim.f1
             out["f1_difference"] = out["f1"] - sim.f1
             out["measured_delays"] = sim.metrics.get("measured_delays", 0)
@@ -401,8 +541,9 @@ class ReplayRun:
         return out
 
     def write_delays(self, path: str | Path) -> str:
-        """The entry writes ``results`` measured, as a file for ``herd simulate --delays``."""
-        atomic_write(path, delays_csv(self.entry_writes))
+        """The entry writes and switch epoch starts ``results`` measured, as a file for
+        ``herd simulate --delays``."""
+        atomic_write(path, delays_csv(self.entry_writes, self.epoch_starts))
         return str(path)
 
     # ---------------------------------------------------------------- cleanup
@@ -481,6 +622,10 @@ def format_result(d: dict[str, Any]) -> str:
         f"{ms(d['hello_latency_ms_p99'])} (trace-time delay {d['measured_delay_ms']:.4f} ms)",
         f"replayed in {d['seconds']:.2f} s: {d['packets_per_second']:.0f} packets/s, "
         f"{d['reports_per_second']:.0f} reports/s",
+        *([f"epochs={d['epochs']} of {d['params']['epoch_ms']:g} ms (switches: "
+           f"{d['switch_epoch_us']} us at {d['multiplier']:.4g}x the trace's pace); packets in "
+           f"another epoch than the trace's: {d['epoch_mismatched_packets']}; late reports "
+           f"{d['late_reports']}"] if "switch_epoch_us" in d else []),
     ])
 
 

@@ -3,7 +3,7 @@ controller per ingress switch as real processes, the pcap replayed from h1 with 
 swept over the values of a layout CSV whose rows it fills.
 
     sudo bash scripts/start_topology_and_eval.sh <s> <epsilon> <T> <R> <csv> <pcap> <p4app> \
-        [--target model|bmv2] [--pps N]
+        [--target model|bmv2] [--pps N] [--epoch-ms W]
 
 Per value: every switch process is restarted (fresh registers and tables; the load balancer
 reseeded), the coordinator and controllers start, tcpreplay sends the pcap (MACs rewritten
@@ -12,10 +12,25 @@ CPU message is handled, scores the coordinator's elephants against the pcap's gr
 and writes the row. Everything is torn down on exit, on error and on Ctrl-C.
 
 Beside the CSV, each value leaves ``<csv stem>-delays-<param>=<value>.csv``: every group entry
-written and the packet of its switch it took effect at (``herd.delays``). ``simulated_f1`` is
-``herd simulate --delays`` on that file: the same pcap through the simulator under the run's
-control-plane timeline, so a difference between the two is the testbed (lost or reordered
-frames, a semantic mismatch), not the timing.
+written and the packet of its switch it took effect at (``herd.delays``), and with epochs where
+each switch's epochs began. ``simulated_f1`` is ``herd simulate --delays`` on that file: the
+same pcap through the simulator under the run's control-plane timeline and switch epochs, so
+a difference between the two is the testbed (lost or reordered frames, a semantic mismatch),
+not the timing.
+
+Epochs (``--epoch-ms W``, trace time): the switches follow their own clocks, so the pcap is
+replayed with its own timing, sped up by m = pps / the pcap's mean rate (``--pps`` is the mean
+rate; 0: the pcap's own pace); the controllers give their switches W / m (``--epoch-us``), and
+every ingress switch's epoch origin is set through its driver to the instant packet 0 leaves
+h1 (ORIGIN_LEAD_S ahead). The sender is ``herd.testbed.sender``, not tcpreplay: Debian's
+tcpreplay 4.4.3 ``--multiplier`` with its sleeping timer drifts (appneta/tcpreplay#724: a
+4.0 s schedule took 5.7 s here, so the switches' epochs slid off the pcap's), its spinning
+timer takes a core from the switches, and it cannot start at a given instant (60-160 ms of
+start-up in a Mininet host). The sender waits for the origin and keeps to an absolute
+schedule. Without epochs the replay is tcpreplay's, as before. The rows are scored per trace
+epoch; ``epoch_mismatched_packets`` and ``epoch_offset_ms_*`` (in the JSON) say how well the
+switches' epochs lined up with the pcap's, ``first_packet_after_origin_ms`` when the first
+packet reached a switch.
 """
 
 from __future__ import annotations
@@ -43,7 +58,8 @@ from herd.loadbalancer import lb_seed
 from herd.params import Params
 from herd.prepared import PreparedTrace
 from herd.prng import probability_threshold
-from herd.services.replay import ReplayRun
+from herd.services.drivers.base import SwitchDriver
+from herd.services.replay import ReplayRun, trace_schedule
 from herd.sweep import params_for, read_layout
 from herd.testbed.network import (
     SwitchSpec,
@@ -62,7 +78,8 @@ COLUMNS = ("f1score", "precision", "recall", "messages", "max_messages_per_switc
            "sent_packets", "received_packets", "lost_packets", "lost_messages",
            "hello_latency_ms_p50", "hello_latency_ms_p99", "measured_delay_ms", "simulated_f1",
            "simulated_f1_mean_delay", "simulated_f1_no_delay", "measured_delays",
-           "target", "pps", "seed", "trace_digest", "herd_version")
+           "epochs", "epoch_ms", "target", "pps", "seed", "trace_digest", "herd_version")
+ORIGIN_LEAD_S = 0.5  # the epoch origin: this far ahead (the drivers' writes, the sender's start)
 
 
 class TestbedRun(ReplayRun):
@@ -70,6 +87,7 @@ class TestbedRun(ReplayRun):
     tcpreplay instead of packet files."""
 
     __test__ = False  # not a pytest class
+    fed_by_wire = True
 
     def _write_packets(self) -> None:
         pass  # the packets come over the wire
@@ -133,6 +151,25 @@ class Bmv2TestbedRun(TestbedRun):
         super().__init__(*args, **kw)
         self.bmv2 = switches  # the ingress ProcessSwitch nodes, s1..sk
         self._emitted: list[int] = [0] * len(switches)
+        self._epoch_drivers: list[SwitchDriver] = []
+
+    def epoch_drivers(self) -> list[SwitchDriver]:
+        """The bmv2 driver of each switch (Thrift), opened on first use: only runs with
+        epochs need them."""
+        if not self._epoch_drivers:
+            from herd.services.drivers import open_driver
+
+            self._epoch_drivers = [
+                open_driver("bmv2", self.names[i], f"127.0.0.1:{sw.thrift_port}",
+                            json_path=str(sw.spec.p4_json[INGRESS]))
+                for i, sw in enumerate(self.bmv2)]
+        return self._epoch_drivers
+
+    def close(self, keep: bool = False) -> None:
+        for d in self._epoch_drivers:
+            with suppress(Exception):
+                d.close()
+        super().close(keep)
 
     def driver_args(self, i: int) -> list[str]:
         sw = self.bmv2[i]
@@ -281,6 +318,19 @@ class Testbed:
             raise RuntimeError(f"tcpreplay failed: {out.strip()[-500:]}")
         return int(m.group(1))
 
+    def replay_timed(self, pcap: Path, multiplier: float, start_ns: int) -> dict[str, float]:
+        """The pcap from h1 with its own timing sped up by multiplier, packet 0 leaving at
+        start_ns (``herd.testbed.sender``): packets sent and the sender's lateness."""
+        out = self.net.get("h1").cmd(
+            f"{sys.executable} -m herd.testbed.sender --interface h1-eth0 "
+            f"--multiplier {multiplier:.12g} --start-at-ns {start_ns} {pcap} 2>&1")
+        m = re.search(r"Actual: (\d+) packets .* first frame ([\d.]+) ms late, worst "
+                      r"([\d.]+) ms", out)
+        if not m:
+            raise RuntimeError(f"sender failed: {out.strip()[-500:]}")
+        return {"sent": int(m.group(1)), "sender_first_late_ms": float(m.group(2)),
+                "sender_worst_late_ms": float(m.group(3))}
+
     def rewrite_macs(self, pcap: Path, out: Path) -> Path:
         """The pcap with h1's and h2's MACs (and an Ethernet header if it had none)."""
         h1, h2 = self.net.get("h1"), self.net.get("h2")
@@ -299,28 +349,37 @@ class Testbed:
         if self.target == "bmv2":
             ingress = sorted((sw for sw in self.net.switches if sw.kind == INGRESS),
                              key=lambda sw: sw.index)
-            run: TestbedRun = Bmv2TestbedRun(prep, params, 0.0, workdir=str(self.workdir),
+            run: TestbedRun = Bmv2TestbedRun(prep, params, pps, workdir=str(self.workdir),
                                              switches=ingress)
         else:
-            run = TestbedRun(prep, params, 0.0, workdir=str(self.workdir))
+            run = TestbedRun(prep, params, pps, workdir=str(self.workdir))
         try:
             run.start()
             before = self.received()
-            sent = self.replay(pcap, pps)
+            sender: dict[str, float] = {}
+            if run.epochs:
+                # Epoch 0 of every ingress switch begins when packet 0 leaves h1.
+                origin_ns = time.time_ns() + int(ORIGIN_LEAD_S * 1e9)
+                run.set_epoch_origin(origin_ns // 1000)
+                sender = self.replay_timed(pcap, run.multiplier, origin_ns // 1000 * 1000)
+                sent = int(sender.pop("sent"))
+                duration = int(trace_schedule(prep.trace.ts_ns)[-1]) / 1e9 / run.multiplier
+            else:
+                sent = self.replay(pcap, pps)
+                duration = prep.trace.packets / max(pps, 1000)
             drained = run.wait_drained(lambda: self.received() - before,
-                                       timeout=60 + sent / max(pps, 1000))
+                                       timeout=60 + duration)
             received = self.received() - before
-            run.pps = pps  # the replay rate: converts the measured latency to trace time
             out = run.results(drained, compare=True)
         finally:
             run.close(keep=True)
         from herd.evaluate import simulate
 
         out["simulated_f1_no_delay"] = simulate(prep, params.with_(delay_ms=0.0)).f1  # the ideal
-        if delays_out is not None and run.entry_writes:
+        if delays_out is not None and (run.entry_writes or run.epoch_starts):
             out["delays_file"] = run.write_delays(delays_out)
         out.update(sent_packets=sent, received_packets=received,
-                   lost_packets=max(0, sent - received), target=self.target, pps=pps)
+                   lost_packets=max(0, sent - received), target=self.target, pps=pps, **sender)
         return out
 
 
@@ -393,7 +452,7 @@ def run_harness(args: argparse.Namespace) -> int:
     param, values = read_layout(csv_path)
     k = p4app_ingress_count(Path(args.p4app))
     base = Params(s=args.s, epsilon=args.epsilon, T=args.T or None, R=args.R or None, k=k,
-                  p=args.p, seed=args.seed, stages=tuple(args.stages))
+                  p=args.p, seed=args.seed, stages=tuple(args.stages), epoch_ms=args.epoch_ms)
     for v in values:  # every point valid before anything starts
         params_for(base, param, v, base.seed)
     if args.pps < 0:
@@ -424,6 +483,14 @@ def run_harness(args: argparse.Namespace) -> int:
                       f"{out['simulated_f1']:.3f}), "
                       f"lost packets {rows[v]['lost_packets']}, lost messages "
                       f"{out['lost_messages']}", file=sys.stderr)
+                if params.epoch_ms > 0:
+                    print(f"    {out['epochs']} epochs of {params.epoch_ms:g} ms (switches "
+                          f"{out['switch_epoch_us']} us at {out['multiplier']:.4g}x); packets "
+                          f"in another epoch than the pcap's {out['epoch_mismatched_packets']}"
+                          f", boundary offset p50 {out['epoch_offset_ms_p50']} ms (trace "
+                          f"time), first packet at a switch {out['first_packet_after_origin_ms']}"
+                          f" ms after the origin (sender {out['sender_first_late_ms']} ms late), "
+                          f"late reports {out['late_reports']}", file=sys.stderr)
     finally:
         if records:
             atomic_write(csv_path.with_suffix(".json"), json.dumps({
@@ -447,7 +514,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("pcap")
     ap.add_argument("p4app", help="p4app JSON of the topology (k = its herd.p4 switches)")
     ap.add_argument("--target", choices=("model", "bmv2"), default="model")
-    ap.add_argument("--pps", type=float, default=2000.0, help="tcpreplay rate (0: top speed)")
+    ap.add_argument("--pps", type=float, default=2000.0, help="tcpreplay rate (0: top speed); "
+                    "with --epoch-ms the mean rate (0: the pcap's own pace)")
+    ap.add_argument("--epoch-ms", type=float, default=0.0, metavar="W",
+                    help="measure per epoch of W ms of the pcap's time (default 0: one epoch)")
     ap.add_argument("--p", type=float, default=0.95)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--stages", type=lambda t: [int(x) for x in t.split(",")],

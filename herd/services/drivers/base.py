@@ -4,6 +4,13 @@ Table writes, register reads and writes, and the stream of CPU messages: what BM
 API offers, and what the model switch process serves. The names of the tables, actions and
 registers are those of the P4 program; they are written here once, so that they can be
 adjusted to it in one place.
+
+Epochs: a switch takes each packet's epoch from its own clock, ``floor((now - origin) / W)``
+(``herd.switch.clock_epoch``). W is ``herd_regs[REG_EPOCH_US]`` (the controller writes it at
+configuration); the origin is set with ``set_epoch_origin`` in wall-clock microseconds, which
+each driver converts to its switch's clock (the model switch's clock is wall-clock
+microseconds; BMv2's is microseconds since the switch started). ``epoch_starts`` reads back
+where the switch's epochs began, for the simulator (``herd.delays.EpochStart``).
 """
 
 from __future__ import annotations
@@ -12,7 +19,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from herd.switch import REG_OCCUPIED, REG_PACKETS
+from herd.switch import EPOCH_LOG, REG_EPOCH, REG_OCCUPIED, REG_PACKETS, epoch_starts
 
 # The P4 program's names (p4src/herd.p4).
 GROUP_TABLE = "group_table"  # key (src8, dst8), exact
@@ -23,6 +30,9 @@ REG_HERD = "herd_regs"  # bit<32>, indices herd.switch.REG_*
 REG_STAGE_FP = "stage_fp"  # flat over the stages, like Switch.fps
 REG_STAGE_COUNT = "stage_count"  # flat over the stages, like Switch.counts
 REG_HELLO_SENT = "hello_sent"  # one bit per group g
+REG_STAGE_EPOCH = "stage_epoch"  # flat over the stages, like Switch.epochs: each slot's epoch
+REG_EPOCH_LOG = "herd_epoch_log"  # bit<64>, EPOCH_LOG entries: epoch << 32 | first packet
+REG_EPOCH_ORIGIN = "herd_epoch_origin"  # bit<48>, 1 entry: epoch 0's start, switch's clock
 AGGREGATOR_PORT = 2  # where an ingress switch forwards every packet (topology: port 2)
 
 
@@ -101,6 +111,21 @@ class SwitchDriver(ABC):
         effect, for ``herd simulate --delays`` (herd.delays). None where the switch records
         that itself, exactly (the model switch)."""
         return self.register_read(REG_HERD, REG_PACKETS)
+
+    def set_epoch_origin(self, origin_unix_us: int) -> None:
+        """Epoch 0 of the switch begins at ``origin_unix_us`` (wall clock, microseconds since
+        the Unix epoch); the driver writes it into ``herd_epoch_origin`` in the switch's own
+        clock. No default: only the driver knows its switch's clock."""
+        raise NotImplementedError(f"{type(self).__name__} cannot set the epoch origin")
+
+    def epoch_starts(self) -> list[tuple[int, int]]:
+        """(epoch, first packet) of every epoch after 0 the switch entered, in epoch order,
+        decoded from the epoch log (the last EPOCH_LOG epochs; drivers that record every
+        start override this). The current epoch is read first: an epoch entered meanwhile is
+        after it and left out, never half-read."""
+        current = self.register_read(REG_HERD, REG_EPOCH)
+        log = [self.register_read(REG_EPOCH_LOG, i) for i in range(EPOCH_LOG)]
+        return epoch_starts(log, current)
 
     def reset_tables(self) -> None:
         """The overflow policy "reset": clear every stage of the hash table. Drivers that

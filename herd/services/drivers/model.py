@@ -112,6 +112,15 @@ class ModelDriver(SwitchDriver):
     def entry_clock(self) -> int | None:
         return None  # the model switch records each write's packet itself
 
+    def set_epoch_origin(self, origin_unix_us: int) -> None:
+        # The model switch's clock is the wall clock: no conversion.
+        self.request(op="set_epoch_origin", origin_us=int(origin_unix_us))
+
+    def epoch_starts(self) -> list[tuple[int, int]]:
+        """Every epoch start of the run (the model switch records them all, not only the
+        log's last EPOCH_LOG)."""
+        return [(int(e), int(p)) for e, p in self.request(op="epoch_starts")["starts"]]
+
     def stats(self, latencies: bool = False) -> dict[str, Any]:
         return self.request(op="stats", latencies=latencies)
 

@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ControllerParams(_message.Message):
-    __slots__ = ("epsilon", "T", "s", "seed", "overflow_policy")
+    __slots__ = ("epsilon", "T", "s", "seed", "overflow_policy", "epoch_us")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     T_FIELD_NUMBER: _ClassVar[int]
     S_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     OVERFLOW_POLICY_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_US_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
     T: int
     s: float
     seed: int
     overflow_policy: str
-    def __init__(self, epsilon: _Optional[float] = ..., T: _Optional[int] = ..., s: _Optional[float] = ..., seed: _Optional[int] = ..., overflow_policy: _Optional[str] = ...) -> None: ...
+    epoch_us: int
+    def __init__(self, epsilon: _Optional[float] = ..., T: _Optional[int] = ..., s: _Optional[float] = ..., seed: _Optional[int] = ..., overflow_policy: _Optional[str] = ..., epoch_us: _Optional[int] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("switch_name", "params")
@@ -99,7 +101,7 @@ class LgUpdate(_message.Message):
     def __init__(self, group: _Optional[int] = ..., l_g: _Optional[int] = ..., snapshot: _Optional[bool] = ..., snapshot_end: _Optional[bool] = ...) -> None: ...
 
 class ReportBatch(_message.Message):
-    __slots__ = ("switch_id", "seq", "ts_ns", "src", "dst", "sport", "dport", "proto", "count")
+    __slots__ = ("switch_id", "seq", "ts_ns", "src", "dst", "sport", "dport", "proto", "count", "epoch")
     SWITCH_ID_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     TS_NS_FIELD_NUMBER: _ClassVar[int]
@@ -109,6 +111,7 @@ class ReportBatch(_message.Message):
     DPORT_FIELD_NUMBER: _ClassVar[int]
     PROTO_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     switch_id: int
     seq: _containers.RepeatedScalarFieldContainer[int]
     ts_ns: _containers.RepeatedScalarFieldContainer[int]
@@ -118,7 +121,8 @@ class ReportBatch(_message.Message):
     dport: _containers.RepeatedScalarFieldContainer[int]
     proto: _containers.RepeatedScalarFieldContainer[int]
     count: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, switch_id: _Optional[int] = ..., seq: _Optional[_Iterable[int]] = ..., ts_ns: _Optional[_Iterable[int]] = ..., src: _Optional[_Iterable[int]] = ..., dst: _Optional[_Iterable[int]] = ..., sport: _Optional[_Iterable[int]] = ..., dport: _Optional[_Iterable[int]] = ..., proto: _Optional[_Iterable[int]] = ..., count: _Optional[_Iterable[int]] = ...) -> None: ...
+    epoch: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, switch_id: _Optional[int] = ..., seq: _Optional[_Iterable[int]] = ..., ts_ns: _Optional[_Iterable[int]] = ..., src: _Optional[_Iterable[int]] = ..., dst: _Optional[_Iterable[int]] = ..., sport: _Optional[_Iterable[int]] = ..., dport: _Optional[_Iterable[int]] = ..., proto: _Optional[_Iterable[int]] = ..., count: _Optional[_Iterable[int]] = ..., epoch: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ReportAck(_message.Message):
     __slots__ = ("switch_id", "acked_seq", "accepted", "duplicates")
@@ -133,13 +137,15 @@ class ReportAck(_message.Message):
     def __init__(self, switch_id: _Optional[int] = ..., acked_seq: _Optional[int] = ..., accepted: _Optional[int] = ..., duplicates: _Optional[int] = ...) -> None: ...
 
 class QueryRequest(_message.Message):
-    __slots__ = ("elephants",)
+    __slots__ = ("elephants", "epoch")
     ELEPHANTS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     elephants: bool
-    def __init__(self, elephants: _Optional[bool] = ...) -> None: ...
+    epoch: int
+    def __init__(self, elephants: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class Elephant(_message.Message):
-    __slots__ = ("src", "dst", "sport", "dport", "proto", "reports", "detected_ns")
+    __slots__ = ("src", "dst", "sport", "dport", "proto", "reports", "detected_ns", "epoch")
     SRC_FIELD_NUMBER: _ClassVar[int]
     DST_FIELD_NUMBER: _ClassVar[int]
     SPORT_FIELD_NUMBER: _ClassVar[int]
@@ -147,6 +153,7 @@ class Elephant(_message.Message):
     PROTO_FIELD_NUMBER: _ClassVar[int]
     REPORTS_FIELD_NUMBER: _ClassVar[int]
     DETECTED_NS_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
     src: int
     dst: int
     sport: int
@@ -154,7 +161,38 @@ class Elephant(_message.Message):
     proto: int
     reports: int
     detected_ns: int
-    def __init__(self, src: _Optional[int] = ..., dst: _Optional[int] = ..., sport: _Optional[int] = ..., dport: _Optional[int] = ..., proto: _Optional[int] = ..., reports: _Optional[int] = ..., detected_ns: _Optional[int] = ...) -> None: ...
+    epoch: int
+    def __init__(self, src: _Optional[int] = ..., dst: _Optional[int] = ..., sport: _Optional[int] = ..., dport: _Optional[int] = ..., proto: _Optional[int] = ..., reports: _Optional[int] = ..., detected_ns: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+
+class EpochSummary(_message.Message):
+    __slots__ = ("epoch", "open", "reports", "untracked_reports", "late_reports", "flows", "elephants", "closed_ns")
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    OPEN_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_FIELD_NUMBER: _ClassVar[int]
+    UNTRACKED_REPORTS_FIELD_NUMBER: _ClassVar[int]
+    LATE_REPORTS_FIELD_NUMBER: _ClassVar[int]
+    FLOWS_FIELD_NUMBER: _ClassVar[int]
+    ELEPHANTS_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_NS_FIELD_NUMBER: _ClassVar[int]
+    epoch: int
+    open: bool
+    reports: int
+    untracked_reports: int
+    late_reports: int
+    flows: int
+    elephants: int
+    closed_ns: int
+    def __init__(self, epoch: _Optional[int] = ..., open: _Optional[bool] = ..., reports: _Optional[int] = ..., untracked_reports: _Optional[int] = ..., late_reports: _Optional[int] = ..., flows: _Optional[int] = ..., elephants: _Optional[int] = ..., closed_ns: _Optional[int] = ...) -> None: ...
+
+class FlushRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class FlushReply(_message.Message):
+    __slots__ = ("closed",)
+    CLOSED_FIELD_NUMBER: _ClassVar[int]
+    closed: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, closed: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SwitchCounters(_message.Message):
     __slots__ = ("name", "switch_id", "registered", "subscribed", "hellos", "groups", "reports", "duplicates", "batches", "acked_seq")
@@ -181,7 +219,7 @@ class SwitchCounters(_message.Message):
     def __init__(self, name: _Optional[str] = ..., switch_id: _Optional[int] = ..., registered: _Optional[bool] = ..., subscribed: _Optional[bool] = ..., hellos: _Optional[int] = ..., groups: _Optional[int] = ..., reports: _Optional[int] = ..., duplicates: _Optional[int] = ..., batches: _Optional[int] = ..., acked_seq: _Optional[int] = ...) -> None: ...
 
 class QueryReply(_message.Message):
-    __slots__ = ("elephants", "switches", "counters", "params_json")
+    __slots__ = ("elephants", "switches", "counters", "params_json", "epochs")
     class CountersEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -193,8 +231,10 @@ class QueryReply(_message.Message):
     SWITCHES_FIELD_NUMBER: _ClassVar[int]
     COUNTERS_FIELD_NUMBER: _ClassVar[int]
     PARAMS_JSON_FIELD_NUMBER: _ClassVar[int]
+    EPOCHS_FIELD_NUMBER: _ClassVar[int]
     elephants: _containers.RepeatedCompositeFieldContainer[Elephant]
     switches: _containers.RepeatedCompositeFieldContainer[SwitchCounters]
     counters: _containers.ScalarMap[str, int]
     params_json: str
-    def __init__(self, elephants: _Optional[_Iterable[_Union[Elephant, _Mapping]]] = ..., switches: _Optional[_Iterable[_Union[SwitchCounters, _Mapping]]] = ..., counters: _Optional[_Mapping[str, int]] = ..., params_json: _Optional[str] = ...) -> None: ...
+    epochs: _containers.RepeatedCompositeFieldContainer[EpochSummary]
+    def __init__(self, elephants: _Optional[_Iterable[_Union[Elephant, _Mapping]]] = ..., switches: _Optional[_Iterable[_Union[SwitchCounters, _Mapping]]] = ..., counters: _Optional[_Mapping[str, int]] = ..., params_json: _Optional[str] = ..., epochs: _Optional[_Iterable[_Union[EpochSummary, _Mapping]]] = ...) -> None: ...

@@ -64,6 +64,11 @@ class CoordinatorStub:
                 request_serializer=herd_dot_services_dot_rpc_dot_herd__pb2.QueryRequest.SerializeToString,
                 response_deserializer=herd_dot_services_dot_rpc_dot_herd__pb2.QueryReply.FromString,
                 _registered_method=True)
+        self.Flush = channel.unary_unary(
+                '/herd.v1.Coordinator/Flush',
+                request_serializer=herd_dot_services_dot_rpc_dot_herd__pb2.FlushRequest.SerializeToString,
+                response_deserializer=herd_dot_services_dot_rpc_dot_herd__pb2.FlushReply.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -111,7 +116,15 @@ class CoordinatorServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Query(self, request, context):
-        """Elephants and counters.
+        """Elephants (of every epoch, or of one) and counters.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Flush(self, request, context):
+        """Close every open epoch now (as at shutdown): its elephants are final and written out;
+        later reports of it are late (counted, not applied).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -149,6 +162,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Query,
                     request_deserializer=herd_dot_services_dot_rpc_dot_herd__pb2.QueryRequest.FromString,
                     response_serializer=herd_dot_services_dot_rpc_dot_herd__pb2.QueryReply.SerializeToString,
+            ),
+            'Flush': grpc.unary_unary_rpc_method_handler(
+                    servicer.Flush,
+                    request_deserializer=herd_dot_services_dot_rpc_dot_herd__pb2.FlushRequest.FromString,
+                    response_serializer=herd_dot_services_dot_rpc_dot_herd__pb2.FlushReply.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -313,6 +331,33 @@ class Coordinator:
             '/herd.v1.Coordinator/Query',
             herd_dot_services_dot_rpc_dot_herd__pb2.QueryRequest.SerializeToString,
             herd_dot_services_dot_rpc_dot_herd__pb2.QueryReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Flush(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/herd.v1.Coordinator/Flush',
+            herd_dot_services_dot_rpc_dot_herd__pb2.FlushRequest.SerializeToString,
+            herd_dot_services_dot_rpc_dot_herd__pb2.FlushReply.FromString,
             options,
             channel_credentials,
             insecure,
