@@ -29,14 +29,14 @@ from typing import Any
 
 from herd.errors import HerdInputError
 from herd.messages import CPU_HEADER_LEN, ETHERTYPE_HERD_CPU
-from herd.services.drivers.base import REG_HERD, CpuRecord, SwitchDriver
+from herd.services.drivers.base import (
+    REG_EPOCH_LOG,
+    REG_EPOCH_ORIGIN,
+    REG_HERD,
+    CpuRecord,
+    SwitchDriver,
+)
 from herd.switch import REG_EPOCH, epoch_starts
-
-try:
-    from herd.services.drivers.base import REG_EPOCH_LOG, REG_EPOCH_ORIGIN
-except ImportError:  # the P4 program's names (p4src/herd.p4), until base.py names them
-    REG_EPOCH_LOG = "herd_epoch_log"  # bit<64>, epoch << 32 | first packet
-    REG_EPOCH_ORIGIN = "herd_epoch_origin"  # bit<48>, epoch 0's start in the switch's clock
 
 ETH_HEADER_LEN = 14
 _ETH_P_ALL = 0x0003
