@@ -415,6 +415,7 @@ def simulate_herd(prep: PreparedTrace, params: Params,
                               t.flow, k)
     run = _Run(prep, params, T, truth.epochs)
     sep_start, sep_packet, sep_epoch = switch_epochs(timing.epochs, k)
+    run.sep_next[:] = sep_start[:k]  # each switch's first epoch start
     own_clock = len(sep_packet) > 0
     no_ingress = np.zeros(0, np.int16)
     p_threshold = probability_threshold(params.p)

@@ -349,3 +349,28 @@ def test_many_pending_actions_grow_the_queue(monkeypatch: pytest.MonkeyPatch) ->
     for d in (whole, chunked):
         d.pop("seconds"), d.pop("packets_per_second")
     assert chunked == whole and whole["table_writes"] > 0
+
+
+def test_switch_epochs_that_follow_the_trace_change_nothing(tmp_path: Path) -> None:
+    """Each switch's epoch starts taken from the trace's own epochs (as a perfectly aligned
+    testbed run would record them): the same result as the trace's epochs, switch by
+    switch."""
+    from herd.delays import EpochStart, MeasuredTiming
+
+    prep = _random_capture(tmp_path, seed=8)
+    params = Params(epoch_ms=4, k=4, p=0.8, s=0.5)
+    ingress = prep.ingress(params.k, params.p, params.seed)
+    epochs = np.array(epochs_of(prep, 4))
+    starts = []
+    for sw in range(params.k):
+        mine = epochs[ingress == sw]
+        changes = np.flatnonzero(np.r_[False, mine[1:] != mine[:-1]])
+        starts += [EpochStart(sw, int(mine[j]), int(j)) for j in changes]
+    assert len({s.switch for s in starts}) == params.k
+    own = simulate(prep, params, MeasuredTiming([], starts)).to_dict()
+    plain = simulate(prep, params).to_dict()
+    for d in (own, plain):
+        for key in ("seconds", "packets_per_second", "measured_delays",
+                    "measured_delays_mismatched", "measured_epoch_starts"):
+            d.pop(key, None)
+    assert own == plain and plain["detected"] > 0
