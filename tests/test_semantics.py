@@ -131,8 +131,11 @@ def test_one_flow_one_switch_s1_lg1_reports_by_hand() -> None:
     # One sampling flip and one report flip per report: 5 draws of the PRNG.
     assert regs["prng"] == draws(seed, 5)[-1]
     # The coordinator makes it an elephant at its R = 2nd report (packet 11).
-    newly = coord.on_reports(np.array([7, 7, 7, 7]), np.array([6, 11, 16, 21]))
-    assert list(newly) == [7] and coord.detect_ts[7] == 11 and coord.report_count[7] == 4
+    out = coord.on_reports(*_columns([FLOW] * 4), np.zeros(4, np.int64),
+                           np.array([6, 11, 16, 21]))
+    assert [(e, list(f)) for e, f in out.newly] == [(0, [0])]
+    [elephant] = coord.elephants()
+    assert (elephant["reports"], elephant["detected_ns"], elephant["epoch"]) == (4, 11, 0)
 
 
 def test_sampling_and_reporting_follow_the_prng_draws() -> None:
@@ -225,13 +228,25 @@ def test_l_g_doubling_sequence() -> None:
     assert coord.groups_of(3) == {g: 8}
 
 
-def test_reports_batches_detect_at_the_rth_report() -> None:
+def _columns(flows: list[tuple[int, ...]]) -> tuple[np.ndarray, ...]:
+    return tuple(np.array(c, dtype=np.int64) for c in zip(*flows, strict=True))
+
+
+def test_reports_batches_detect_at_the_rth_report_per_epoch() -> None:
+    """R = 3 over two batches: A and B become elephants at their third report of epoch 0;
+    a report of A in epoch 1 counts there, not in epoch 0."""
+    A, B = FLOW, (FLOW[0] + 1, *FLOW[1:])
     coord = Coordinator(switches=2, R=3)
-    assert list(coord.on_reports(np.array([1, 2, 1]), np.array([10, 11, 12]))) == []
-    newly = coord.on_reports(np.array([2, 1, 1, 2, 2]), np.array([13, 14, 15, 16, 17]))
-    assert sorted(newly.tolist()) == [1, 2]
-    assert coord.detect_ts[1] == 14 and coord.detect_ts[2] == 16
-    assert coord.elephants().tolist() == [1, 2]
+    first = coord.on_reports(*_columns([A, B, A, A]), np.array([0, 0, 0, 1]),
+                             np.array([10, 11, 12, 13]))
+    assert first.newly == []
+    second = coord.on_reports(*_columns([B, A, B, B]), np.zeros(4, np.int64),
+                              np.array([14, 15, 16, 17]))
+    assert [(e, sorted(f.tolist())) for e, f in second.newly] == [(0, [0, 1])]
+    got = {(x["src"], x["epoch"]): (x["reports"], x["detected_ns"])
+           for x in coord.elephants()}
+    assert got == {(A[0], 0): (3, 15), (B[0], 0): (4, 16)}
+    assert coord.elephants(epoch=1) == []
 
 
 def test_cpu_message_roundtrip_and_errors() -> None:
