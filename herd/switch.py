@@ -82,10 +82,20 @@ def clock_epoch(now_us: int, origin_us: int, epoch_us: int) -> int:
     return ((now_us - origin_us) // epoch_us) & 0xFFFFFFFF
 
 
-# _nrt=False: without reference counting, a call passes the arrays as plain pointers; with it,
-# each array argument costs atomic increments per packet, which made the simulator 5x slower.
-# The function allocates nothing, so it needs no runtime.
-@njit(cache=True, _nrt=False)
+def _without_refcounts() -> dict[str, bool]:
+    """numba's _nrt=False: without reference counting a call passes the arrays as plain
+    pointers; with it, each array argument costs atomic increments per packet, which made the
+    simulator 5x slower. The option is not in numba's documented API: where a release lacks
+    it, the function compiles with counting (slower, same results)."""
+    try:
+        from numba.core.cpu import CPUTargetOptions
+    except ImportError:
+        return {}
+    return {"_nrt": False} if hasattr(CPUTargetOptions, "_nrt") else {}
+
+
+# The switch function allocates nothing, so it needs no runtime.
+@njit(cache=True, **_without_refcounts())
 def switch_packet(
     regs: np.ndarray,
     group_state: np.ndarray,
