@@ -29,11 +29,6 @@ if TYPE_CHECKING:
 NO_EPOCH = -1  # the epoch before a trace's first packet
 
 
-def flow_counts(flow: np.ndarray, flows: int) -> np.ndarray:
-    """Packets per flow, from the per-packet flow index."""
-    return np.bincount(flow, minlength=flows).astype(np.int64)
-
-
 def threshold(counts: np.ndarray, percentile: float = 99.0) -> int:
     """T = floor(numpy percentile of the flow sizes, linear method), as DESIGN.md fixes it."""
     if not 0.0 <= percentile <= 100.0:
@@ -41,11 +36,6 @@ def threshold(counts: np.ndarray, percentile: float = 99.0) -> int:
     if len(counts) == 0:
         raise HerdInputError("trace has no IPv4 flows, so there is no threshold T")
     return int(math.floor(np.percentile(counts, percentile, method="linear")))
-
-
-def heavy_hitters(counts: np.ndarray, T: int) -> np.ndarray:
-    """Boolean mask over flows: a flow is a heavy hitter iff its count >= T."""
-    return counts >= T
 
 
 @njit(cache=True)

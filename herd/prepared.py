@@ -21,7 +21,6 @@ from herd.groundtruth import (
     count_pairs,
     crossing_times,
     epoch_ns_of,
-    flow_counts,
     packet_epochs,
     pair_keys,
 )
@@ -72,7 +71,6 @@ class PreparedTrace:
             raise HerdInputError(f"{trace.paths[0]}: trace holds no IPv4 packets to simulate")
         self.trace = trace
         self._flow_group: np.ndarray | None = None
-        self._counts: np.ndarray | None = None
         self._records: dict[tuple[Any, ...], np.ndarray] = {}
         self._ingress: dict[tuple[int, float, int], np.ndarray] = {}
         self._crossing: dict[int, np.ndarray] = {}
@@ -85,13 +83,6 @@ class PreparedTrace:
         if self._flow_group is None:
             self._flow_group = self.trace.group_of_flow().astype(np.int32)
         return self._flow_group
-
-    @property
-    def counts(self) -> np.ndarray:
-        """Packets per flow over the whole trace."""
-        if self._counts is None:
-            self._counts = flow_counts(self.trace.flow, self.trace.flows)
-        return self._counts
 
     @property
     def given_ingress(self) -> bool:
