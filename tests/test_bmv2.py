@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
-import json
 import os
 import random
 import re
@@ -40,8 +39,8 @@ from herd.services.drivers.bmv2 import (
     REG_EPOCH_LOG,
     REG_EPOCH_ORIGIN,
     epoch_origin_in_switch_clock,
-    switch_clock_start_us,
 )
+from herd.services.drivers.bmv2_thrift import Bmv2Thrift
 from herd.switch import (
     GROUP_MISS,
     REG_EPOCH,
@@ -96,9 +95,6 @@ class Bmv2Switch:
 
     def __init__(self, json_path: Path, ports: list[int], tag: str, thrift_port: int) -> None:
         self.ports = ports
-        # Thrift names registers in full (HerdIngress.herd_regs); the CLI takes the short name.
-        self.register_names = {r["name"].rsplit(".", 1)[-1]: r["name"]
-                               for r in json.loads(json_path.read_text())["register_arrays"]}
         self.thrift_port = thrift_port
         self.names = {p: (f"{tag}a{p}", f"{tag}b{p}") for p in ports}
         for a, b in self.names.values():
@@ -115,33 +111,24 @@ class Bmv2Switch:
         self.proc = subprocess.Popen(args + [str(json_path)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         self.socks = {p: open_port(a) for p, (a, _) in self.names.items()}
+        try:
+            self._connect_thrift()
+        except BaseException:
+            self.proc.kill()  # a switch left running would hold the port for the next test
+            raise
+
+    def _connect_thrift(self) -> None:
+        """herd's Thrift client (registers, fast enough to read after every packet; the
+        switch's clocks), once the switch answers."""
         deadline = time.time() + 20
         while True:
             try:
-                self.cli("show_ports")
-                break
-            except AssertionError:
-                if time.time() > deadline:
+                self.thrift = Bmv2Thrift(self.thrift_port)
+                return
+            except ConnectionError:
+                if time.time() > deadline or self.proc.poll() is not None:
                     raise
                 time.sleep(0.2)
-        self._connect_thrift()
-
-    def _connect_thrift(self) -> None:
-        """BMv2's own Thrift clients: the standard runtime (registers, fast enough to read
-        after every packet) and the SimpleSwitch service (the switch's clocks)."""
-        from bm_runtime.standard import Standard
-        from sswitch_runtime import SimpleSwitch
-        from thrift.protocol import TBinaryProtocol, TMultiplexedProtocol
-        from thrift.transport import TSocket, TTransport
-
-        self.transport = TTransport.TBufferedTransport(
-            TSocket.TSocket("127.0.0.1", self.thrift_port))
-        protocol = TBinaryProtocol.TBinaryProtocol(self.transport)
-        self.runtime = Standard.Client(
-            TMultiplexedProtocol.TMultiplexedProtocol(protocol, "standard"))
-        self.sswitch = SimpleSwitch.Client(
-            TMultiplexedProtocol.TMultiplexedProtocol(protocol, "simple_switch"))
-        self.transport.open()
 
     def cli(self, commands: str) -> str:
         proc = subprocess.run(["simple_switch_CLI", "--thrift-port", str(self.thrift_port)],
@@ -157,11 +144,11 @@ class Bmv2Switch:
 
     def register_at(self, name: str, index: int) -> int:
         """One register cell through Thrift (a CLI call per packet would be too slow)."""
-        return int(self.runtime.bm_register_read(0, self.register_names[name], index))
+        return self.thrift.register_read(name, index)
 
     def registers_now(self, name: str) -> list[int]:
         """A whole (small) register array through Thrift."""
-        return [int(v) for v in self.runtime.bm_register_read_all(0, self.register_names[name])]
+        return self.thrift.register_read_all(name)
 
     def drain(self) -> None:
         for s in self.socks.values():
@@ -193,7 +180,7 @@ class Bmv2Switch:
                     seen = seen or bool(frames)
 
     def close(self) -> None:
-        self.transport.close()
+        self.thrift.close()
         self.proc.terminate()
         try:
             self.proc.wait(5)
@@ -301,7 +288,7 @@ class HerdPair:
         """Epoch 0 begins at ``origin_us`` of the switch's clock, on both (through Thrift: the
         CLI takes half a second to start)."""
         sw = self.sw
-        sw.runtime.bm_register_write(0, sw.register_names[REG_EPOCH_ORIGIN], 0, origin_us)
+        sw.thrift.register_write(REG_EPOCH_ORIGIN, 0, origin_us)
         self.model.epoch_origin_us = origin_us
 
     def step(self, frame: bytes) -> int | None:
@@ -380,7 +367,7 @@ def test_herd_switch_epochs_match_the_model(herd_bmv2: Bmv2Switch, epoch_us: int
     sw = herd_bmv2
     pair = HerdPair(sw, epoch_us=epoch_us)
     traffic = frames(seed=4)[:n_frames]
-    start = switch_clock_start_us(sw.sswitch)  # Unix us at which BMv2's timestamps read 0
+    start = sw.thrift.clock_start_us()  # Unix us at which BMv2's timestamps read 0
 
     def now() -> int:  # the switch's clock
         return time.time_ns() // 1000 - start
@@ -435,8 +422,6 @@ def test_herd_switch_epochs_match_the_model(herd_bmv2: Bmv2Switch, epoch_us: int
     assert starts == [s for s in expected_starts if s[0] > epochs[-1] - 256]
 
 
-@pytest.mark.skipif(importlib.util.find_spec("p4utils") is None,
-                    reason="p4-utils not installed: the bmv2 driver reaches BMv2 through it")
 def test_bmv2_driver_epochs(herd_bmv2: Bmv2Switch) -> None:
     from herd.services.drivers.bmv2 import Bmv2Driver
 
@@ -446,7 +431,7 @@ def test_bmv2_driver_epochs(herd_bmv2: Bmv2Switch) -> None:
         # The origin, given in wall-clock time, lands in the switch's clock.
         origin_unix = time.time_ns() // 1000 + 100_000
         driver.set_epoch_origin(origin_unix)
-        expected = origin_unix - switch_clock_start_us(sw.sswitch)
+        expected = origin_unix - sw.thrift.clock_start_us()
         assert abs(sw.register_at(REG_EPOCH_ORIGIN, 0) - expected) < CLOCK_TOLERANCE_US
         # The log, read and decoded: the switch in epoch 300, entered at packet 60, epoch 299
         # at packet 50; where epoch 298 would be, epoch 42's entry (298 was never entered).

@@ -59,8 +59,10 @@ from herd.params import Params
 from herd.prepared import PreparedTrace
 from herd.prng import probability_threshold
 from herd.services.drivers.base import SwitchDriver
+from herd.services.drivers.bmv2_thrift import Bmv2Thrift
 from herd.services.replay import ReplayRun, trace_schedule
 from herd.sweep import params_for, read_layout
+from herd.testbed.configure import apply_writes, evaluation_writes
 from herd.testbed.network import (
     SwitchSpec,
     build_network,
@@ -123,25 +125,6 @@ class TestbedRun(ReplayRun):
         return False
 
 
-def switch_cli(thrift_port: int, commands: list[str]) -> str:
-    """simple_switch_CLI with a batch of commands (the BMv2 target's runtime writes)."""
-    proc = subprocess.run(["simple_switch_CLI", "--thrift-port", str(thrift_port)],
-                          input="\n".join(commands) + "\n", capture_output=True, text=True,
-                          timeout=60)
-    if proc.returncode != 0 or "Error" in proc.stdout:
-        raise RuntimeError(f"simple_switch_CLI on port {thrift_port}: "
-                           f"{(proc.stdout + proc.stderr).strip()[-500:]}")
-    return proc.stdout
-
-
-def read_register(thrift_port: int, name: str) -> list[int]:
-    out = switch_cli(thrift_port, [f"register_read {name}"])
-    m = re.search(rf"{name}=\s*([0-9, ]*)", out)
-    if not m:
-        raise RuntimeError(f"register {name} unreadable: {out[-300:]}")
-    return [int(x) for x in m.group(1).replace(" ", "").split(",") if x]
-
-
 class Bmv2TestbedRun(TestbedRun):
     """The BMv2 target: controllers drive simple_switch through the bmv2 driver (Thrift) and
     read CPU messages from each switch's CPU port; counters come from the switches' registers.
@@ -152,6 +135,13 @@ class Bmv2TestbedRun(TestbedRun):
         self.bmv2 = switches  # the ingress ProcessSwitch nodes, s1..sk
         self._emitted: list[int] = [0] * len(switches)
         self._epoch_drivers: list[SwitchDriver] = []
+        self._thrift: dict[int, Bmv2Thrift] = {}
+
+    def thrift(self, i: int) -> Bmv2Thrift:
+        """The harness's own Thrift connection to ingress switch i (registers)."""
+        if i not in self._thrift:
+            self._thrift[i] = Bmv2Thrift(self.bmv2[i].thrift_port)
+        return self._thrift[i]
 
     def epoch_drivers(self) -> list[SwitchDriver]:
         """The bmv2 driver of each switch (Thrift), opened on first use: only runs with
@@ -166,7 +156,7 @@ class Bmv2TestbedRun(TestbedRun):
         return self._epoch_drivers
 
     def close(self, keep: bool = False) -> None:
-        for d in self._epoch_drivers:
+        for d in [*self._epoch_drivers, *self._thrift.values()]:
             with suppress(Exception):
                 d.close()
         super().close(keep)
@@ -186,8 +176,8 @@ class Bmv2TestbedRun(TestbedRun):
         deadline = time.monotonic() + 120
         while True:
             q = self.query(False)
-            configured = all(read_register(sw.thrift_port, "herd_regs")[REG_HOLD_START] != 0
-                             for sw in self.bmv2)
+            configured = all(self.thrift(i).register_read("herd_regs", REG_HOLD_START) != 0
+                             for i in range(self.k))
             if configured and sum(s.subscribed for s in q.switches) == self.k:
                 break
             for i, proc in enumerate(self.controllers):
@@ -203,8 +193,8 @@ class Bmv2TestbedRun(TestbedRun):
         from herd.switch import REG_HELLOS, REG_OVERFLOWS, REG_PEAK_OCCUPIED, REG_REPORTS
 
         out = []
-        for i, sw in enumerate(self.bmv2):
-            regs = read_register(sw.thrift_port, "herd_regs")
+        for i in range(self.k):
+            regs = self.thrift(i).register_read_all("herd_regs")
             emitted = regs[REG_HELLOS] + regs[REG_REPORTS] + regs[REG_OVERFLOWS]
             self._emitted[i] = emitted
             # BMv2 keeps no timing: the controller notes the switch's packet counter after
@@ -286,22 +276,19 @@ class Testbed:
         return False
 
     def configure_bmv2(self, params: Params) -> None:
-        """What the model nodes take as arguments, written into the P4 switches: the load
-        balancer's registers and port map, the aggregator's port, the CPU mirror sessions."""
+        """What the model nodes take as arguments, written into the P4 switches
+        (``herd.testbed.configure``): the load balancer's registers and port map, the
+        aggregator's port, the ingress switches' forwarding and CPU mirror sessions."""
         from herd.testbed.network import CPU_PORT
 
+        cpu_ports = {sw.name: CPU_PORT for sw in self.topology.ingress_switches}
+        plan = evaluation_writes(self.topology, params, cpu_ports)
         for sw in self.net.switches:
-            if sw.kind == LOAD_BALANCER:
-                cmds = [f"register_write lb_regs 0 {lb_seed(params.seed)}",
-                        f"register_write lb_regs 1 {probability_threshold(params.p)}",
-                        f"register_write lb_regs 2 {self.k}"]
-                cmds += [f"table_add ingress_switch to_switch {i} => {i + 2}"
-                         for i in range(self.k)]
-            elif sw.kind == AGGREGATOR:
-                cmds = [f"table_set_default forwarding forward {self.k + 1}"]
-            else:
-                cmds = [f"mirroring_add 100 {CPU_PORT}"]
-            switch_cli(sw.thrift_port, cmds)
+            client = Bmv2Thrift(sw.thrift_port)
+            try:
+                apply_writes(client, plan[sw.name])
+            finally:
+                client.close()
 
     def received(self) -> int:
         return rx_packets(self.net.get("h2"), "h2-eth0")
