@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,19 @@ def evaluation_topology(k: int = 10) -> Topology:
     return t
 
 
-def p4app_json(t: Topology, cpu_port: bool = True) -> dict[str, Any]:
-    """The topology as a p4-utils p4app (``sudo p4run --conf FILE``), ports pinned."""
+def p4app_json(t: Topology, cpu_port: bool = True, p4src: str | Path = "p4src",
+               build_dir: str | Path | None = "build",
+               thrift_ports: Mapping[str, int] | None = None) -> dict[str, Any]:
+    """The topology as a p4-utils p4app (``sudo p4run --conf FILE``), switch ports pinned.
+
+    Paths are as p4-utils takes them: relative to the directory p4run runs in (the repo's
+    root for ``p4src``). p4run compiles the programs into ``build_dir`` (it creates that
+    directory, one level only; default ``build``, git-ignored: not beside the sources,
+    p4-utils' default, which None keeps). Each ingress switch gets a CPU port (p4-utils
+    numbers it: the next free port, 3 here; its topology DB records it), which ``herd testbed
+    configure`` mirrors CPU messages to. Thrift ports are p4-utils' (9090 up, in name order)
+    unless given per switch.
+    """
     links = []
     for link in t.links:
         opts: dict[str, Any] = {}
@@ -97,31 +109,49 @@ def p4app_json(t: Topology, cpu_port: bool = True) -> dict[str, Any]:
     for node in t.nodes.values():
         if node.kind == HOST:
             continue
-        sw: dict[str, Any] = {"p4_src": node.program}
+        program = Path(p4src) / Path(PROGRAMS[node.kind]).name
+        sw: dict[str, Any] = {"p4_src": str(program)}
         if node.kind == INGRESS:
             sw["cpu_port"] = cpu_port
+        if thrift_ports and node.name in thrift_ports:
+            sw["thrift_port"] = int(thrift_ports[node.name])
         switches[node.name] = sw
-    return {
-        "p4_src": PROGRAMS[INGRESS],
+    out: dict[str, Any] = {
+        "p4_src": str(Path(p4src) / Path(PROGRAMS[INGRESS]).name),
+        # p4run itself ignores "cli" (it takes --no-cli); kept for the p4app format's readers.
         "cli": True,
         "pcap_dump": False,
         "enable_log": False,
-        "topology": {
-            "assignment_strategy": "l2",
-            "default": {"auto_arp_tables": True},
-            "links": links,
-            "hosts": {n.name: {} for n in t.of_kind(HOST)},
-            "switches": switches,
-        },
     }
+    if build_dir is not None:
+        # p4-utils' default compiler with its default options, writing into build_dir.
+        out["compiler_module"] = {"options": {
+            "outdir": str(build_dir), "opts": "--target bmv2 --arch v1model --std p4-16",
+            "p4rt": False}}
+    out["topology"] = {
+        "assignment_strategy": "l2",
+        "default": {"auto_arp_tables": True},
+        "links": links,
+        "hosts": {n.name: {} for n in t.of_kind(HOST)},
+        "switches": switches,
+    }
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description="Write the evaluation topology as a p4app JSON.")
     ap.add_argument("--k", type=int, default=10)
     ap.add_argument("--out", required=True)
+    ap.add_argument("--p4src", default="p4src",
+                    help="the programs' directory as p4run will see it (default p4src: p4run "
+                    "runs in the repo's root)")
+    ap.add_argument("--build-dir", default="build",
+                    help="where p4run compiles the programs (default build, git-ignored; "
+                    "'': next to their sources)")
     args = ap.parse_args()
-    Path(args.out).write_text(json.dumps(p4app_json(evaluation_topology(args.k)), indent=2) + "\n")
+    app = p4app_json(evaluation_topology(args.k), p4src=args.p4src,
+                     build_dir=args.build_dir or None)
+    Path(args.out).write_text(json.dumps(app, indent=2) + "\n")
 
 
 if __name__ == "__main__":
