@@ -190,6 +190,7 @@ def test_controller_kill9_and_restart_loses_and_double_counts_nothing(
     run = ReplayRun(prep, Params(k=3, percentile=95), pps=6000)
     try:
         run.start()
+        assert len({id(p) for p in run.switches}) == 1  # one process hosts the switches
         run.wait_progress(0.3)
         run.kill_controller(1)  # -9, mid-run: its switch keeps sending
         time.sleep(0.7)
@@ -764,3 +765,170 @@ def test_replay_refuses_an_epoch_shorter_than_a_microsecond(short_trace: Path) -
     prep = PreparedTrace(load_trace(short_trace))
     with pytest.raises(HerdInputError, match="epoch_ms=0.001: at 10x"):
         ReplayRun(prep, Params(k=2, epoch_ms=0.001), pps=1_000_000)
+
+
+# ------------------------------------------------------------------------------ switch host
+
+
+def _packet_file(path: Path, flow: np.ndarray, due: np.ndarray, tables: dict[str, np.ndarray]
+                 ) -> None:
+    np.savez(path, ts_ns=due * 1000 + 7, flow=flow, due=due, **tables)
+
+
+def test_one_thread_paces_several_switches_each_as_if_alone(tmp_path: Path) -> None:
+    """``run_switches``: two switches fed by one thread on one global schedule end exactly
+    as ``herd.switch.Switch`` fed each one's packets alone: same CPU messages (in order, with
+    their packets' times), same registers; each is done with all its packets."""
+    import threading
+
+    from herd.services.model_switch import RECORD_HEAD, ArraySource, ModelSwitch, run_switches
+    from herd.switch import REG_HOLD_START, REG_PRNG, REG_SAMPLE_THRESHOLD, Switch, SwitchConfig
+
+    n, flows, stages = 3000, 80, (32, 16, 8)
+    rng = np.random.default_rng(11)
+    tables = {"flow_src": ((rng.integers(10, 14, flows) << 24) + np.arange(flows)
+                           ).astype(np.uint32),
+              "flow_dst": np.full(flows, 20 << 24, np.uint32),
+              "flow_sport": (np.arange(flows) + 1000).astype(np.uint16),
+              "flow_dport": np.full(flows, 80, np.uint16),
+              "flow_proto": np.full(flows, 6, np.uint8)}
+    flow = rng.zipf(1.3, n) % flows
+    ingress = rng.integers(0, 2, n)
+    models, sources, configs = [], [], []
+    for i in range(2):
+        idx = np.flatnonzero(ingress == i)
+        _packet_file(tmp_path / f"s{i}.npz", flow[idx], idx, tables)
+        sources.append(ArraySource(str(tmp_path / f"s{i}.npz")))
+        model = ModelSwitch(f"s{i + 1}", stages)
+        config = SwitchConfig(prng_seed=1000 + i, sample_threshold=1 << 31, hold_start=2)
+        for reg, v in ((REG_PRNG, config.prng_seed),
+                       (REG_SAMPLE_THRESHOLD, config.sample_threshold),
+                       (REG_HOLD_START, config.hold_start)):
+            model.control({"op": "register_write", "name": "herd_regs", "index": reg,
+                           "value": v})
+        # Groups 10/8 and 11/8 -> 20/8 installed; 12/8 and 13/8 send hellos (no entry comes).
+        for src8 in (10, 11):
+            model.control({"op": "table_add", "table": "group_table", "key": [src8, 20],
+                           "action": "set_group_params", "params": [3, 1 << 30]})
+        models.append(model)
+        configs.append(config)
+    runner = threading.Thread(target=run_switches, args=(list(zip(models, sources,
+                                                                  strict=True)),))
+    runner.start()
+    t0 = time.time_ns() + 50_000_000
+    for model in models:
+        model.control({"op": "start", "t0_ns": t0, "pps": 30_000})
+    runner.join(30)
+    assert not runner.is_alive()
+    for i, model in enumerate(models):
+        idx = np.flatnonzero(ingress == i)
+        assert model.done.is_set() and model.packets_done == len(idx)
+        assert model.wall_start_ns >= t0
+        got = []
+        for rec in model._buf:
+            _, _, ts = RECORD_HEAD.unpack(rec[:RECORD_HEAD.size])
+            got.append((CpuMessage.unpack(rec[RECORD_HEAD.size:]), ts))
+        ref = Switch(stages)
+        ref.configure(configs[i])
+        for src8 in (10, 11):
+            ref.install_group(src8 << 8 | 20, 3, 1 << 30)
+        want = []
+        for j in idx:
+            f = flow[j]
+            m = ref.process(int(tables["flow_src"][f]), int(tables["flow_dst"][f]),
+                            int(tables["flow_sport"][f]), int(tables["flow_dport"][f]),
+                            int(tables["flow_proto"][f]))
+            if m is not None:
+                want.append((m, int(j) * 1000 + 7))
+        assert got == want
+        kinds = {m.type for m, _ in got}
+        assert MessageType.HELLO in kinds and MessageType.REPORT in kinds
+        assert model.switch.registers() == ref.registers()
+        assert set(model.hello_emit_ns) == {g for g in (12 << 8 | 20, 13 << 8 | 20)
+                                            if ref.group_state[g] == 1}
+
+
+def test_emit_many_numbers_in_order_and_drops_beyond_the_buffer() -> None:
+    from herd.services.model_switch import RECORD_HEAD, ModelSwitch
+
+    model = ModelSwitch("s1", (8,), cpu_buffer=2)
+    model.emit_many([(b"a", 1), (b"b", 2), (b"c", 3)])
+    heads = [RECORD_HEAD.unpack(r[:RECORD_HEAD.size]) for r in model._buf]
+    assert [(seq, ts) for _, seq, ts in heads] == [(1, 1), (2, 2)]
+    assert model.last_seq == 2 and model.cpu_dropped == 1
+    model.ack(2)
+    model.emit(b"d", 4)  # room again once acknowledged
+    assert model.last_seq == 3 and model.cpu_dropped == 1
+
+
+def test_one_process_hosts_several_switches_each_on_its_socket(procs: Procs,
+                                                               tmp_path: Path) -> None:
+    """``herd model-switch`` with --name/--listen/--packets repeated: every switch answers on
+    its own socket with its own state; a shutdown per switch ends the process, which writes
+    each one's stats file. Per-switch options given a wrong number of times are refused."""
+    tables = {"flow_src": np.array([10 << 24], np.uint32),
+              "flow_dst": np.array([20 << 24], np.uint32),
+              "flow_sport": np.array([1], np.uint16), "flow_dport": np.array([2], np.uint16),
+              "flow_proto": np.array([6], np.uint8)}
+    args: list[str] = []
+    for i in (1, 2):
+        _packet_file(tmp_path / f"s{i}.npz", np.zeros(i, np.int64), np.arange(i), tables)
+        args += ["--name", f"s{i}", "--listen", f"unix:{tmp_path / f's{i}.sock'}",
+                 "--packets", str(tmp_path / f"s{i}.npz"), "--ready-file",
+                 str(tmp_path / f"s{i}.ready"), "--stats-file", str(tmp_path / f"s{i}.json")]
+    proc = procs.start("herd.services.model_switch", [*args, "--start", "command"], "host")
+    wait_for(lambda: all((tmp_path / f"s{i}.ready").exists() for i in (1, 2)), what="ready")
+    drivers = [ModelDriver(f"s{i}", f"unix:{tmp_path / f's{i}.sock'}") for i in (1, 2)]
+    try:
+        drivers[0].register_write("herd_regs", 2, 7)
+        assert [d.register_read("herd_regs", 2) for d in drivers] == [7, 0]
+        assert [d.stats()["name"] for d in drivers] == ["s1", "s2"]
+        for d in drivers:
+            d.request(op="start", t0_ns=0, pps=0)
+        wait_for(lambda: all(d.stats()["done"] for d in drivers), what="packets done")
+        assert [d.stats()["packets_done"] for d in drivers] == [1, 2]
+        drivers[0].request(op="shutdown")
+        time.sleep(0.7)
+        assert proc.poll() is None  # s2 still runs
+        assert drivers[1].stats()["name"] == "s2"
+        drivers[1].request(op="shutdown")
+        assert proc.wait(10) == 0
+    finally:
+        for d in drivers:
+            d.close()
+    stats = [json.loads((tmp_path / f"s{i}.json").read_text()) for i in (1, 2)]
+    assert [(s["name"], s["packets_done"]) for s in stats] == [("s1", 1), ("s2", 2)]
+    bad = subprocess.run([PY, "-m", "herd.services.model_switch", "--name", "s1", "--name",
+                          "s2", "--listen", f"unix:{tmp_path / 'a.sock'}", "--listen",
+                          f"unix:{tmp_path / 'b.sock'}", "--packets", str(tmp_path / "s1.npz")],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--packets given 1 times for 2 switches" in bad.stderr
+
+
+def test_coordinator_pushes_a_changed_l_g_to_the_other_members_only(tmp_path: Path) -> None:
+    """A hello that changes l_g: the asker learns it from its answer, every other member gets
+    a push, the asker's stream carries nothing more; l_g_pushes still counts the others."""
+    import queue
+
+    from herd.services.coordinator_service import CoordinatorState, Journal, _Op
+
+    names = ["s1", "s2", "s3", "s4"]
+    state = CoordinatorState(names, 2, Journal(str(tmp_path / "j.sqlite"), False))
+    qs: list[queue.Queue[Any]] = [queue.Queue() for _ in names]
+    for sid, q in enumerate(qs):
+        state.submit(_Op("subscribe", sid, q))
+        assert q.get_nowait().snapshot_end
+    g = 10 << 8 | 20
+    answers = [state.submit(_Op("hellos", 0, [(sid, g, 1)])).result for sid in range(4)]
+    assert answers == [[1], [2], [2], [4]]  # l_g changes at the 2nd and the 4th member
+
+    def drain(q: queue.Queue[Any]) -> list[tuple[int, int]]:
+        out = []
+        while not q.empty():
+            u = q.get_nowait()
+            out.append((u.group, u.l_g))
+        return out
+
+    assert [drain(q) for q in qs] == [[(g, 2), (g, 4)], [(g, 4)], [(g, 4)], []]
+    assert state.counters["l_g_pushes"] == 4
+    state.journal.close()

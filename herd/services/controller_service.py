@@ -247,7 +247,10 @@ class ControllerService:
             with self._rcv:
                 self._rbuf.append((rec.seq, rec.ts_ns, msg.src, msg.dst, msg.sport, msg.dport,
                                    msg.proto, msg.count, msg.epoch))
-                self._rcv.notify_all()
+                # Wake the sender only for what it waits for (something to send, a full
+                # batch): a wake-up per report costs more than the report.
+                if len(self._rbuf) - self._rsent in (1, MAX_BATCH):
+                    self._rcv.notify_all()
         else:
             self.counters["overflows"] += 1
             if self.lc.on_overflow():
@@ -273,7 +276,8 @@ class ControllerService:
             with self._hello_cv:
                 self._hello_t0[g] = time.monotonic_ns()
                 self._hello_q.append((g, seq, msg))
-                self._hello_cv.notify_all()
+                if len(self._hello_q) == 1:  # the sender waits only for a first one
+                    self._hello_cv.notify_all()
 
     def apply_l_gs(self, updates: list[tuple[int, int]]) -> None:
         """Install or modify the entries of several (g, l_g) (from hello answers, pushes or a

@@ -530,8 +530,10 @@ class CoordinatorState:
     def _hello(self, switch: int, g: int, seq: int,
                pushes: list[tuple[int, pb.LgUpdate]]) -> int:
         l_g, push_to = self._apply_hello(switch, g, seq)
-        for target in push_to:
-            pushes.append((target, pb.LgUpdate(group=g, l_g=l_g)))
+        # The asker gets l_g in its answer (again on a resent hello, if the answer is lost):
+        # a push to it too would cost a message on each side and change nothing.
+        pushes.extend((target, pb.LgUpdate(group=g, l_g=l_g)) for target in push_to
+                      if target != switch)
         return l_g
 
     def _run(self, op: _Op, pushes: list[tuple[int, pb.LgUpdate]]) -> None:

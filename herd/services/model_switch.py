@@ -6,7 +6,12 @@ switch's CPU messages from it. Packets come from a :class:`PacketSource` - a tra
 per-switch arrays ``herd replay`` writes; another source (frames from veth interfaces via raw
 sockets, for Mininet) only has to yield :class:`PacketBatch` es.
 
-Wire protocol (one listening socket, Unix-domain ``unix:/path`` or TCP ``host:port``):
+One process may host several switches (``--name``, ``--listen``, ``--packets`` once per
+switch): each has its own socket, state and CPU stream, as if alone, and one thread paces
+the packets of all of them (``run_switches``), so that k switches cost one wake-up per pacing
+step rather than k.
+
+Wire protocol (a listening socket per switch, ``unix:/path`` or TCP ``host:port``):
   - every connection starts with a frame ``u32 length | JSON``; ``{"op": "subscribe"}`` makes
     it the CPU message stream, anything else is a control request answered with one JSON
     frame (``{"ok": true, ...}`` or ``{"ok": false, "error": ...}``), and the connection
@@ -100,6 +105,7 @@ MAX_FRAME = 1 << 20
 CHUNK = 4096  # packets per locked step at full speed: control writes land between steps
 DEFAULT_CPU_BUFFER = 2_000_000
 PACE_STEP = 0.001  # seconds: the pacing granularity
+PACE_MAX = 0.005  # seconds: the longest sleep between looks at the schedule
 # Register widths (the P4 program's): what a register write may hold. The origin is 63 bits
 # here, not 48: this switch's clock is Unix microseconds (51 bits), not microseconds since the
 # switch started (and the pipeline takes it as a signed 64-bit integer).
@@ -281,12 +287,18 @@ class ModelSwitch:
     # ---------------------------------------------------------------- CPU messages
 
     def emit(self, payload: bytes, ts_ns: int) -> None:
+        self.emit_many([(payload, ts_ns)])
+
+    def emit_many(self, messages: list[tuple[bytes, int]]) -> None:
+        """CPU messages (payload, ts_ns) in order: one wake-up of the subscriber for all."""
         with self.cond:
-            if self.last_seq - self.acked >= self.cpu_limit:
-                self.cpu_dropped += 1
-                return
-            self.last_seq += 1
-            self._buf.append(RECORD_HEAD.pack(16 + len(payload), self.last_seq, ts_ns) + payload)
+            for payload, ts_ns in messages:
+                if self.last_seq - self.acked >= self.cpu_limit:
+                    self.cpu_dropped += 1
+                    continue
+                self.last_seq += 1
+                self._buf.append(RECORD_HEAD.pack(16 + len(payload), self.last_seq, ts_ns)
+                                 + payload)
             self.cond.notify_all()
 
     def ack(self, seq: int) -> None:
@@ -299,7 +311,7 @@ class ModelSwitch:
             if drop >= 4096 or drop * 2 >= len(self._buf):
                 del self._buf[:drop]
                 self._base = seq + 1
-            self.cond.notify_all()
+            # No notify: the subscriber waits for new messages, not for acknowledgements.
 
     def _pending_records(self, limit: int = 8192) -> list[bytes]:
         """Records from the cursor on (caller holds cond)."""
@@ -565,80 +577,42 @@ class ModelSwitch:
 
     def run(self, source: PacketSource) -> None:
         """Feed the source through the switch once started; pace by the schedule."""
-        self.packets_total = source.total
-        self.started.wait()
-        # Every switch starts at the same instant t0 (paced or not).
-        delay = (self.t0_ns - time.time_ns()) / 1e9
-        if delay > 0:
-            self.stopping.wait(delay)
-        if self.stopping.is_set():
-            return
+        run_switches([(self, source)])
+
+    def _packets(self, feed: _Feed, i: int, end: int) -> None:
+        """Packets [i, end) of the feed's batch through the switch; their CPU messages out."""
         sw = self.switch
-        self.wall_start_ns = time.time_ns()
-        numbered = 0
-        for batch in source.batches():
-            if self.stopping.is_set():
-                break
-            n = len(batch.ts_ns)
-            flow_group = (((batch.flow_src >> 24) << 8) | (batch.flow_dst >> 24)).astype(np.int64)
-            slot, fp = self._slots(batch)
-            due = batch.due if batch.due is not None else np.arange(numbered, numbered + n)
-            numbered += n
-            size = min(n, CHUNK)
-            ev_pkt, ev_type, ev_cnt, ev_epoch, ep_epoch, ep_packet = (
-                np.empty(size, np.int64) for _ in range(6))
-            flow = np.asarray(batch.flow, np.int64)
-            arrival = batch.arrival_ns
-            i = 0
-            while i < n and not self.stopping.is_set():
-                end = min(i + CHUNK, n)
-                if self.pps > 0:
-                    now_due = (time.time_ns() - self.t0_ns) * self.pps / 1e9
-                    end = min(end, int(np.searchsorted(due, now_due, side="right")))
-                    if end <= i:
-                        # Sleep in steps of at least PACE_STEP: waking per packet would cost
-                        # more CPU than the packets; a packet is late by less than a step.
-                        wait = (self.t0_ns + due[i] / self.pps * 1e9 - time.time_ns()) / 1e9
-                        time.sleep(min(max(wait, PACE_STEP), 0.005))
-                        continue
-                if arrival is not None:
-                    arrival_us = arrival[i:end] // 1000
-                elif self.pps > 0:  # on the wire when due, however late the pipeline is
-                    arrival_us = (self.t0_ns + (due[i:end] * (1e9 / self.pps)).astype(np.int64)
-                                  ) // 1000
-                else:
-                    arrival_us = np.full(end - i, time.time_ns() // 1000, np.int64)
-                with self.lock:
-                    k, m = _run_packets(sw.regs, sw.group_state, sw.group_tau, sw.group_r,
-                                        sw.fps, sw.counts, sw.epochs, sw.epoch_log, flow,
-                                        flow_group, slot, fp, i, end, arrival_us,
-                                        sw.epoch_origin_us, ev_pkt, ev_type, ev_cnt, ev_epoch,
-                                        ep_epoch, ep_packet)
-                    if not self.first_arrival_us:
-                        self.first_arrival_us = int(arrival_us[0])
-                    for j in range(m):
-                        self.epoch_starts.append((int(ep_epoch[j]), int(ep_packet[j])))
-                    now = time.monotonic_ns()
-                    first = numbered - n  # the switch's number of this batch's packet 0
-                    for j in range(k):
-                        if ev_type[j] == EV_HELLO:
-                            g = int(flow_group[flow[ev_pkt[j]]])
-                            self.hello_emit_ns.setdefault(g, now)
-                            self.hello_packet[g] = first + int(ev_pkt[j])
-                    self.packets_done += end - i
-                for j in range(k):
-                    p = int(ev_pkt[j])
-                    f = flow[p]
-                    self.emit(CPU_HEADER.pack(int(ev_type[j]), int(batch.flow_src[f]),
-                                              int(batch.flow_dst[f]), int(batch.flow_sport[f]),
-                                              int(batch.flow_dport[f]), int(batch.flow_proto[f]),
-                                              int(ev_cnt[j]), int(ev_epoch[j])),
-                              int(batch.ts_ns[p]))
-                i = end
-        self.wall_end_ns = time.time_ns()
-        self.done.set()
-        log.info("%s: %d packets done, %d CPU messages", self.name, self.packets_done,
-                 self.last_seq)
+        batch, flow, flow_group = feed.batch, feed.flow, feed.flow_group
+        ev_pkt, ev_type, ev_cnt, ev_epoch, ep_epoch, ep_packet = feed.buffers
+        if feed.arrival_us is not None:
+            arrival_us = feed.arrival_us[i:end]
+        else:
+            arrival_us = np.full(end - i, time.time_ns() // 1000, np.int64)
+        with self.lock:
+            k, m = _run_packets(sw.regs, sw.group_state, sw.group_tau, sw.group_r,
+                                sw.fps, sw.counts, sw.epochs, sw.epoch_log, flow,
+                                flow_group, feed.slot, feed.fp, i, end, arrival_us,
+                                sw.epoch_origin_us, ev_pkt, ev_type, ev_cnt, ev_epoch,
+                                ep_epoch, ep_packet)
+            if not self.first_arrival_us:
+                self.first_arrival_us = int(arrival_us[0])
+            for j in range(m):
+                self.epoch_starts.append((int(ep_epoch[j]), int(ep_packet[j])))
+            now = time.monotonic_ns()
+            first = feed.numbered - feed.n  # the switch's number of this batch's packet 0
+            for j in range(k):
+                if ev_type[j] == EV_HELLO:
+                    g = int(flow_group[flow[ev_pkt[j]]])
+                    self.hello_emit_ns.setdefault(g, now)
+                    self.hello_packet[g] = first + int(ev_pkt[j])
+            self.packets_done += end - i
+        if k:
+            self.emit_many([
+                (CPU_HEADER.pack(int(ev_type[j]), int(batch.flow_src[f]),
+                                 int(batch.flow_dst[f]), int(batch.flow_sport[f]),
+                                 int(batch.flow_dport[f]), int(batch.flow_proto[f]),
+                                 int(ev_cnt[j]), int(ev_epoch[j])), int(batch.ts_ns[p]))
+                for j in range(k) for p in (int(ev_pkt[j]),) for f in (flow[p],)])
 
     _slot_cache: tuple[int, np.ndarray, np.ndarray] | None = None
 
@@ -652,6 +626,102 @@ class ModelSwitch:
                                    sw.stage_sizes)
             self._slot_cache = (key, slot, fp)
         return self._slot_cache[1], self._slot_cache[2]
+
+
+class _Feed:
+    """One switch's packets on their way through it: the batch at hand and the position in
+    it. ``step`` takes what is due; ``run_switches`` steps several feeds in one thread."""
+
+    def __init__(self, model: ModelSwitch, source: PacketSource) -> None:
+        self.model = model
+        model.packets_total = source.total
+        self._batches = source.batches()
+        self.begun = False
+        self.numbered = 0  # packets of the batches so far, this one included
+        self.i = self.n = 0
+        self.batch: PacketBatch | None = None
+        self.arrival_us: np.ndarray | None = None
+
+    def _next_batch(self) -> bool:
+        m = self.model
+        batch = next(self._batches, None)
+        if batch is None:
+            return False
+        n = len(batch.ts_ns)
+        self.batch, self.i, self.n = batch, 0, n
+        self.flow_group = (((batch.flow_src >> 24) << 8) | (batch.flow_dst >> 24)
+                           ).astype(np.int64)
+        self.slot, self.fp = m._slots(batch)
+        self.due = batch.due if batch.due is not None else np.arange(self.numbered,
+                                                                    self.numbered + n)
+        self.numbered += n
+        size = min(n, CHUNK)
+        self.buffers = tuple(np.empty(size, np.int64) for _ in range(6))
+        self.flow = np.asarray(batch.flow, np.int64)
+        if batch.arrival_ns is not None:
+            self.arrival_us = batch.arrival_ns // 1000
+        elif m.pps > 0:  # on the wire when due, however late the pipeline is
+            self.arrival_us = (m.t0_ns + (self.due * (1e9 / m.pps)).astype(np.int64)) // 1000
+        else:  # when the pipeline takes it
+            self.arrival_us = None
+        return True
+
+    def step(self) -> float | None:
+        """Up to CHUNK packets due now through the switch. Returns 0 if it took some, else
+        the seconds until the next one is due; None once the source is exhausted (or the
+        switch is stopping)."""
+        m = self.model
+        if m.stopping.is_set():
+            return None
+        if not self.begun:
+            # Every switch starts at the same instant t0 (paced or not).
+            if not m.started.is_set():
+                return PACE_MAX
+            wait = (m.t0_ns - time.time_ns()) / 1e9
+            if wait > 0:
+                return wait
+            self.begun = True
+            m.wall_start_ns = time.time_ns()
+        if self.i >= self.n and not self._next_batch():
+            return None
+        i = self.i
+        end = min(i + CHUNK, self.n)
+        if m.pps > 0:
+            now_due = (time.time_ns() - m.t0_ns) * m.pps / 1e9
+            end = min(end, int(np.searchsorted(self.due, now_due, side="right")))
+            if end <= i:
+                return max((m.t0_ns + self.due[i] / m.pps * 1e9 - time.time_ns()) / 1e9, 1e-9)
+        m._packets(self, i, end)
+        self.i = end
+        return 0.0
+
+    def finish(self) -> None:
+        m = self.model
+        if not self.begun:
+            return
+        m.wall_end_ns = time.time_ns()
+        m.done.set()
+        log.info("%s: %d packets done, %d CPU messages", m.name, m.packets_done, m.last_seq)
+
+
+def run_switches(feeds: list[tuple[ModelSwitch, PacketSource]]) -> None:
+    """Feed each source through its switch, paced by the schedule, all in this one thread:
+    one wake-up per pacing step serves every switch (a thread or process per switch would
+    each wake as often, for a few packets)."""
+    active = [_Feed(m, s) for m, s in feeds]
+    while active:
+        waits = []
+        for feed in list(active):
+            wait = feed.step()
+            if wait is None:
+                feed.finish()
+                active.remove(feed)
+            else:
+                waits.append(wait)
+        if waits and min(waits) > 0:
+            # Sleep in steps of at least PACE_STEP: waking per packet would cost more CPU
+            # than the packets; a packet is late by less than a step.
+            time.sleep(min(max(min(waits), PACE_STEP), PACE_MAX))
 
 
 # ------------------------------------------------------------------------------- server
@@ -765,11 +835,17 @@ class ModelSwitchServer:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--name", required=True, help="switch name, e.g. s1")
-    p.add_argument("--listen", required=True, help="unix:/path or host:port")
+    # Several switches in one process: --name, --listen, --packets (and --ready-file,
+    # --stats-file when given) once per switch, in the same order.
+    p.add_argument("--name", required=True, action="append",
+                   help="switch name, e.g. s1 (repeat to host several switches)")
+    p.add_argument("--listen", required=True, action="append",
+                   help="unix:/path or host:port (one per --name)")
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--packets", help="per-switch packet arrays (.npz, as herd replay writes)")
-    src.add_argument("--trace", help="a capture: every IPv4 packet goes through this switch")
+    src.add_argument("--packets", action="append",
+                     help="per-switch packet arrays (.npz, as herd replay writes; one per "
+                     "--name)")
+    src.add_argument("--trace", help="a capture: every IPv4 packet goes through every switch")
     p.add_argument("--stages", default="4096,2048,1024", help="hash-table stage sizes")
     p.add_argument("--start", choices=("command", "configured", "now"), default="configured",
                    help="when packets begin: on a start command, once a controller has "
@@ -778,52 +854,79 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="packets/s when not started by command (0: full speed)")
     p.add_argument("--cpu-buffer", type=int, default=DEFAULT_CPU_BUFFER,
                    help="CPU messages held unacknowledged at most")
-    p.add_argument("--ready-file", help="written with the address once listening")
-    p.add_argument("--stats-file", help="switch counters written here on exit")
+    p.add_argument("--ready-file", action="append",
+                   help="written with the address once listening (one per --name)")
+    p.add_argument("--stats-file", action="append",
+                   help="switch counters written here on exit (one per --name)")
     p.add_argument("--log-level", default="INFO")
 
 
+def _per_switch(args: argparse.Namespace, key: str) -> list[Any]:
+    """The values of a per-switch option, one per --name (None each if not given)."""
+    values = getattr(args, key)
+    if values is None:
+        return [None] * len(args.name)
+    if len(values) != len(args.name):
+        raise HerdInputError(f"--{key.replace('_', '-')} given {len(values)} times for "
+                             f"{len(args.name)} switches: give it once per --name")
+    return list(values)
+
+
 def serve(args: argparse.Namespace) -> int:
-    setup_logging(args.log_level, f"switch-{args.name}")
+    setup_logging(args.log_level, f"switch-{','.join(args.name)}")
     sys.setswitchinterval(0.0005)  # control writes must not wait 5 ms for the packet thread
     try:
         stages = tuple(int(x) for x in args.stages.split(","))
     except ValueError:
         raise HerdInputError(f"--stages {args.stages!r}: not comma-separated integers") from None
-    source: PacketSource = ArraySource(args.packets) if args.packets else TraceSource(args.trace)
-    model = ModelSwitch(args.name, stages, args.cpu_buffer)
-    server = ModelSwitchServer(model, args.listen)
+    listens, readies, stats_files = (_per_switch(args, k) for k in
+                                     ("listen", "ready_file", "stats_file"))
+    sources: list[PacketSource] = ([ArraySource(x) for x in _per_switch(args, "packets")]
+                                   if args.packets else [TraceSource(args.trace)
+                                                         for _ in args.name])
+    models = [ModelSwitch(name, stages, args.cpu_buffer) for name in args.name]
+    servers = [ModelSwitchServer(m, listen) for m, listen in zip(models, listens, strict=True)]
+    stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:
-        model.stopping.set()
-        model.started.set()
+        stopping.set()
+        for m in models:
+            m.stopping.set()
+            m.started.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    threading.Thread(target=server.serve_forever, daemon=True, name="accept").start()
-    if args.start == "now":
-        model.op_start({"pps": args.pps})
-    elif args.start == "configured":
-        def starter() -> None:
-            while not model.stopping.is_set():
-                if model.switch.regs[REG_HOLD_START] != 0:
-                    model.op_start({"pps": args.pps})
-                    return
-                time.sleep(0.05)
+    for server in servers:
+        threading.Thread(target=server.serve_forever, daemon=True, name="accept").start()
+    for model in models:
+        if args.start == "now":
+            model.op_start({"pps": args.pps})
+        elif args.start == "configured":
+            def starter(model: ModelSwitch = model) -> None:
+                while not model.stopping.is_set():
+                    if model.switch.regs[REG_HOLD_START] != 0:
+                        model.op_start({"pps": args.pps})
+                        return
+                    time.sleep(0.05)
 
-        threading.Thread(target=starter, daemon=True).start()
-    if args.ready_file:
-        atomic_write_text(args.ready_file, server.address + "\n")
-    log.info("%s listening on %s, %s packets", args.name, server.address, source.total)
-    runner = threading.Thread(target=model.run, args=(source,), daemon=True, name="packets")
+            threading.Thread(target=starter, daemon=True).start()
+    for server, ready in zip(servers, readies, strict=True):
+        if ready:
+            atomic_write_text(ready, server.address + "\n")
+        log.info("%s listening on %s", server.model.name, server.address)
+    runner = threading.Thread(target=run_switches, args=(list(zip(models, sources,
+                                                                  strict=True)),),
+                              daemon=True, name="packets")
     runner.start()
-    while not model.stopping.is_set():
-        model.stopping.wait(0.5)
-    with model.cond:
-        model.cond.notify_all()
-    server.close()
-    if args.stats_file:
-        atomic_write_json(args.stats_file, model.op_stats({"latencies": True}))
+    # A shutdown request stops the switch it was sent to; the process ends with the last.
+    while not all(m.stopping.is_set() for m in models):
+        stopping.wait(0.5)
+    for model, server, stats_file in zip(models, servers, stats_files, strict=True):
+        with model.cond:
+            model.cond.notify_all()
+        server.close()
+        if stats_file:
+            atomic_write_json(stats_file, model.op_stats({"latencies": True}))
     return 0
 
 

@@ -1,8 +1,9 @@
 """``herd replay``: the whole distributed system on one machine, without Mininet.
 
-One coordinator process, k model-switch processes and k local controller processes, all
-talking over real sockets (gRPC on loopback, Unix-domain sockets switch <-> controller); the
-trace is fed through the switches, each switch getting exactly the packets
+One coordinator process, k local controller processes and the k model switches (all in one
+process, each behind its own socket: one packet loop paces them all), talking over real
+sockets (gRPC on loopback, Unix-domain sockets switch <-> controller); the trace is fed
+through the switches, each switch getting exactly the packets
 ``herd.simulator.PreparedTrace.ingress`` assigns it, in trace order.
 
 Timing. With ``--pps N`` the packets follow one global schedule: trace packet i is due at
@@ -237,16 +238,25 @@ class ReplayRun:
         self._wait_file(ready, self.coordinator, "coordinator")
 
     def start_switch(self, i: int) -> None:
-        ready = self.dir / f"{self.names[i]}.ready"
-        with contextlib.suppress(FileNotFoundError):
-            ready.unlink()
-        self.switches[i] = self._spawn("herd.services.model_switch", [
-            "--name", self.names[i], "--listen", f"unix:{self.dir / (self.names[i] + '.sock')}",
-            "--packets", str(self.dir / f"{self.names[i]}.npz"),
-            "--stages", ",".join(map(str, self.params.stages)), "--start", "command",
-            "--ready-file", str(ready), "--stats-file",
-            str(self.dir / f"{self.names[i]}.stats.json"), "--log-level", self.log_level],
-            f"switch-{self.names[i]}")
+        """Start switch i. One process hosts every switch (its packet loop paces them all:
+        k processes would each wake every millisecond for a few packets, and on a small
+        machine that CPU is what the control loop waits for): the first call starts it for
+        all k, later calls find switch i in it."""
+        host = self.switches[i]
+        if host is not None and host.poll() is None:
+            return
+        for name in self.names:
+            with contextlib.suppress(FileNotFoundError):
+                (self.dir / f"{name}.ready").unlink()
+        per_switch = [arg for name in self.names for arg in (
+            "--name", name, "--listen", f"unix:{self.dir / (name + '.sock')}",
+            "--packets", str(self.dir / f"{name}.npz"),
+            "--ready-file", str(self.dir / f"{name}.ready"),
+            "--stats-file", str(self.dir / f"{name}.stats.json"))]
+        host = self._spawn("herd.services.model_switch", [
+            *per_switch, "--stages", ",".join(map(str, self.params.stages)),
+            "--start", "command", "--log-level", self.log_level], "switches")
+        self.switches = [host] * self.k
 
     def start_controller(self, i: int) -> None:
         p = self.params
@@ -276,8 +286,9 @@ class ReplayRun:
             time.sleep(0.02)
 
     def log_tail(self, what: str, lines: int = 20) -> str:
-        name = what if what == "coordinator" else what
-        p = self.dir / "logs" / f"{name}.log"
+        p = self.dir / "logs" / f"{what}.log"
+        if what.startswith("switch-") and not p.exists():
+            p = self.dir / "logs" / "switches.log"  # the process hosting every switch
         if not p.exists():
             return ""
         return "\n".join(p.read_text(errors="replace").splitlines()[-lines:])
@@ -555,8 +566,9 @@ class ReplayRun:
             with contextlib.suppress(Exception):
                 d.request(op="shutdown")
             d.close()
-        procs = [p for p in (*self.controllers, self.coordinator, *self.switches)
-                 if p is not None]
+        # One process may stand for several switches: each once.
+        procs = list({id(p): p for p in (*self.controllers, self.coordinator, *self.switches)
+                      if p is not None}.values())
         for p in procs:
             if p.poll() is None:
                 with contextlib.suppress(OSError):
