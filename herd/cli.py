@@ -241,10 +241,32 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_score(args: argparse.Namespace) -> int:
+    from herd.services.results import read_results, score_results
+
+    params = params_from_args(args)
+    results = read_results(args.results)
+    prep = _load(args.trace)
+    d = score_results(prep, params, results, args.results)
+    if args.per_epoch_csv:
+        from herd.metrics import write_per_epoch_csv
+
+        write_per_epoch_csv(args.per_epoch_csv, d["per_epoch"])
+    if args.json:
+        _print_json(d)
+    else:
+        print(f"{args.results}: {len(results['elephants'])} elephants; trace {args.trace} "
+              f"(digest {d['trace_digest'][:12]}), T={d['T']}, {d['epochs']} epoch(s)")
+        print(f"heavy hitters={d['heavy_hitters']} detected={d['detected']} (not in the "
+              f"trace: {d['not_in_trace']})")
+        print(f"F1={d['f1']:.4f} precision={d['precision']:.4f} recall={d['recall']:.4f}")
+    return 0
+
+
 # ---------------------------------------------------------------- parser
 
 
-CORE_COMMANDS = ("trace", "simulate", "sweep")
+CORE_COMMANDS = ("trace", "simulate", "sweep", "score")
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -292,6 +314,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sw.add_argument("--plot", help="PNG to write")
     add_param_arguments(sw)
     sw.set_defaults(func=cmd_sweep)
+
+    sc = sub.add_parser("score", help="score a coordinator's results file against the trace "
+                        "that was replayed (F1, precision, recall, per epoch)")
+    sc.add_argument("--results", required=True,
+                    help="the coordinator's results JSON (herd coordinator --results)")
+    sc.add_argument("--trace", required=True, help="the pcap that was replayed")
+    add_param_arguments(sc)
+    sc.add_argument("--json", action="store_true", help="print one JSON object")
+    sc.add_argument("--per-epoch-csv", dest="per_epoch_csv", metavar="FILE",
+                    help="write one row per epoch to this CSV")
+    sc.set_defaults(func=cmd_score)
 
     if command not in CORE_COMMANDS:
         for register in _extra_commands():

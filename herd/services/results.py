@@ -1,0 +1,89 @@
+"""A coordinator's elephants scored against the trace that was replayed.
+
+The coordinator knows flows by 5-tuple and epoch; the trace's ground truth knows them by
+flow index and epoch. :func:`elephant_detection` maps one onto the other, and
+:func:`score_results` scores the coordinator's results file (``herd coordinator
+--results``, written at shutdown) the way ``herd simulate`` scores itself: precision,
+recall and F1 over the (flow, epoch) pairs, per epoch too. Elephants whose 5-tuple is not in
+the trace (another trace's, or traffic the trace does not hold) count as false positives.
+
+    herd score --results results.json --trace PCAP [--T T] [--epoch-ms W]
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from herd.errors import HerdInputError
+from herd.groundtruth import pair_keys
+from herd.params import Params
+from herd.prepared import Detection, PreparedTrace, score
+from herd.services.flowtable import FlowTable
+
+FIELDS = ("src", "dst", "sport", "dport", "proto", "epoch", "detected_ns")
+_FOREIGN = np.int64(1) << 31  # flow indices for pairs not in the trace: never heavy
+
+
+def elephant_detection(prep: PreparedTrace, columns: dict[str, np.ndarray]) -> Detection:
+    """The detected (flow, epoch) pairs of elephants given as columns (``FIELDS``)."""
+    t = prep.trace
+    table = FlowTable(max(1, t.flows))
+    table.index(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport, t.flow_proto)
+    if len(columns["src"]) == 0:
+        return Detection(np.zeros(0, np.int64), np.zeros(0, np.int64))
+    idx = table.index(*(np.asarray(columns[f], np.uint32) for f in FIELDS[:5]))
+    known = (idx >= 0) & (idx < t.flows)
+    # A 5-tuple the trace lacks still is a detection: a distinct index of its own.
+    foreign = _FOREIGN + np.arange(len(idx), dtype=np.int64)
+    flow = np.where(known, idx.astype(np.int64), foreign)
+    keys = pair_keys(np.asarray(columns["epoch"], np.int64), flow)
+    detect_ts = np.asarray(columns["detected_ns"], np.int64)
+    keys, first = np.unique(keys, return_index=True)  # a pair once, at its first detection
+    return Detection(keys, detect_ts[first])
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise HerdInputError(f"{path}: results file not found") from None
+    except (OSError, ValueError) as e:
+        raise HerdInputError(f"{path}: not a coordinator results file ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("elephants"), list):
+        raise HerdInputError(f"{path}: not a coordinator results file (no 'elephants' list)")
+    return data
+
+
+def elephant_columns(elephants: Sequence[dict[str, Any]], source: str) -> dict[str, np.ndarray]:
+    out = {}
+    for f in FIELDS:
+        try:
+            out[f] = np.array([int(x[f]) for x in elephants], np.int64)
+        except (KeyError, TypeError, ValueError):
+            raise HerdInputError(f"{source}: an elephant lacks a valid {f!r}") from None
+    return out
+
+
+def score_results(prep: PreparedTrace, params: Params, results: dict[str, Any],
+                  source: str = "results") -> dict[str, Any]:
+    """The coordinator's elephants against the trace's ground truth under ``params`` (T,
+    epoch length): the keys of ``herd simulate --json`` that do not need the switches."""
+    detection = elephant_detection(prep, elephant_columns(results["elephants"], source))
+    T = prep.threshold(params)
+    E = prep.truth(params, T).epochs
+    metrics, per_epoch = score(prep, params, T, params.reports_needed, detection,
+                               np.zeros(E, np.int64), np.zeros(E, np.int64))
+    for row in per_epoch:  # not in a results file
+        row.pop("messages", None)
+        row.pop("max_states", None)
+    metrics.pop("detection_delay_ms_p50", None)  # wall clock against trace time: meaningless
+    metrics.pop("detection_delay_ms_p95", None)
+    foreign = int(((detection.keys & 0xFFFFFFFF) >= _FOREIGN).sum())
+    return {"T": T, **metrics, "not_in_trace": foreign,
+            "trace": [str(p) for p in prep.trace.paths], "trace_digest": prep.trace.digest,
+            "params": params.to_dict(), "per_epoch": per_epoch}
