@@ -126,6 +126,24 @@ def test_controller_options(tmp_path: Path) -> None:
     assert controller_options(str(path), "s1")["switch_index"] == 0
 
 
+def test_controller_takes_the_switch_from_the_database(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """``herd controller --topology``: the bmv2 driver at the switch's Thrift port (nothing
+    listens there: the one-line error names it)."""
+    db = topology_db(2)
+    port = _closed_port()
+    next(n for n in db["nodes"] if n["id"] == "s2")["thrift_port"] = port
+    args = ["controller", "--topology", str(write_db(tmp_path, db)), "--switch", "s2",
+            "--T", "5", "--switch-timeout", "0", "--log-level", "CRITICAL"]
+    assert herd_main(args) == 2
+    err = capsys.readouterr().err
+    assert f"bmv2 switch at 127.0.0.1:{port}" in err and err.count("\n") == 1, err
+    assert herd_main([*args[:4], "agg", *args[5:]]) == 2
+    assert "switch agg runs aggregator.p4, not herd.p4" in capsys.readouterr().err
+    assert herd_main(["controller", "--switch", "s1", "--T", "5"]) == 2
+    assert "give --switch-address (or --topology" in capsys.readouterr().err
+
+
 def test_writes_from_the_database(tmp_path: Path) -> None:
     net = load(write_db(tmp_path, topology_db(2)))
     plan = evaluation_writes(net.topology, Params(k=2), net.cpu_ports())
@@ -349,11 +367,8 @@ def test_manual_session(tmp_path: Path) -> None:
 
         class P4runRun(Bmv2TestbedRun):
             def driver_args(self, i: int) -> list[str]:
-                o = options[self.names[i]]
-                assert o["switch_index"] == i
-                # TODO(lead): ["--topology", str(db)] once herd controller takes --topology
-                return ["--driver", "bmv2", "--switch-address", o["switch_address"],
-                        "--cpu-interface", o["cpu_interface"]]
+                assert options[self.names[i]]["switch_index"] == i
+                return ["--topology", str(db)]  # as README's manual run does
 
         prep = PreparedTrace(load_trace(PCAP))
         ingress = [SimpleNamespace(thrift_port=net.switches[n].thrift_port)

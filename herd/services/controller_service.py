@@ -611,7 +611,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="host:port")
     p.add_argument("--token-file", help="the shared token (else $HERD_TOKEN)")
     p.add_argument("--driver", choices=DRIVERS, default="model")
-    p.add_argument("--switch-address", required=True,
+    p.add_argument("--topology", metavar="FILE",
+                   help="p4run's topology database (topology.json): the bmv2 driver, the "
+                   "switch's Thrift address, CPU interface and index come from it")
+    p.add_argument("--switch-address",
                    help="model: unix:/path or host:port of the model switch; bmv2: "
                    "host:thrift_port")
     p.add_argument("--cpu-interface", help="bmv2: the interface of the CPU port")
@@ -627,6 +630,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, f"controller-{args.switch}")
     sys.setswitchinterval(0.0005)  # messages cross threads: hand the GIL over sooner
+    if args.topology:
+        from herd.testbed.p4run import controller_options
+
+        # A p4run network: what the database says, unless given explicitly.
+        for key, value in controller_options(args.topology, args.switch).items():
+            if getattr(args, key) is None:
+                setattr(args, key, value)
+        args.driver = "bmv2"
+    if args.switch_address is None:
+        raise HerdInputError("give --switch-address (or --topology of a p4run network)")
     index = args.switch_index if args.switch_index is not None else switch_index_of(args.switch)
     token = load_token(args.token_file, required=False)
     if token is None:
@@ -640,7 +653,8 @@ def serve(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.driver == "bmv2":
         options = {"cpu_interface": args.cpu_interface, "json_path": args.p4_json}
-    driver = open_driver(args.driver, args.switch, args.switch_address, **options)
+    deadline = time.monotonic() + args.switch_timeout
+    driver = _open_driver_when_up(args, options, deadline)
     service = ControllerService(args.switch, index, lc, driver,
                                 CoordinatorClient(args.coordinator, token), args.fresh,
                                 args.status_file)
@@ -651,7 +665,6 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     # The switch may still be starting: retry for a while.
-    deadline = time.monotonic() + args.switch_timeout
     while True:
         try:
             return service.run()
@@ -659,6 +672,21 @@ def serve(args: argparse.Namespace) -> int:
             if time.monotonic() > deadline or service.stop.is_set():
                 raise HerdInputError(f"switch {args.switch}: {e}") from None
             time.sleep(0.1)
+
+
+def _open_driver_when_up(args: argparse.Namespace, options: dict[str, Any],
+                         deadline: float) -> SwitchDriver:
+    """The switch's driver; a switch still starting (connection refused) is retried until
+    the deadline."""
+    # thrift logs a refused connection itself; the error raised says it in one line
+    logging.getLogger("thrift.transport.TSocket").setLevel(logging.CRITICAL)
+    while True:
+        try:
+            return open_driver(args.driver, args.switch, args.switch_address, **options)
+        except ConnectionError as e:
+            if time.monotonic() > deadline:
+                raise HerdInputError(f"switch {args.switch}: {e}") from None
+            time.sleep(0.2)
 
 
 def main(argv: list[str] | None = None) -> int:
