@@ -932,3 +932,24 @@ def test_coordinator_pushes_a_changed_l_g_to_the_other_members_only(tmp_path: Pa
     assert [drain(q) for q in qs] == [[(g, 2), (g, 4)], [(g, 4)], [(g, 4)], []]
     assert state.counters["l_g_pushes"] == 4
     state.journal.close()
+
+
+def test_a_paced_feed_takes_what_is_due_then_says_how_long_to_wait(tmp_path: Path) -> None:
+    """``_Feed.step`` on a paced schedule: the packets due now go through in one step, which
+    then returns the time to the next one rather than 0 (looking again at once would spin
+    through the schedule a packet at a time)."""
+    from herd.services.model_switch import ArraySource, ModelSwitch, _Feed
+
+    tables = {"flow_src": np.array([10 << 24], np.uint32),
+              "flow_dst": np.array([20 << 24], np.uint32),
+              "flow_sport": np.array([1], np.uint16), "flow_dport": np.array([2], np.uint16),
+              "flow_proto": np.array([6], np.uint8)}
+    due = np.array([0, 1, 2, 1000, 1001], np.int64)  # at 1 packet/s: 3 due, then 1000 s
+    _packet_file(tmp_path / "p.npz", np.zeros(5, np.int64), due, tables)
+    model = ModelSwitch("s1", (8,))
+    feed = _Feed(model, ArraySource(str(tmp_path / "p.npz")))
+    assert feed.step() > 0 and feed.i == 0  # not started
+    model.control({"op": "start", "t0_ns": time.time_ns() - 2_500_000_000, "pps": 1})
+    wait = feed.step()
+    assert model.packets_done == 3 and wait is not None and 990 < wait < 1000
+    assert feed.step() > 990 and model.packets_done == 3  # nothing more is due
