@@ -953,3 +953,55 @@ def test_a_paced_feed_takes_what_is_due_then_says_how_long_to_wait(tmp_path: Pat
     wait = feed.step()
     assert model.packets_done == 3 and wait is not None and 990 < wait < 1000
     assert feed.step() > 990 and model.packets_done == 3  # nothing more is due
+
+
+def test_group_commit_returns_a_committed_op_without_waiting_for_the_next_round(
+        tmp_path: Path) -> None:
+    """``CoordinatorState.submit``: ops queued during a commit go together in the next round,
+    led by one of their callers; a caller whose op that round committed returns even while a
+    third round (led by a later caller) is still under way; every op is committed once."""
+    import threading
+
+    from herd.services.coordinator_service import CoordinatorState, Journal, _Op
+
+    state = CoordinatorState(["s1", "s2"], 2, Journal(str(tmp_path / "j.sqlite"), False))
+    rounds: list[list[int]] = []
+    third = threading.Event()
+    process = state._process
+
+    def queued(n: int) -> bool:
+        with state._queue_cv:
+            return len(state._queue) == n
+
+    def gated(ops: list[_Op]) -> None:
+        rounds.append(sorted(o.payload[0][1] for o in ops))
+        if len(rounds) == 1:
+            wait_for(lambda: queued(2), what="two ops queued behind round 1")
+        elif len(rounds) == 2:
+            wait_for(lambda: queued(1), what="one op queued behind round 2")
+        else:
+            third.wait(10)
+        process(ops)
+
+    state._process = gated  # type: ignore[method-assign]
+    ops = {g: _Op("hellos", 0, [(g % 2, g, 1)]) for g in (1, 2, 3, 4)}
+    threads = {g: threading.Thread(target=state.submit, args=(ops[g],)) for g in ops}
+    threads[1].start()
+    wait_for(lambda: len(rounds) == 1, what="round 1")
+    threads[2].start()
+    threads[3].start()
+    wait_for(lambda: len(rounds) == 2, what="round 2")
+    threads[4].start()
+    wait_for(lambda: len(rounds) == 3, what="round 3")
+    # Round 3 is held: both callers of round 2 are back all the same.
+    threads[2].join(5)
+    threads[3].join(5)
+    assert not threads[2].is_alive() and not threads[3].is_alive()
+    assert ops[2].done.is_set() and ops[3].done.is_set() and not ops[4].done.is_set()
+    third.set()
+    for t in threads.values():
+        t.join(10)
+    assert rounds == [[1], [2, 3], [4]]
+    assert [ops[g].result for g in (1, 2, 3, 4)] == [[1], [1], [1], [1]]
+    assert state.counters["memberships"] == 4 and state.counters["journal_commits"] >= 3
+    state.journal.close()

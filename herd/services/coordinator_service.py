@@ -313,8 +313,8 @@ class CoordinatorState:
         self.lock = threading.Lock()
         self.subscribers: dict[int, queue.Queue[pb.LgUpdate | None]] = {}
         self._queue: list[_Op] = []
-        self._queue_lock = threading.Lock()
-        self._commit_lock = threading.Lock()
+        self._queue_cv = threading.Condition()  # guards _queue and _committing
+        self._committing = False
         # Closed epochs whose result file is written once their close is committed.
         self._epoch_files: list[dict[str, Any]] = []
         _warm_up()
@@ -478,18 +478,27 @@ class CoordinatorState:
     def submit(self, op: _Op) -> _Op:
         """Apply, journal and commit ``op``; returns once it is committed.
 
-        Leader-based group commit, no writer thread: the caller that gets the commit lock
+        Leader-based group commit, no writer thread: a caller that finds no commit under way
         applies and commits every op queued so far in one transaction; callers that queued
-        meanwhile find theirs done when they get the lock. Uncontended, an op costs no thread
-        hand-off; contended, many ops share one commit (and one fsync with --fsync)."""
+        meanwhile wait until their op is done (or, if it missed that round, until they can
+        lead the next). Uncontended, an op costs no thread hand-off; contended, many ops share
+        one commit (and one fsync with --fsync), and a done op returns at once, not after
+        the next round too (as it would queueing for a commit lock)."""
         op.submitted_ns = time.monotonic_ns()
-        with self._queue_lock:
+        with self._queue_cv:
             self._queue.append(op)
-        with self._commit_lock:
-            if not op.done.is_set():
-                with self._queue_lock:
-                    ops, self._queue = self._queue, []
-                self._process(ops)
+            while self._committing and not op.done.is_set():
+                self._queue_cv.wait()
+            if op.done.is_set():
+                return op
+            self._committing = True
+            ops, self._queue = self._queue, []
+        try:
+            self._process(ops)
+        finally:
+            with self._queue_cv:
+                self._committing = False
+                self._queue_cv.notify_all()
         return op
 
     def _process(self, ops: list[_Op]) -> None:
@@ -521,7 +530,7 @@ class CoordinatorState:
             self.counters["op_wait_ns"] += sum(now - o.submitted_ns for o in ops)
             self.counters["ops"] += len(ops)
             self.counters["commit_busy_ns"] += now - t_start
-        # Still under the commit lock: an ack that closed an epoch comes after its file.
+        # Still in the commit round: an ack that closed an epoch comes after its file.
         if self._epoch_files:
             self._write_epoch_files()
         for o in ops:
