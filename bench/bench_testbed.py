@@ -1,12 +1,18 @@
 """Loss against replay rate on the testbed (root): data packets lost between h1 and h2, and
 control messages lost between the switches and the coordinator.
 
-    sudo .venv/bin/python bench/bench_testbed.py [--target model] [--rates 2000,5000,10000,20000]
-        [--runs 1] [--pcap pcap/synth-20k.pcap] [--plot out/testbed_loss.png]
+    sudo .venv/bin/python bench/bench_testbed.py [--target model|bmv2] [--injection lb|direct]
+        [--rates 2000,5000,10000,20000] [--runs 1] [--pcap pcap/synth-20k.pcap]
+        [--plot out/testbed_loss.png]
     .venv/bin/python bench/bench_testbed.py --replot RESULT.json --plot out/testbed_loss.png
+    .venv/bin/python bench/bench_testbed.py --compare A.json B.json --plot out/loss.png
 
-Prints one line per rate and a JSON summary; the highest lossless rate is the figure the
-issue asks for (the origin testbed: 300 packets/s).
+Prints one line per rate and a JSON summary (per rate the median over --runs runs, and
+every run's loss); the highest lossless rate is the figure the issue asks for (the origin
+testbed: 300 packets/s). ``--injection direct``: each ingress switch's share from its own
+host (the harness's ``--injection``), one switch process per packet instead of three.
+``--compare`` draws the loss curves of several results on one plot (e.g. the two injection
+modes of one target).
 """
 
 from __future__ import annotations
@@ -19,18 +25,28 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def one_run(target: str, pps: float, pcap: str) -> dict[str, float]:
+def one_run(target: str, pps: float, pcap: str, injection: str = "lb") -> dict[str, float]:
     with tempfile.TemporaryDirectory() as d:
         layout = Path(d) / "layout.csv"
         layout.write_text("epsilon,f1score,precision,recall\n0.1\n")
         proc = subprocess.run(
             [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", "0", "0", str(layout),
              pcap, str(REPO / "topologies" / "p4app_10_switches_herd.json"),
-             "--target", target, "--pps", str(pps)], capture_output=True, text=True, cwd=REPO)
+             "--target", target, "--pps", str(pps), "--injection", injection],
+            capture_output=True, text=True, cwd=REPO)
+        if proc.returncode == 1 and "none received" in proc.stderr:
+            # Everything lost: the harness fails the run (no F1); the bench counts the loss.
+            (run,) = json.loads(layout.with_suffix(".json").read_text())["runs"]
+            nan = float("nan")
+            return {"sent": run["sent_packets"], "lost_packets": run["sent_packets"],
+                    "loss_fraction": 1.0, "lost_messages": nan, "f1": nan,
+                    "simulated_f1": nan, "simulated_f1_mean_delay": nan,
+                    "hello_latency_ms_p50": nan, "hello_latency_ms_p99": nan}
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-2000:])
         row = next(csv.DictReader(layout.read_text().splitlines()))
@@ -42,6 +58,39 @@ def one_run(target: str, pps: float, pcap: str) -> dict[str, float]:
             "simulated_f1_mean_delay": float(row["simulated_f1_mean_delay"]),
             "hello_latency_ms_p50": float(row["hello_latency_ms_p50"] or "nan"),
             "hello_latency_ms_p99": float(row["hello_latency_ms_p99"] or "nan")}
+
+
+def plot_compare(results: list[dict[str, Any]], path: str) -> None:
+    """Data packets lost against rate, one curve per result (target, injection)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import NullFormatter
+
+    fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=120)
+    rates: set[float] = set()
+    for data in results:
+        curve = data["curve"]
+        mode = data.get("injection", "lb")
+        label = (f"{data['target']}, " + ("h1 -> lb -> s_i -> agg -> h2" if mode == "lb" else
+                                          "direct: h1s_i -> s_i -> h2s_i"))
+        runs = f", median of {data['runs']} runs" if data.get("runs", 1) > 1 else ", 1 run"
+        ax.plot([p["pps"] for p in curve], [100 * p["loss_fraction"] for p in curve], "o-",
+                label=label + runs)
+        rates.update(p["pps"] for p in curve)
+    ax.set_xscale("log")
+    ticks = sorted(rates)
+    ax.set_xticks(ticks, [f"{r / 1000:g}k" for r in ticks])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel("replay rate, all senders together (packets/s)")
+    ax.set_ylabel("data packets lost (%)")
+    ax.set_ylim(bottom=0)
+    ax.set_title(f"loss against rate, {Path(results[0].get('pcap', '')).name}", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def plot_curve(curve: list[dict[str, float]], target: str, pcap: str, path: str) -> None:
@@ -85,20 +134,27 @@ def plot_curve(curve: list[dict[str, float]], target: str, pcap: str, path: str)
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", default="model", choices=("model", "bmv2"))
+    ap.add_argument("--injection", default="lb", choices=("lb", "direct"))
     ap.add_argument("--rates", default="2000,5000,10000,20000")
     ap.add_argument("--runs", type=int, default=1)
     ap.add_argument("--pcap", default=str(REPO / "pcap" / "synth-20k.pcap"))
     ap.add_argument("--plot", help="PNG of loss against rate")
     ap.add_argument("--replot", help="only draw --plot from this script's earlier JSON output")
+    ap.add_argument("--compare", nargs="+", metavar="RESULT.json",
+                    help="only draw --plot: the loss curves of these earlier outputs together")
     args = ap.parse_args()
+    if args.compare:
+        plot_compare([json.loads(Path(f).read_text()) for f in args.compare], args.plot)
+        return
     if args.replot:
         data = json.loads(Path(args.replot).read_text())
         plot_curve(data["curve"], data["target"], data.get("pcap", args.pcap), args.plot)
         return
     curve = []
     for pps in (float(x) for x in args.rates.split(",")):
-        runs = [one_run(args.target, pps, args.pcap) for _ in range(args.runs)]
-        point = {"pps": pps, **{k: statistics.median(r[k] for r in runs) for k in runs[0]}}
+        runs = [one_run(args.target, pps, args.pcap, args.injection) for _ in range(args.runs)]
+        point = {"pps": pps, **{k: statistics.median(r[k] for r in runs) for k in runs[0]},
+                 "lost_packets_per_run": [r["lost_packets"] for r in runs]}
         curve.append(point)
         print(f"{pps:8.0f} pps: lost packets {point['lost_packets']:.0f} "
               f"({point['loss_fraction']:.2%}), lost messages {point['lost_messages']:.0f}, "
@@ -108,7 +164,8 @@ def main() -> None:
               f"{point['hello_latency_ms_p50']:.1f} ms p99 {point['hello_latency_ms_p99']:.1f} ms",
               file=sys.stderr)
     lossless = [p["pps"] for p in curve if p["lost_packets"] == 0 and p["lost_messages"] == 0]
-    print(json.dumps({"target": args.target, "pcap": args.pcap, "curve": curve,
+    print(json.dumps({"target": args.target, "injection": args.injection, "runs": args.runs,
+                      "pcap": args.pcap, "curve": curve,
                       "highest_lossless_pps": max(lossless) if lossless else None,
                       "ratio_to_origin_300pps": max(lossless) / 300 if lossless else None}))
     if args.plot:

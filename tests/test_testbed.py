@@ -123,3 +123,99 @@ def test_harness_with_epochs_on_the_model_target(tmp_path: Path) -> None:
     assert left == []
     ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     assert "herd.testbed.model_node" not in ps and "controller_service" not in ps
+
+
+def _small_run(tmp_path: Path, k: int, packets: int) -> tuple[Path, Path]:
+    """The first ``packets`` of synth-20k and a p4app of k ingress switches: a short run."""
+    from test_topology import _pcap_slice
+
+    from herd.testbed.topology import p4app_json
+
+    pcap = _pcap_slice(REPO / "pcap" / "synth-20k.pcap", tmp_path / "slice.pcap", packets)
+    p4app = tmp_path / f"p4app_{k}.json"
+    p4app.write_text(json.dumps(p4app_json(evaluation_topology(k))))
+    return pcap, p4app
+
+
+def test_direct_injection_on_the_model_target(tmp_path: Path) -> None:
+    """Each switch's share from its own host to its own sink: every packet arrives, each
+    switch gets exactly the load balancer's share, and F1 is the simulator's."""
+    from herd.prepared import PreparedTrace
+    from herd.testbed.topology import direct_topology
+    from herd.trace import load_trace
+
+    pcap, p4app = _small_run(tmp_path, 3, 6000)
+    layout = tmp_path / "epsilon.csv"
+    layout.write_text("epsilon,f1score,precision,recall\n0.1\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", "10", "0", str(layout),
+         str(pcap), str(p4app), "--target", "model", "--pps", "3000", "--injection", "direct"],
+        capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = list(csv.DictReader(layout.read_text().splitlines()))
+    assert r["injection"] == "direct" and r["lost_at"] == "", r
+    assert r["sent_packets"] == "6000" and r["lost_packets"] == "0", r
+    assert r["lost_messages"] == "0", r
+    assert abs(float(r["f1score"]) - float(r["simulated_f1"])) <= 0.05, r
+    (run,) = json.loads(layout.with_suffix(".json").read_text())["runs"]
+    hops = {h["hop"]: h for h in run["hops"]}
+    assert list(hops) == ["sent by tcpreplay", "h1s1..h1s3 out", "s1..s3 in", "s1..s3 out",
+                          "h2s1..h2s3 in"]
+    # Switch i got what the load balancer would have given it (p = 0.95, seed 1).
+    ingress = PreparedTrace(load_trace(pcap)).ingress(3, 0.95, 1)
+    assert hops["s1..s3 in"]["nodes"] == {f"s{i + 1}": int((ingress == i).sum())
+                                          for i in range(3)}
+    assert all(h["packets"] == 6000 for h in hops.values())
+    assert set(run["probes"]) == {"s1", "s2", "s3"}
+    left = [n for n in interface_names(direct_topology(3)) if Path(f"/sys/class/net/{n}").exists()]
+    assert left == []
+
+
+@pytest.mark.parametrize("injection", ["lb", "direct"])
+def test_a_dead_hop_fails_the_run_naming_it(tmp_path: Path, injection: str) -> None:
+    """A switch process gone before the replay: the path probe fails naming the hop; with the
+    probes skipped, the replay loses everything and fails naming the same hop, with the
+    per-hop counts, instead of scoring an F1 of 0."""
+    from herd.params import Params
+    from herd.prepared import PreparedTrace
+    from herd.testbed.harness import LossError, Testbed
+    from herd.testbed.probe import PathError
+    from herd.trace import load_trace
+
+    pcap, _ = _small_run(tmp_path, 2, 1000)
+    prep = PreparedTrace(load_trace(pcap))
+    params = Params(s=0.2, epsilon=0.1, T=10, k=2)
+    work = tmp_path / "work"
+    work.mkdir()
+    # lb: the aggregator dies (every path crosses it); direct: s2 (only its own path).
+    victim, hop = ("agg", "agg out") if injection == "lb" else ("s2", "s1..s2 out")
+    with Testbed(2, "model", params.stages, work, injection) as tb:
+        wire = tb.rewrite_macs(pcap, work / "replay.pcap")
+        restart = tb.restart_switches
+
+        def restart_and_kill(p: Params) -> None:
+            restart(p)
+            tb.net.get(victim).stop_process()
+
+        tb.restart_switches = restart_and_kill  # type: ignore[method-assign]
+        with pytest.raises(PathError) as probe:
+            tb.evaluate(prep, params, wire, 2000)
+        where = "agg out" if injection == "lb" else "s2 out"
+        assert f"stopped at {where}" in str(probe.value), probe.value
+        assert ("through s1" if injection == "lb" else "through s2") in str(probe.value)
+
+        tb.prove_paths = lambda: {}  # type: ignore[method-assign]
+        if injection == "direct":
+            # s1 still delivers its share: a partial loss, reported at s2, not a failure.
+            out = tb.evaluate(prep, params, wire, 2000)
+            hops = {h["hop"]: h for h in out["hops"]}
+            assert out["lost_at"] == hop and out["lost_packets"] == hops["s1..s2 in"]["nodes"]["s2"]
+            assert hops[hop]["nodes"]["s2"] == 0 and hops[hop]["nodes"]["s1"] > 0
+            return
+        with pytest.raises(LossError) as lost:
+            tb.evaluate(prep, params, wire, 2000)
+    assert f"stopped at {hop}" in str(lost.value), lost.value
+    result = lost.value.result
+    hops = {h["hop"]: h["packets"] for h in result["hops"]}
+    assert result["lost_at"] == hop and result["sent_packets"] == 1000
+    assert hops["agg in"] == 1000 and hops["agg out"] == 0 and hops["h2 in"] == 0

@@ -3,13 +3,31 @@ controller per ingress switch as real processes, the pcap replayed from h1 with 
 swept over the values of a layout CSV whose rows it fills.
 
     sudo bash scripts/start_topology_and_eval.sh <s> <epsilon> <T> <R> <csv> <pcap> <p4app> \
-        [--target model|bmv2] [--pps N] [--epoch-ms W]
+        [--target model|bmv2] [--injection lb|direct] [--pps N] [--epoch-ms W]
 
 Per value: every switch process is restarted (fresh registers and tables; the load balancer
 reseeded), the coordinator and controllers start, tcpreplay sends the pcap (MACs rewritten
 for the topology) at the given rate, the harness waits until the network has drained and every
 CPU message is handled, scores the coordinator's elephants against the pcap's ground truth,
 and writes the row. Everything is torn down on exit, on error and on Ctrl-C.
+
+Injection (``--injection``). ``lb`` (the default, for fidelity): the whole pcap from h1
+through the P4 (or model) load balancer. ``direct``: each ingress switch has its own sender
+host replaying its share of the pcap, split exactly as the load balancer would
+(``herd.testbed.direct``), and its own sink host (``topology.direct_topology``), so a packet
+crosses one switch process instead of three: BMv2 loses packets above 1,000-2,000 packets/s
+through lb, s_i and agg on two cores. The shares are replayed concurrently, each at its
+proportion of --pps (together --pps, all finishing together); with --epoch-ms each sender is
+``herd.testbed.sender`` with the same start instant and the whole trace's time origin.
+
+No silent failure. Before the replay a probe frame (a non-IPv4 ethertype the switches
+forward and do not measure) must cross every ingress switch to its sink
+(``herd.testbed.probe``), or the run fails naming the hop. Around the replay the kernel's
+counters of every veth give the packets per hop (``herd.testbed.hops``: sent, each node's
+in and out, the sink's in), in the JSON as ``hops`` and the CSV as ``lost_at`` (the first hop
+that counted fewer than the one before); a run with loss prints them on one line, and a run
+that delivered nothing fails (exit 1) naming the hop where the packets stopped instead of
+writing an F1 of 0.
 
 Beside the CSV, each value leaves ``<csv stem>-delays-<param>=<value>.csv``: every group entry
 written and the packet of its switch it took effect at (``herd.delays``), and with epochs where
@@ -62,17 +80,26 @@ from herd.services.drivers.base import SwitchDriver
 from herd.services.drivers.bmv2_thrift import Bmv2Thrift
 from herd.services.replay import ReplayRun, trace_schedule
 from herd.sweep import params_for, read_layout
+from herd.testbed import hops as hopmod
 from herd.testbed.configure import apply_writes, evaluation_writes
+from herd.testbed.direct import direct_writes, share_rates, write_shares
 from herd.testbed.network import (
     SwitchSpec,
     build_network,
     quiet_ipv6,
     remove_leftovers,
     require_root_and_mininet,
-    rx_packets,
     wait_for,
 )
-from herd.testbed.topology import AGGREGATOR, INGRESS, LOAD_BALANCER, evaluation_topology
+from herd.testbed.probe import PathError, prove_paths
+from herd.testbed.topology import (
+    AGGREGATOR,
+    INGRESS,
+    LOAD_BALANCER,
+    SENDER,
+    SINK,
+    injection_topology,
+)
 from herd.trace import load_trace
 
 COLUMNS = ("f1score", "precision", "recall", "messages", "max_messages_per_switch", "hellos",
@@ -80,8 +107,19 @@ COLUMNS = ("f1score", "precision", "recall", "messages", "max_messages_per_switc
            "sent_packets", "received_packets", "lost_packets", "lost_messages",
            "hello_latency_ms_p50", "hello_latency_ms_p99", "measured_delay_ms", "simulated_f1",
            "simulated_f1_mean_delay", "simulated_f1_no_delay", "measured_delays",
-           "epochs", "epoch_ms", "target", "pps", "seed", "trace_digest", "herd_version")
+           "epochs", "epoch_ms", "target", "pps", "seed", "trace_digest", "herd_version",
+           "injection", "lost_at")
 ORIGIN_LEAD_S = 0.5  # the epoch origin: this far ahead (the drivers' writes, the sender's start)
+PROBE_TIMEOUT_S = 10.0  # per path: a switch up but slow to read its ports gets this long
+
+
+class LossError(RuntimeError):
+    """A run that delivered nothing: the message names the hop where the packets stopped;
+    ``result`` is the run's record (with its ``hops``) for the JSON."""
+
+    def __init__(self, message: str, result: dict[str, Any]) -> None:
+        super().__init__(message)
+        self.result = result
 
 
 class TestbedRun(ReplayRun):
@@ -222,11 +260,14 @@ class Bmv2TestbedRun(TestbedRun):
 class Testbed:
     """The network, up for a whole sweep; switch processes restarted per run."""
 
-    def __init__(self, k: int, target: str, stages: tuple[int, ...], workdir: Path) -> None:
+    def __init__(self, k: int, target: str, stages: tuple[int, ...], workdir: Path,
+                 injection: str = "lb") -> None:
         self.k = k
         self.target = target
         self.workdir = workdir
-        self.topology = evaluation_topology(k)
+        self.injection = injection
+        self.topology = injection_topology(injection, k)
+        self.hop_plan = hopmod.hop_plan(self.topology)
         p4_json = compile_programs(workdir) if target == "bmv2" else {}
         self.spec = SwitchSpec(target, workdir, k, stages, p4_json)
         self.net: Any = None
@@ -282,7 +323,8 @@ class Testbed:
         from herd.testbed.network import CPU_PORT
 
         cpu_ports = {sw.name: CPU_PORT for sw in self.topology.ingress_switches}
-        plan = evaluation_writes(self.topology, params, cpu_ports)
+        plan = (evaluation_writes(self.topology, params, cpu_ports) if self.injection == "lb"
+                else direct_writes(self.topology, cpu_ports))
         for sw in self.net.switches:
             client = Bmv2Thrift(sw.thrift_port)
             try:
@@ -290,37 +332,75 @@ class Testbed:
             finally:
                 client.close()
 
-    def received(self) -> int:
-        return rx_packets(self.net.get("h2"), "h2-eth0")
+    @property
+    def senders(self) -> list[Any]:
+        return [self.net.get(n.name) for n in self.topology.hosts(SENDER)]
 
-    def replay(self, pcap: Path, pps: float) -> int:
-        """tcpreplay the pcap from h1 at pps; the packets it says it sent."""
-        h1 = self.net.get("h1")
+    @property
+    def sinks(self) -> list[Any]:
+        return [self.net.get(n.name) for n in self.topology.hosts(SINK)]
+
+    def counters(self) -> hopmod.Counters:
+        """Every interface's kernel counters, the hosts' read in their namespaces."""
+        return hopmod.read_counters({h.name: h.pid for h in self.net.hosts})
+
+    def received(self) -> int:
+        """Frames the sink hosts received (kernel counters)."""
+        c = self.counters()
+        return sum(c[(h.name, f"{h.name}-eth0")][0] for h in self.sinks)
+
+    def replay(self, pcaps: list[Path], pps: float) -> list[int]:
+        """tcpreplay pcaps[i] from sender i, all at once, together at pps (each in
+        proportion to its share, so they finish together); the packets each says it sent."""
         # --timer=nano sleeps between packets; the default timer spins, taking a whole core
         # from the switches it feeds.
-        rate = f"--pps={pps:g} --timer=nano" if pps > 0 else "--topspeed"
-        out = h1.cmd(f"tcpreplay -q -i h1-eth0 {rate} {pcap} 2>&1")
-        m = re.search(r"Actual: (\d+) packets", out)
-        if not m:
-            raise RuntimeError(f"tcpreplay failed: {out.strip()[-500:]}")
-        return int(m.group(1))
+        rates = share_rates([_pcap_records(p) for p in pcaps], pps) if pps > 0 else []
+        procs = []
+        for i, (host, pcap) in enumerate(zip(self.senders, pcaps, strict=True)):
+            if pps > 0 and rates[i] <= 0:
+                procs.append(None)  # an empty share
+                continue
+            rate = f"--pps={rates[i]:.6g} --timer=nano" if pps > 0 else "--topspeed"
+            procs.append(host.popen(f"tcpreplay -q -i {host.name}-eth0 {rate} {pcap}",
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    shell=True))
+        return [_sent(p, "tcpreplay", r"Actual: (\d+) packets")[0] if p else 0 for p in procs]
 
-    def replay_timed(self, pcap: Path, multiplier: float, start_ns: int) -> dict[str, float]:
-        """The pcap from h1 with its own timing sped up by multiplier, packet 0 leaving at
-        start_ns (``herd.testbed.sender``): packets sent and the sender's lateness."""
-        out = self.net.get("h1").cmd(
-            f"{sys.executable} -m herd.testbed.sender --interface h1-eth0 "
-            f"--multiplier {multiplier:.12g} --start-at-ns {start_ns} {pcap} 2>&1")
-        m = re.search(r"Actual: (\d+) packets .* first frame ([\d.]+) ms late, worst "
-                      r"([\d.]+) ms", out)
-        if not m:
-            raise RuntimeError(f"sender failed: {out.strip()[-500:]}")
-        return {"sent": int(m.group(1)), "sender_first_late_ms": float(m.group(2)),
-                "sender_worst_late_ms": float(m.group(3))}
+    def replay_timed(self, pcaps: list[Path], multiplier: float, start_ns: int,
+                     t0_ns: int) -> dict[str, float]:
+        """pcaps[i] from sender i with the trace's own timing sped up by multiplier, capture
+        time t0_ns leaving at start_ns on every sender (``herd.testbed.sender``): packets
+        sent and the senders' worst lateness."""
+        procs = [host.popen([sys.executable, "-m", "herd.testbed.sender", "--interface",
+                             f"{host.name}-eth0", "--multiplier", f"{multiplier:.12g}",
+                             "--start-at-ns", str(start_ns), "--t0-ns", str(t0_ns), str(pcap)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+                 if _pcap_records(pcap) else None
+                 for host, pcap in zip(self.senders, pcaps, strict=True)]
+        pattern = r"Actual: (\d+) packets .* first frame ([\d.]+) ms late, worst ([\d.]+) ms"
+        got = [_sent(p, "sender", pattern) for p in procs if p is not None]
+        return {"sent": sum(int(g[0]) for g in got),
+                "sender_first_late_ms": min(g[1] for g in got),
+                "sender_worst_late_ms": max(g[2] for g in got)}
+
+    def wire_pcaps(self, wire: Path, params: Params) -> list[Path]:
+        """What each sender replays: the whole pcap from h1, or each switch's share."""
+        if self.injection == "lb":
+            return [wire]
+        macs = [(a.MAC(), b.MAC()) for a, b in zip(self.senders, self.sinks, strict=True)]
+        shares = write_shares(wire, self.workdir, self.k, params.p, params.seed, macs)
+        return [s.path for s in shares]
+
+    def prove_paths(self) -> dict[str, Any]:
+        """A probe through every ingress switch to its sink, or PathError naming the hop."""
+        hosts = self.net.hosts
+        return prove_paths(self.topology, {h.name: h.pid for h in hosts},
+                           {h.name: h.MAC() for h in hosts}, self.counters, PROBE_TIMEOUT_S)
 
     def rewrite_macs(self, pcap: Path, out: Path) -> Path:
-        """The pcap with h1's and h2's MACs (and an Ethernet header if it had none)."""
-        h1, h2 = self.net.get("h1"), self.net.get("h2")
+        """The pcap with the (first) sender's and sink's MACs (and an Ethernet header if it
+        had none); direct injection puts each share's own MACs in afterwards."""
+        h1, h2 = self.senders[0], self.sinks[0]
         cmd = ["tcprewrite", f"--enet-smac={h1.MAC()}", f"--enet-dmac={h2.MAC()}",
                "--fixlen=pad", f"--infile={pcap}", f"--outfile={out}"]
         if _linktype(pcap) != 1:
@@ -340,23 +420,45 @@ class Testbed:
                                              switches=ingress)
         else:
             run = TestbedRun(prep, params, pps, workdir=str(self.workdir))
+        pcaps = self.wire_pcaps(pcap, params)
         try:
             run.start()
+            # The path end to end before any packet: a dead hop fails here, named.
+            probes = self.prove_paths()
+            counters_before = self.counters()
             before = self.received()
             sender: dict[str, float] = {}
+            per_sender: list[int] = []
             if run.epochs:
-                # Epoch 0 of every ingress switch begins when packet 0 leaves h1.
+                # Epoch 0 of every ingress switch begins when packet 0 leaves its sender.
                 origin_ns = time.time_ns() + int(ORIGIN_LEAD_S * 1e9)
                 run.set_epoch_origin(origin_ns // 1000)
-                sender = self.replay_timed(pcap, run.multiplier, origin_ns // 1000 * 1000)
+                sender = self.replay_timed(pcaps, run.multiplier, origin_ns // 1000 * 1000,
+                                           _first_timestamp(pcap))
                 sent = int(sender.pop("sent"))
                 duration = int(trace_schedule(prep.trace.ts_ns)[-1]) / 1e9 / run.multiplier
             else:
-                sent = self.replay(pcap, pps)
+                per_sender = self.replay(pcaps, pps)
+                sent = sum(per_sender)
                 duration = prep.trace.packets / max(pps, 1000)
             drained = run.wait_drained(lambda: self.received() - before,
                                        timeout=60 + duration)
             received = self.received() - before
+            hops = hopmod.with_sent(sent, hopmod.hop_counts(
+                self.topology, self.hop_plan, counters_before, self.counters()),
+                "tcpreplay" if not run.epochs else "herd.testbed.sender",
+                dict(zip((h.name for h in self.senders), per_sender, strict=False)))
+            lost_at = hopmod.first_loss(hops)
+            if sent > 0 and received == 0:
+                i = hopmod.first_silent(hops)
+                where = hopmod.describe(hops, i) if i is not None else "no hop lost count"
+                raise LossError(
+                    f"{sent} packets sent, none received: they stopped at {where}\n    hops: "
+                    f"{hopmod.summary(hops)}",
+                    {"sent_packets": sent, "received_packets": 0, "lost_packets": sent,
+                     "hops": hops, "lost_at": hops[i]["hop"] if i is not None else None,
+                     "probes": probes, "target": self.target, "injection": self.injection,
+                     "pps": pps})
             out = run.results(drained, compare=True)
         finally:
             run.close(keep=True)
@@ -366,8 +468,33 @@ class Testbed:
         if delays_out is not None and (run.entry_writes or run.epoch_starts):
             out["delays_file"] = run.write_delays(delays_out)
         out.update(sent_packets=sent, received_packets=received,
-                   lost_packets=max(0, sent - received), target=self.target, pps=pps, **sender)
+                   lost_packets=max(0, sent - received), target=self.target, pps=pps,
+                   injection=self.injection, hops=hops, probes=probes,
+                   lost_at=hops[lost_at]["hop"] if lost_at is not None else None, **sender)
         return out
+
+
+def _first_timestamp(pcap: Path) -> int:
+    """The capture time of the pcap's first frame (ns): what leaves at the origin."""
+    from herd.testbed.sender import read_pcap
+
+    return next(iter(read_pcap(pcap)), (0, b""))[0]
+
+
+def _pcap_records(pcap: Path) -> int:
+    from herd.testbed.sender import read_pcap
+
+    return sum(1 for _ in read_pcap(pcap))
+
+
+def _sent(proc: subprocess.Popen[bytes], what: str, pattern: str) -> tuple[int, float, float]:
+    """Wait for a sender; what it says it sent (and, timed, its first and worst lateness)."""
+    out = proc.communicate()[0].decode(errors="replace")
+    m = re.search(pattern, out)
+    if proc.returncode != 0 or not m:
+        raise RuntimeError(f"{what} failed: {out.strip()[-500:]}")
+    g = m.groups()
+    return int(g[0]), float(g[1]) if len(g) > 1 else 0.0, float(g[2]) if len(g) > 2 else 0.0
 
 
 def compile_programs(workdir: Path) -> dict[str, Path]:
@@ -454,15 +581,27 @@ def run_harness(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, interrupted)
+    failed = ""
     try:
-        with Testbed(k, args.target, base.stages, workdir) as tb:
+        with Testbed(k, args.target, base.stages, workdir, args.injection) as tb:
             wire = tb.rewrite_macs(pcap, workdir / "replay.pcap")
             for i, v in enumerate(values):
                 params = params_for(base, param, v, base.seed)
+                how = "from h1 through the load balancer" if args.injection == "lb" else \
+                    f"from {k} hosts, one per ingress switch"
                 print(f"[{i + 1}/{len(values)}] {param}={v}: replaying {prep.trace.packets} "
-                      f"packets at {args.pps:g} pps on the {args.target} target", file=sys.stderr)
-                out = tb.evaluate(prep, params, wire, args.pps,
-                                  csv_path.with_name(f"{csv_path.stem}-delays-{param}={v}.csv"))
+                      f"packets at {args.pps:g} pps {how} on the {args.target} target",
+                      file=sys.stderr)
+                try:
+                    out = tb.evaluate(
+                        prep, params, wire, args.pps,
+                        csv_path.with_name(f"{csv_path.stem}-delays-{param}={v}.csv"))
+                except (LossError, PathError) as e:
+                    # No F1 of 0 for a run that measured nothing: fail, saying where.
+                    records.append({param: v, "error": str(e),
+                                    **(e.result if isinstance(e, LossError) else {})})
+                    failed = f"{param}={v}: {e}"
+                    break
                 rows[v] = {**out, "f1score": out["f1"], "seed": params.seed}
                 records.append({param: v, **out})
                 atomic_write(csv_path, csv_rows(param, values, rows))
@@ -470,6 +609,11 @@ def run_harness(args: argparse.Namespace) -> int:
                       f"{out['simulated_f1']:.3f}), "
                       f"lost packets {rows[v]['lost_packets']}, lost messages "
                       f"{out['lost_messages']}", file=sys.stderr)
+                if out["lost_packets"] > 0:
+                    at = out["hops"]
+                    j = hopmod.first_loss(at)
+                    print(f"    packets lost first at {hopmod.describe(at, j) if j else '?'}; "
+                          f"hops: {hopmod.summary(at)}", file=sys.stderr)
                 if params.epoch_ms > 0:
                     print(f"    {out['epochs']} epochs of {params.epoch_ms:g} ms (switches "
                           f"{out['switch_epoch_us']} us at {out['multiplier']:.4g}x); packets "
@@ -482,12 +626,16 @@ def run_harness(args: argparse.Namespace) -> int:
         if records:
             atomic_write(csv_path.with_suffix(".json"), json.dumps({
                 "herd_version": __version__, "command": sys.argv, "target": args.target,
-                "pps": args.pps, "base_params": base.to_dict(), "trace": str(pcap),
+                "injection": args.injection, "pps": args.pps, "base_params": base.to_dict(),
+                "trace": str(pcap),
                 "trace_digest": prep.trace.digest, "runs": records}, indent=1, default=str))
         if args.keep:
             print(f"testbed files kept in {workdir}", file=sys.stderr)
         else:
             shutil.rmtree(workdir, ignore_errors=True)
+    if failed:
+        print(f"herd testbed: run failed, {failed}", file=sys.stderr)
+        return 1
     print(f"CSV: {csv_path}")
     return 0
 
@@ -501,6 +649,10 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("pcap")
     ap.add_argument("p4app", help="p4app JSON of the topology (k = its herd.p4 switches)")
     ap.add_argument("--target", choices=("model", "bmv2"), default="model")
+    ap.add_argument("--injection", choices=("lb", "direct"), default="lb",
+                    help="lb (default): the pcap from h1 through the load balancer; direct: "
+                    "each ingress switch's share (the load balancer's split) from its own "
+                    "host, straight to its own sink: one switch process per packet, not three")
     ap.add_argument("--pps", type=float, default=2000.0, help="tcpreplay rate (0: top speed); "
                     "with --epoch-ms the mean rate (0: the pcap's own pace)")
     ap.add_argument("--epoch-ms", type=float, default=0.0, metavar="W",

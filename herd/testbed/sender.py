@@ -21,6 +21,7 @@ the first frame and the worst one. Classic pcap (micro or nano) only: what tcpre
 from __future__ import annotations
 
 import argparse
+import os
 import socket
 import struct
 import sys
@@ -36,13 +37,20 @@ class SenderError(Exception):
     pass
 
 
-def read_pcap(path: str) -> Iterator[tuple[int, bytes]]:
-    """(timestamp ns, frame) of every record of a classic pcap."""
+def read_pcap_header(path: str | os.PathLike[str]) -> tuple[bytes, str, int]:
+    """A classic pcap's global header, its byte order and nanoseconds per timestamp unit."""
     with open(path, "rb") as f:
         head = f.read(24)
-        if len(head) < 24 or head[:4] not in MAGIC:
-            raise SenderError(f"{path}: not a classic pcap (pcapng is not supported here)")
-        endian, ns_per_unit = MAGIC[head[:4]]
+    if len(head) < 24 or head[:4] not in MAGIC:
+        raise SenderError(f"{path}: not a classic pcap (pcapng is not supported here)")
+    return head, *MAGIC[head[:4]]
+
+
+def read_pcap(path: str | os.PathLike[str]) -> Iterator[tuple[int, bytes]]:
+    """(timestamp ns, frame) of every record of a classic pcap."""
+    _, endian, ns_per_unit = read_pcap_header(path)
+    with open(path, "rb") as f:
+        f.read(24)
         rec = struct.Struct(endian + "IIII")
         while True:
             h = f.read(16)
@@ -55,14 +63,17 @@ def read_pcap(path: str) -> Iterator[tuple[int, bytes]]:
             yield sec * 1_000_000_000 + frac * ns_per_unit, data
 
 
-def send(interface: str, path: str, multiplier: float, start_ns: int) -> dict[str, float]:
+def send(interface: str, path: str, multiplier: float, start_ns: int,
+         t0_ns: int | None = None) -> dict[str, float]:
+    """t0_ns: the capture time that leaves at start_ns (default: the first frame's); a share
+    of a trace gives the whole trace's, so every share keeps the whole schedule."""
     frames = list(read_pcap(path))
     if not frames:
         raise SenderError(f"{path}: no packets")
     sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
     sock.bind((interface, 0))
-    t0 = frames[0][0]
-    latest = t0
+    t0 = frames[0][0] if t0_ns is None else t0_ns
+    latest = frames[0][0]
     sent = nbytes = 0
     worst = 0
     first_late = 0
@@ -70,7 +81,7 @@ def send(interface: str, path: str, multiplier: float, start_ns: int) -> dict[st
         time.sleep(min(left / 1e9, 0.05))
     for ts, frame in frames:
         latest = max(latest, ts)
-        due = start_ns + int((latest - t0) / multiplier)
+        due = start_ns + int(max(0, latest - t0) / multiplier)
         wait = due - time.time_ns()
         if wait > SLEEP_MIN_S * 1e9:
             time.sleep(wait / 1e9)
@@ -99,13 +110,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="speed-up of the capture's own timing (0.5: half speed)")
     ap.add_argument("--start-at-ns", type=int, default=0,
                     help="wall-clock instant (Unix ns) frame 0 leaves (default: now)")
+    ap.add_argument("--t0-ns", type=int, default=None,
+                    help="the capture timestamp (ns) that leaves at --start-at-ns (default: the "
+                    "first frame's; a share of a trace: the whole trace's first)")
     ap.add_argument("pcap")
     args = ap.parse_args(argv)
     if not args.multiplier > 0:
         print(f"sender: error: --multiplier {args.multiplier}: must be > 0", file=sys.stderr)
         return 2
     try:
-        r = send(args.interface, args.pcap, args.multiplier, args.start_at_ns or time.time_ns())
+        r = send(args.interface, args.pcap, args.multiplier, args.start_at_ns or time.time_ns(),
+                 args.t0_ns)
     except (SenderError, OSError) as e:
         print(f"sender: error: {e}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 HOST, LOAD_BALANCER, INGRESS, AGGREGATOR = "host", "load_balancer", "ingress", "aggregator"
+SENDER, SINK = "sender", "sink"  # a host's role: replays (a share of) the trace, or counts it
 PROGRAMS = {LOAD_BALANCER: "p4src/load_balancer.p4", INGRESS: "p4src/herd.p4",
             AGGREGATOR: "p4src/aggregator.p4"}
 
@@ -24,6 +25,7 @@ class Node:
     name: str
     kind: str
     index: int = 0  # an ingress switch's index: its controller's --switch, the LB's choice
+    role: str = ""  # a host's: SENDER or SINK
 
     @property
     def program(self) -> str | None:
@@ -57,6 +59,19 @@ class Topology:
     def ingress_switches(self) -> list[Node]:
         return sorted(self.of_kind(INGRESS), key=lambda n: n.index)
 
+    def hosts(self, role: str) -> list[Node]:
+        """The hosts of one role, in switch order."""
+        return sorted((n for n in self.of_kind(HOST) if n.role == role), key=lambda n: n.index)
+
+    def peer(self, node: str, port: int) -> str:
+        """The node on the other end of ``node``'s port (a host's port is 0)."""
+        for link in self.links:
+            if (link.a, link.port_a) == (node, port):
+                return link.b
+            if (link.b, link.port_b) == (node, port):
+                return link.a
+        raise KeyError(f"{node} has no port {port}")
+
     def port(self, node: str, peer: str) -> int:
         for link in self.links:
             if (link.a, link.b) == (node, peer):
@@ -71,8 +86,8 @@ def evaluation_topology(k: int = 10) -> Topology:
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     t = Topology()
-    t.add(Node("h1", HOST))
-    t.add(Node("h2", HOST))
+    t.add(Node("h1", HOST, role=SENDER))
+    t.add(Node("h2", HOST, role=SINK))
     t.add(Node("lb", LOAD_BALANCER))
     t.add(Node("agg", AGGREGATOR))
     t.link("h1", "lb", 0, 1)
@@ -82,6 +97,37 @@ def evaluation_topology(k: int = 10) -> Topology:
         t.link(s, "agg", 2, i + 1)
     t.link("agg", "h2", k + 1, 0)
     return t
+
+
+def direct_topology(k: int = 10) -> Topology:
+    """Direct injection (``--injection direct``): per ingress switch its own sender and
+    sink, no load balancer, no aggregator: h1s{i} - s{i} port 1; s{i} port 2 - h2s{i}.
+
+    Each sender replays the share of the trace the load balancer would give its switch, so
+    a packet crosses one switch process instead of three (BMv2 forwards a few thousand
+    frames a second per process on two cores). The sinks stand in for the aggregator: it
+    only forwards, so it is not needed to measure anything, and one process carrying every
+    packet would cap the rate again; a sink's kernel counter counts what its switch
+    delivered. Port 2 is where the controllers point the switches' default forwarding."""
+    if k < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    t = Topology()
+    for i in range(k):
+        sender = t.add(Node(f"h1s{i + 1}", HOST, i, SENDER)).name
+        sink = t.add(Node(f"h2s{i + 1}", HOST, i, SINK)).name
+        s = t.add(Node(f"s{i + 1}", INGRESS, i)).name
+        t.link(sender, s, 0, 1)
+        t.link(s, sink, 2, 0)
+    return t
+
+
+def injection_topology(injection: str, k: int) -> Topology:
+    """The topology of an injection mode: ``lb`` (the evaluation topology) or ``direct``."""
+    if injection == "lb":
+        return evaluation_topology(k)
+    if injection == "direct":
+        return direct_topology(k)
+    raise ValueError(f"unknown injection mode {injection!r} (lb or direct)")
 
 
 def p4app_json(t: Topology, cpu_port: bool = True, p4src: str | Path = "p4src",
