@@ -173,9 +173,10 @@ def test_direct_injection_on_the_model_target(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("injection", ["lb", "direct"])
 def test_a_dead_hop_fails_the_run_naming_it(tmp_path: Path, injection: str) -> None:
-    """A switch process gone before the replay: the path probe fails naming the hop; with the
-    probes skipped, the replay loses everything and fails naming the same hop, with the
-    per-hop counts, instead of scoring an F1 of 0."""
+    """A hop dead before the replay: the path probe fails naming it; with the probes
+    skipped, the replay's per-hop counts name it too. lb: the aggregator's process is gone,
+    every packet is lost and the run fails instead of scoring an F1 of 0. direct: s2's link
+    to its sink is down, s2's share is lost, s1's arrives: a partial loss, reported at s2."""
     from herd.params import Params
     from herd.prepared import PreparedTrace
     from herd.testbed.harness import LossError, Testbed
@@ -187,35 +188,38 @@ def test_a_dead_hop_fails_the_run_naming_it(tmp_path: Path, injection: str) -> N
     params = Params(s=0.2, epsilon=0.1, T=10, k=2)
     work = tmp_path / "work"
     work.mkdir()
-    # lb: the aggregator dies (every path crosses it); direct: s2 (only its own path).
-    victim, hop = ("agg", "agg out") if injection == "lb" else ("s2", "s1..s2 out")
     with Testbed(2, "model", params.stages, work, injection) as tb:
         wire = tb.rewrite_macs(pcap, work / "replay.pcap")
         restart = tb.restart_switches
 
-        def restart_and_kill(p: Params) -> None:
+        def restart_and_break(p: Params) -> None:
             restart(p)
-            tb.net.get(victim).stop_process()
+            if injection == "lb":
+                tb.net.get("agg").stop_process()
+            else:
+                subprocess.run(["ip", "link", "set", "s2-eth2", "down"], check=True)
 
-        tb.restart_switches = restart_and_kill  # type: ignore[method-assign]
+        tb.restart_switches = restart_and_break  # type: ignore[method-assign]
         with pytest.raises(PathError) as probe:
             tb.evaluate(prep, params, wire, 2000)
-        where = "agg out" if injection == "lb" else "s2 out"
+        where, through = ("agg out", "s1") if injection == "lb" else ("s2 out", "s2")
+        assert f"path probe through {through}" in str(probe.value), probe.value
         assert f"stopped at {where}" in str(probe.value), probe.value
-        assert ("through s1" if injection == "lb" else "through s2") in str(probe.value)
 
         tb.prove_paths = lambda: {}  # type: ignore[method-assign]
         if injection == "direct":
-            # s1 still delivers its share: a partial loss, reported at s2, not a failure.
             out = tb.evaluate(prep, params, wire, 2000)
             hops = {h["hop"]: h for h in out["hops"]}
-            assert out["lost_at"] == hop and out["lost_packets"] == hops["s1..s2 in"]["nodes"]["s2"]
-            assert hops[hop]["nodes"]["s2"] == 0 and hops[hop]["nodes"]["s1"] > 0
+            share = hops["s1..s2 in"]["nodes"]["s2"]
+            assert share > 0 and out["lost_packets"] == share, out["hops"]
+            assert out["lost_at"] == "s1..s2 out"
+            assert hops["s1..s2 out"]["nodes"] == {"s1": hops["s1..s2 in"]["nodes"]["s1"],
+                                                   "s2": 0}
             return
         with pytest.raises(LossError) as lost:
             tb.evaluate(prep, params, wire, 2000)
-    assert f"stopped at {hop}" in str(lost.value), lost.value
+    assert "stopped at agg out" in str(lost.value), lost.value
     result = lost.value.result
     hops = {h["hop"]: h["packets"] for h in result["hops"]}
-    assert result["lost_at"] == hop and result["sent_packets"] == 1000
+    assert result["lost_at"] == "agg out" and result["sent_packets"] == 1000
     assert hops["agg in"] == 1000 and hops["agg out"] == 0 and hops["h2 in"] == 0
