@@ -52,6 +52,7 @@ RUN_KEYS = ("hello_latency_ms_p50", "hello_latency_ms_p99", "hello_latency_ms_me
 def replay_once(code: Path, trace: str, pps: float, k: int, timeout: float) -> dict[str, Any]:
     """One ``herd replay --json`` of the checkout at ``code``: its figures of RUN_KEYS."""
     env = {**os.environ, "PYTHONPATH": str(code)}
+    load = os.getloadavg()[0]  # the machine is shared: say how busy it was
     t = time.monotonic()
     out = subprocess.run([sys.executable, "-m", "herd.cli", "replay", "--trace", trace,
                           "--pps", repr(pps), "--k", str(k), "--json"], capture_output=True,
@@ -59,7 +60,15 @@ def replay_once(code: Path, trace: str, pps: float, k: int, timeout: float) -> d
     if out.returncode != 0:
         raise RuntimeError(f"herd replay ({code}, {pps:g} pps) failed: {out.stderr[-2000:]}")
     d = json.loads(out.stdout)
-    return {**{key: d.get(key) for key in RUN_KEYS}, "wall_s": time.monotonic() - t}
+    return {**{key: d.get(key) for key in RUN_KEYS}, "wall_s": time.monotonic() - t,
+            "load_average_1min_before": load}
+
+
+def git_head(code: Path) -> str | None:
+    """The commit a checkout is at (uncommitted changes aside), None if unknown."""
+    out = subprocess.run(["git", "-C", str(code), "rev-parse", "HEAD"], capture_output=True,
+                         text=True)
+    return out.stdout.strip() or None
 
 
 def latency_vs_rate(args: argparse.Namespace) -> int:
@@ -103,6 +112,7 @@ def latency_vs_rate(args: argparse.Namespace) -> int:
               f"ms (median of {row['runs']}); lost {row['lost_messages']}")
     out = {"trace": str(trace), "k": args.k, "runs": args.runs, "cpus": os.cpu_count(),
            "versions": {v: str(c) for v, c in versions.items()},
+           "commits": {v: git_head(c) for v, c in versions.items()},
            "target_p99_ms_at_40k": TARGET_P99_MS_AT_40K, "rows": rows}
     text = json.dumps(out, indent=1) + "\n"
     if args.out:

@@ -668,9 +668,9 @@ class _Feed:
         return True
 
     def step(self) -> float | None:
-        """Up to CHUNK packets due now through the switch. Returns 0 if it took some, else
-        the seconds until the next one is due; None once the source is exhausted (or the
-        switch is stopping)."""
+        """Up to CHUNK packets due now through the switch. Returns 0 if more may be due at
+        once, else the seconds until the next one is due; None once the source is exhausted
+        (or the switch is stopping)."""
         m = self.model
         if m.stopping.is_set():
             return None
