@@ -54,15 +54,15 @@ from herd import __version__
 from herd.delays import EntryWrite, EpochStart, MeasuredTiming, delays_csv, l_g_of_threshold
 from herd.errors import HerdInputError
 from herd.fileio import atomic_write
-from herd.groundtruth import epoch_ns_of, packet_epochs, pair_keys
+from herd.groundtruth import epoch_ns_of, packet_epochs
 from herd.metrics import memory_summary, message_summary
 from herd.params import Params
-from herd.prepared import Detection, PreparedTrace, score
+from herd.prepared import PreparedTrace, score
 from herd.services.common import write_token_file
 from herd.services.controller_service import CoordinatorClient
 from herd.services.drivers.base import SwitchDriver
 from herd.services.drivers.model import ModelDriver
-from herd.services.flowtable import FlowTable
+from herd.services.results import FIELDS, elephant_detection
 from herd.services.rpc import herd_pb2 as pb
 
 STARTUP_TIMEOUT = 60.0
@@ -430,24 +430,9 @@ class ReplayRun:
         self.flush()  # the run is over: every epoch's elephants are final
         q = self.query(True)
         counters = dict(q.counters)
-        # Map the coordinator's elephants (5-tuples) to the trace's flow indices.
-        table = FlowTable(max(1, t.flows))
-        table.index(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport, t.flow_proto)
-        keys = np.zeros(0, np.int64)
-        detect_ts = np.zeros(0, np.int64)
-        if len(q.elephants):
-            e = q.elephants
-            idx = table.index(np.array([x.src for x in e], np.uint32),
-                              np.array([x.dst for x in e], np.uint32),
-                              np.array([x.sport for x in e], np.uint32),
-                              np.array([x.dport for x in e], np.uint32),
-                              np.array([x.proto for x in e], np.uint32))
-            ok = (idx >= 0) & (idx < t.flows)
-            epoch = np.array([x.epoch for x in e], np.int64)
-            keys = pair_keys(epoch[ok], idx[ok])
-            detect_ts = np.array([x.detected_ns for x in e], np.int64)[ok]
-            order = np.argsort(keys, kind="stable")
-            keys, detect_ts = keys[order], detect_ts[order]
+        # The coordinator's elephants (5-tuples) as the trace's (flow, epoch) pairs.
+        detection = elephant_detection(prep, {
+            f: np.array([getattr(x, f) for x in q.elephants], np.int64) for f in FIELDS})
         regs = [s["registers"] for s in stats]
         hellos = np.array([r["hellos"] for r in regs], np.int64)
         reports = np.array([r["reports"] for r in regs], np.int64)
@@ -480,7 +465,7 @@ class ReplayRun:
         lost_reports = int(reports.sum()) - coord_reports
         params = self.params.with_(delay_ms=round(delay_ms, 6))
         E = prep.truth(self.params, self.T).epochs
-        scored, per_epoch = score(prep, self.params, self.T, self.R, Detection(keys, detect_ts),
+        scored, per_epoch = score(prep, self.params, self.T, self.R, detection,
                                   np.zeros(E, np.int64), np.zeros(E, np.int64))
         for row in per_epoch:  # not measured per trace epoch here
             row["messages"] = row["max_states"] = None
