@@ -65,6 +65,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from pathlib import Path
 from typing import Any
@@ -142,9 +143,15 @@ class TestbedRun(ReplayRun):
             out[key] = None
         return out
 
-    def wait_drained(self, received: Any, timeout: float) -> bool:
-        """Until nothing moves for a while: h2's counter, the switches' packets, and every CPU
-        message acknowledged (the controllers acknowledge only what the coordinator holds)."""
+    def wait_drained(self, received: Any, timeout: float,
+                     activity: Callable[[], Any] | None = None,
+                     queued: Callable[[], int] | None = None) -> bool:
+        """Until nothing moves for a while: the sinks' counter, the switches' packets (and
+        ``activity``: every hop's kernel counters), every CPU message acknowledged (the
+        controllers acknowledge only what the coordinator holds), and no frame waiting unread
+        in a switch's socket (``queued``): a switch process stalled for seconds (starved of
+        CPU, or compiling its pipeline on its first packet) has moved nothing, and must not
+        make the run look drained with its frames still queued."""
         deadline = time.monotonic() + timeout
         last: tuple[Any, ...] = ()
         still_since = time.monotonic()
@@ -152,8 +159,9 @@ class TestbedRun(ReplayRun):
             stats = self.switch_stats()
             acked = all(s["cpu_acked"] == s["cpu_emitted"] for s in stats)
             now = (received(), tuple(s["packets_done"] for s in stats),
-                   tuple(s["cpu_emitted"] for s in stats))
-            if now != last:
+                   tuple(s["cpu_emitted"] for s in stats), activity() if activity else None)
+            waiting = queued() if queued else 0
+            if now != last or waiting:
                 last, still_since = now, time.monotonic()
             elif acked and time.monotonic() - still_since > 2.0:
                 self.wall_end_ns = time.time_ns()
@@ -441,8 +449,12 @@ class Testbed:
                 per_sender = self.replay(pcaps, pps)
                 sent = sum(per_sender)
                 duration = prep.trace.packets / max(pps, 1000)
-            drained = run.wait_drained(lambda: self.received() - before,
-                                       timeout=60 + duration)
+            switch_ifs = hopmod.switch_interfaces(self.topology)
+            drained = run.wait_drained(
+                lambda: self.received() - before, timeout=60 + duration,
+                activity=lambda: [h["packets"] for h in hopmod.hop_counts(
+                    self.topology, self.hop_plan, counters_before, self.counters())],
+                queued=lambda: hopmod.queued_bytes(switch_ifs))
             received = self.received() - before
             hops = hopmod.with_sent(sent, hopmod.hop_counts(
                 self.topology, self.hop_plan, counters_before, self.counters()),

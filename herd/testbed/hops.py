@@ -89,9 +89,29 @@ def hop_plan(topology: Topology) -> list[Hop]:
     return hops
 
 
-def counter_nodes(topology: Topology) -> list[str]:
-    """The nodes whose namespace holds counters: the hosts (the switches are in the root)."""
-    return [n.name for n in topology.of_kind(HOST)]
+def switch_interfaces(topology: Topology) -> list[str]:
+    """The switches' interfaces on the path (root namespace)."""
+    return sorted({p.ifname for hop in hop_plan(topology) for ports in hop.ports.values()
+                   for p in ports if topology.nodes[p.node].kind != HOST})
+
+
+def queued_bytes(ifnames: Sequence[str], packet_table: str = "/proc/net/packet") -> int:
+    """Bytes waiting unread in the packet sockets bound to these interfaces (the model
+    target's switch processes; BMv2's libpcap rings do not show here)."""
+    index = set()
+    for name in ifnames:
+        try:
+            with open(f"/sys/class/net/{name}/ifindex") as f:
+                index.add(int(f.read()))
+        except (OSError, ValueError):
+            continue
+    total = 0
+    with open(packet_table) as f:
+        for line in f.read().splitlines()[1:]:
+            cols = line.split()  # sk RefCnt Type Proto Iface R Rmem User Inode
+            if len(cols) >= 7 and cols[4].isdigit() and int(cols[4]) in index:
+                total += int(cols[6])
+    return total
 
 
 def parse_net_dev(text: str) -> dict[str, tuple[int, int]]:
