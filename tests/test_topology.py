@@ -193,3 +193,16 @@ def test_shares_are_the_load_balancers_split(tmp_path: Path) -> None:
     assert abs(sum(rates) - 3000.0) < 1e-6
     assert rates[0] / rates[1] == shares[0].packets / shares[1].packets
     assert share_rates([0, 0], 100.0) == [0.0, 0.0]
+
+
+def test_queued_bytes_counts_only_the_given_interfaces(tmp_path: Path) -> None:
+    from herd.testbed.hops import queued_bytes
+
+    lo = int(Path("/sys/class/net/lo/ifindex").read_text())
+    table = tmp_path / "packet"
+    table.write_text("sk               RefCnt Type Proto  Iface R Rmem   User   Inode\n"
+                     f"0000000000000001 3      3    0003   {lo}     1 4352   0      1\n"
+                     f"0000000000000002 3      3    0003   {lo + 9999} 1 9999   0      2\n"
+                     f"0000000000000003 3      3    0003   {lo}     1 0      0      3\n")
+    assert queued_bytes(["lo"], str(table)) == 4352
+    assert queued_bytes(["no-such-if0"], str(table)) == 0
