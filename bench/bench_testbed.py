@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -30,7 +31,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 
 
-def one_run(target: str, pps: float, pcap: str, injection: str = "lb") -> dict[str, float]:
+def one_run(target: str, pps: float, pcap: str, injection: str = "lb") -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as d:
         layout = Path(d) / "layout.csv"
         layout.write_text("epsilon,f1score,precision,recall\n0.1\n")
@@ -46,7 +47,8 @@ def one_run(target: str, pps: float, pcap: str, injection: str = "lb") -> dict[s
             return {"sent": run["sent_packets"], "lost_packets": run["sent_packets"],
                     "loss_fraction": 1.0, "lost_messages": nan, "f1": nan,
                     "simulated_f1": nan, "simulated_f1_mean_delay": nan,
-                    "hello_latency_ms_p50": nan, "hello_latency_ms_p99": nan}
+                    "hello_latency_ms_p50": nan, "hello_latency_ms_p99": nan,
+                    "lost_at": run.get("lost_at") or "", "load_average_1min": os.getloadavg()[0]}
         if proc.returncode != 0:
             raise RuntimeError(proc.stderr[-2000:])
         row = next(csv.DictReader(layout.read_text().splitlines()))
@@ -57,7 +59,9 @@ def one_run(target: str, pps: float, pcap: str, injection: str = "lb") -> dict[s
             "simulated_f1": float(row["simulated_f1"]),
             "simulated_f1_mean_delay": float(row["simulated_f1_mean_delay"]),
             "hello_latency_ms_p50": float(row["hello_latency_ms_p50"] or "nan"),
-            "hello_latency_ms_p99": float(row["hello_latency_ms_p99"] or "nan")}
+            "hello_latency_ms_p99": float(row["hello_latency_ms_p99"] or "nan"),
+            # Where the loss began, and the machine's load: others' work skews a point.
+            "lost_at": row.get("lost_at", ""), "load_average_1min": os.getloadavg()[0]}
 
 
 def plot_compare(results: list[dict[str, Any]], path: str) -> None:
@@ -153,8 +157,11 @@ def main() -> None:
     curve = []
     for pps in (float(x) for x in args.rates.split(",")):
         runs = [one_run(args.target, pps, args.pcap, args.injection) for _ in range(args.runs)]
-        point = {"pps": pps, **{k: statistics.median(r[k] for r in runs) for k in runs[0]},
-                 "lost_packets_per_run": [r["lost_packets"] for r in runs]}
+        numeric = [k for k in runs[0] if k not in ("lost_at", "load_average_1min")]
+        point = {"pps": pps, **{k: statistics.median(r[k] for r in runs) for k in numeric},
+                 "lost_packets_per_run": [r["lost_packets"] for r in runs],
+                 "lost_at_per_run": [r["lost_at"] for r in runs],
+                 "load_average_1min_per_run": [r["load_average_1min"] for r in runs]}
         curve.append(point)
         print(f"{pps:8.0f} pps: lost packets {point['lost_packets']:.0f} "
               f"({point['loss_fraction']:.2%}), lost messages {point['lost_messages']:.0f}, "
