@@ -206,3 +206,15 @@ def test_queued_bytes_counts_only_the_given_interfaces(tmp_path: Path) -> None:
                      f"0000000000000003 3      3    0003   {lo}     1 0      0      3\n")
     assert queued_bytes(["lo"], str(table)) == 4352
     assert queued_bytes(["no-such-if0"], str(table)) == 0
+
+
+def test_runtime_writes_of_the_direct_topology() -> None:
+    """No load balancer, no aggregator: each ingress switch forwards to its sink host."""
+    from herd.params import Params
+    from herd.testbed.configure import CPU_MIRROR_SESSION, evaluation_writes
+    from herd.testbed.topology import direct_topology
+
+    plan = evaluation_writes(direct_topology(3), Params(k=3), {f"s{i}": 64 for i in (1, 2, 3)})
+    assert sorted(plan) == ["s1", "s2", "s3"]
+    assert [str(w) for w in plan["s2"]] == ["table_set_default forwarding forward 2",
+                                            f"mirroring_add {CPU_MIRROR_SESSION} 64"]

@@ -4,8 +4,9 @@ harness's BMv2 target and ``herd testbed configure`` (a network p4run started) b
 - load balancer: its PRNG seed, the probability p of a flow's primary switch and k into
   ``lb_regs``; table ``ingress_switch`` maps switch index i to its port towards s{i+1};
 - aggregator: every frame to its port towards h2 (the default of ``forwarding``);
-- each ingress switch: frames from the load balancer (or its own host) on to the aggregator
-  (its controller writes the same default at configuration), and clone session
+- each ingress switch: frames from the load balancer on to the aggregator, or with direct
+  injection from its sender host on to its sink host (its controller writes the same default
+  at configuration), and clone session
   ``CPU_MIRROR_SESSION`` to its CPU port.
 
 The plan is plain data (:func:`evaluation_writes`), applied by :func:`apply_writes` through
@@ -21,7 +22,7 @@ from herd.loadbalancer import lb_seed
 from herd.params import Params
 from herd.prng import probability_threshold
 from herd.services.drivers.bmv2_thrift import Bmv2Thrift
-from herd.testbed.topology import AGGREGATOR, HOST, INGRESS, LOAD_BALANCER, Topology
+from herd.testbed.topology import AGGREGATOR, HOST, INGRESS, LOAD_BALANCER, SINK, Topology
 
 CPU_MIRROR_SESSION = 100  # p4src/include/headers.p4
 
@@ -69,14 +70,25 @@ def evaluation_writes(topology: Topology, params: Params,
             out[node.name] = [Write("default", "forwarding", "forward",
                                     values=(topology.port(node.name, host),))]
         elif node.kind == INGRESS:
-            agg = next(a.name for a in topology.of_kind(AGGREGATOR))
             if node.name not in cpu_ports:
                 raise KeyError(f"no CPU port given for ingress switch {node.name}")
             out[node.name] = [
                 Write("default", "forwarding", "forward",
-                      values=(topology.port(node.name, agg),)),
+                      values=(topology.port(node.name, _downstream(topology, node.name)),)),
                 Write("mirror", key=(CPU_MIRROR_SESSION,), values=(cpu_ports[node.name],))]
     return out
+
+
+def _downstream(topology: Topology, switch: str) -> str:
+    """Where an ingress switch sends on what it measured: the aggregator, or with direct
+    injection (no aggregator) its sink host."""
+    for agg in topology.of_kind(AGGREGATOR):
+        if _linked(topology, switch, agg.name):
+            return agg.name
+    sinks = [h.name for h in topology.hosts(SINK) if _linked(topology, switch, h.name)]
+    if len(sinks) != 1:
+        raise KeyError(f"ingress switch {switch} has neither an aggregator nor one sink host")
+    return sinks[0]
 
 
 def _linked(topology: Topology, a: str, b: str) -> bool:

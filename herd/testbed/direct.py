@@ -22,9 +22,7 @@ import numpy as np
 
 from herd.loadbalancer import assign_ingress, lb_seed
 from herd.prng import probability_threshold
-from herd.testbed.configure import CPU_MIRROR_SESSION, Write
 from herd.testbed.sender import read_pcap, read_pcap_header
-from herd.testbed.topology import INGRESS, Topology
 from herd.trace import dissect_frames
 
 
@@ -83,16 +81,3 @@ def write_shares(pcap: Path, out_dir: Path, k: int, p: float, seed: int,
 
 def _mac(mac: str) -> bytes:
     return bytes(int(x, 16) for x in mac.split(":"))
-
-
-def direct_writes(topology: Topology, cpu_ports: dict[str, int]) -> dict[str, list[Write]]:
-    """The runtime writes of the direct topology's ingress switches: every frame on to the
-    sink (port 2, where the controllers point the default too) and the CPU mirror session.
-    ``herd.testbed.configure.evaluation_writes`` expects the aggregator this topology lacks."""
-    out = {}
-    for sw in topology.of_kind(INGRESS):
-        sink = topology.peer(sw.name, 2)
-        out[sw.name] = [Write("default", "forwarding", "forward",
-                              values=(topology.port(sw.name, sink),)),
-                        Write("mirror", key=(CPU_MIRROR_SESSION,), values=(cpu_ports[sw.name],))]
-    return out

@@ -83,7 +83,7 @@ from herd.services.replay import ReplayRun, trace_schedule
 from herd.sweep import params_for, read_layout
 from herd.testbed import hops as hopmod
 from herd.testbed.configure import apply_writes, evaluation_writes
-from herd.testbed.direct import direct_writes, share_rates, write_shares
+from herd.testbed.direct import share_rates, write_shares
 from herd.testbed.network import (
     SwitchSpec,
     build_network,
@@ -331,8 +331,7 @@ class Testbed:
         from herd.testbed.network import CPU_PORT
 
         cpu_ports = {sw.name: CPU_PORT for sw in self.topology.ingress_switches}
-        plan = (evaluation_writes(self.topology, params, cpu_ports) if self.injection == "lb"
-                else direct_writes(self.topology, cpu_ports))
+        plan = evaluation_writes(self.topology, params, cpu_ports)
         for sw in self.net.switches:
             client = Bmv2Thrift(sw.thrift_port)
             try:
