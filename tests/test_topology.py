@@ -218,3 +218,21 @@ def test_runtime_writes_of_the_direct_topology() -> None:
     assert sorted(plan) == ["s1", "s2", "s3"]
     assert [str(w) for w in plan["s2"]] == ["table_set_default forwarding forward 2",
                                             f"mirroring_add {CPU_MIRROR_SESSION} 64"]
+
+
+def test_one_testbed_at_a_time(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from herd.testbed.harness import machine_lock
+
+    path = tmp_path / "lock" / "herd-testbed.lock"
+    probe = ("import fcntl, sys\nf = open(sys.argv[1])\ntry:\n"
+             "    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)\nexcept BlockingIOError:\n"
+             "    sys.exit(3)\n")
+    held = machine_lock(path)
+    assert path.read_text() == str(os.getpid())
+    assert subprocess.run([sys.executable, "-c", probe, str(path)]).returncode == 3
+    held.close()
+    assert subprocess.run([sys.executable, "-c", probe, str(path)]).returncode == 0

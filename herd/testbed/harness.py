@@ -55,8 +55,10 @@ from __future__ import annotations
 
 import argparse
 import csv
+import fcntl
 import io
 import json
+import os
 import re
 import shutil
 import signal
@@ -265,6 +267,30 @@ class Bmv2TestbedRun(TestbedRun):
             return {}
 
 
+LOCK_FILE = Path("/run/lock/herd-testbed.lock")
+
+
+def machine_lock(path: Path = LOCK_FILE) -> Any:
+    """One testbed at a time on a machine: interface names and Thrift ports are fixed, so a
+    second network would tear down or steal the first one's. Waits for a running testbed
+    (saying so) and holds the lock until the returned file is closed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    f = open(path, "a+")  # noqa: SIM115 - held for the testbed's lifetime
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "unknown"
+        print(f"herd testbed: another testbed run holds {path} (pid {holder}); waiting",
+              file=sys.stderr)
+        fcntl.flock(f, fcntl.LOCK_EX)
+    f.seek(0)
+    f.truncate()
+    f.write(str(os.getpid()))
+    f.flush()
+    return f
+
+
 class Testbed:
     """The network, up for a whole sweep; switch processes restarted per run."""
 
@@ -281,6 +307,7 @@ class Testbed:
         self.net: Any = None
 
     def __enter__(self) -> Testbed:
+        self._lock = machine_lock()
         remove_leftovers(self.topology)
         self.net = build_network(self.topology, self.spec)
         try:
@@ -297,6 +324,9 @@ class Testbed:
             with suppress(Exception):
                 self.net.stop()
             self.net = None
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()  # releases the lock
+            self._lock = None
 
     def restart_switches(self, params: Params) -> None:
         for sw in self.net.switches:
