@@ -479,7 +479,8 @@ def test_bmv2_driver_clear_error_without_bmv2_and_cpu_frames() -> None:
     from herd.services.drivers.bmv2 import parse_cpu_frame
 
     with pytest.MonkeyPatch.context() as mp:  # as on a machine without BMv2
-        mp.setitem(sys.modules, "bm_runtime", None)
+        for module in ("bm_runtime", "bm_runtime.standard"):  # even if imported before
+            mp.setitem(sys.modules, module, None)
         with pytest.raises(HerdInputError, match="Thrift runtime is not importable"):
             open_driver("bmv2", "s1", "127.0.0.1:9090")
     msg = CpuMessage(MessageType.REPORT, 1, 2, 3, 4, 6, 99).pack()
