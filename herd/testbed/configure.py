@@ -66,7 +66,7 @@ def evaluation_writes(topology: Topology, params: Params,
                         values=(topology.port(lb, sw.name),)) for sw in ingress)]
         elif node.kind == AGGREGATOR:
             host = next(h.name for h in topology.of_kind(HOST)
-                        if _linked(topology, node.name, h.name))
+                        if topology.linked(node.name, h.name))
             out[node.name] = [Write("default", "forwarding", "forward",
                                     values=(topology.port(node.name, host),))]
         elif node.kind == INGRESS:
@@ -83,16 +83,13 @@ def _downstream(topology: Topology, switch: str) -> str:
     """Where an ingress switch sends on what it measured: the aggregator, or with direct
     injection (no aggregator) its sink host."""
     for agg in topology.of_kind(AGGREGATOR):
-        if _linked(topology, switch, agg.name):
+        if topology.linked(switch, agg.name):
             return agg.name
-    sinks = [h.name for h in topology.hosts(SINK) if _linked(topology, switch, h.name)]
+    sinks = [h.name for h in topology.hosts(SINK) if topology.linked(switch, h.name)]
     if len(sinks) != 1:
         raise KeyError(f"ingress switch {switch} has neither an aggregator nor one sink host")
     return sinks[0]
 
-
-def _linked(topology: Topology, a: str, b: str) -> bool:
-    return any({link.a, link.b} == {a, b} for link in topology.links)
 
 
 def apply_writes(client: Bmv2Thrift, writes: list[Write]) -> None:

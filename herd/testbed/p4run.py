@@ -97,16 +97,13 @@ class P4runNetwork:
                                  "s1..sk: the load balancer picks switch index 0..k-1")
         for node in t.ingress_switches:
             for peer in (lb, agg):
-                if not _linked(t, node.name, peer):
+                if not t.linked(node.name, peer):
                     raise HerdInputError(f"{self.path}: ingress switch {node.name} has no link "
                                          f"to {peer}")
-        if not any(_linked(t, agg, h.name) for h in t.of_kind(HOST)):
+        if not any(t.linked(agg, h.name) for h in t.of_kind(HOST)):
             raise HerdInputError(f"{self.path}: the aggregator {agg} has no link to a host")
         self.cpu_ports()
 
-
-def _linked(t: Topology, a: str, b: str) -> bool:
-    return any({link.a, link.b} == {a, b} for link in t.links)
 
 
 def _program_kind(attrs: dict[str, Any]) -> str | None:

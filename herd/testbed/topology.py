@@ -72,6 +72,9 @@ class Topology:
                 return link.a
         raise KeyError(f"{node} has no port {port}")
 
+    def linked(self, a: str, b: str) -> bool:
+        return any({link.a, link.b} == {a, b} for link in self.links)
+
     def port(self, node: str, peer: str) -> int:
         for link in self.links:
             if (link.a, link.b) == (node, peer):
