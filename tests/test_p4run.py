@@ -24,6 +24,7 @@ from conftest import REPO
 from herd.cli import main as herd_main
 from herd.errors import HerdInputError
 from herd.params import Params
+from herd.services.drivers.bmv2_thrift import Bmv2Thrift
 from herd.testbed.configure import CPU_MIRROR_SESSION, evaluation_writes
 from herd.testbed.p4run import controller_options, load
 from herd.testbed.topology import (
@@ -241,6 +242,20 @@ def test_configure_cli_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]
         err.count("\n") == 1, err
 
 
+def test_configure_checks_the_origin_before_writing(tmp_path: Path,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    db = topology_db(2)
+    for n in db["nodes"]:
+        if "thrift_port" in n:
+            n["thrift_port"] = _closed_port()  # had it written anything, it would fail here
+    args = ["testbed", "configure", "--topology", str(write_db(tmp_path, db)),
+            "--epoch-origin-in", "-1"]
+    assert herd_main(args) == 2
+    err = capsys.readouterr().err
+    assert "--epoch-origin-in -1.0: must be in [0, 3600] seconds" in err and \
+        err.count("\n") == 1, err
+
+
 def _closed_port() -> int:
     from herd.services.replay import free_port
 
@@ -357,11 +372,22 @@ def test_manual_session(tmp_path: Path) -> None:
 
         proc = subprocess.run([sys.executable, "-m", "herd", "testbed", "configure",
                                "--topology", str(db), "--seed", str(params.seed),
-                               "--p", str(params.p)], capture_output=True, text=True)
+                               "--p", str(params.p), "--epoch-origin-in", "1"],
+                              capture_output=True, text=True)
         assert proc.returncode == 0, proc.stderr
         lines = proc.stdout.splitlines()
-        assert [line.split()[0] for line in lines] == ["lb", "s1", "s2", "agg"], proc.stdout
+        assert [line.split()[0] for line in lines] == ["lb", "s1", "s2", "agg", "epoch"], \
+            proc.stdout
         assert "mirroring_add 100 3" in lines[1]
+        # One origin for both switches, each in its own clock (they started apart).
+        origins = []
+        for n in ("s1", "s2"):
+            client = Bmv2Thrift(net.switches[n].thrift_port)
+            origins.append(client.register_read("herd_epoch_origin", 0)
+                           + client.clock_start_us())
+            client.close()
+        said = int(lines[4].split("(")[1].split()[0])  # "... (<unix us> us since ...)"
+        assert all(abs(o - said) < 5_000 for o in origins), (said, origins)
 
         options = {n: controller_options(db, n) for n in ("s1", "s2")}
 

@@ -1,6 +1,6 @@
 """``herd testbed``: commands for a network p4run brought up (registered by herd.cli).
 
-    herd testbed configure --topology topology.json [--seed N] [--p P]
+    herd testbed configure --topology topology.json [--seed N] [--p P] [--epoch-origin-in S]
 
 writes what the evaluation network's switches need before traffic
 (``herd.testbed.configure``) into every switch of the p4run network, through each switch's
@@ -23,6 +23,9 @@ def cmd_configure(args: argparse.Namespace) -> int:
     from herd.testbed.p4run import load
     from herd.testbed.topology import AGGREGATOR, LOAD_BALANCER
 
+    if args.epoch_origin_in is not None and not 0 <= args.epoch_origin_in <= 3600:
+        raise HerdInputError(f"--epoch-origin-in {args.epoch_origin_in}: must be in "
+                             "[0, 3600] seconds")
     # thrift logs a refused connection itself; the error below says it in one line
     logging.getLogger("thrift.transport.TSocket").setLevel(logging.CRITICAL)
     net = load(args.topology)
@@ -44,7 +47,30 @@ def cmd_configure(args: argparse.Namespace) -> int:
             client.close()
         print(f"{name} ({t.nodes[name].kind}, thrift {sw.thrift_port}): "
               + "; ".join(str(w) for w in plan[name]))
+    if args.epoch_origin_in is not None:
+        set_common_epoch_origin(net, args.epoch_origin_in)
     return 0
+
+
+def set_common_epoch_origin(net: Any, seconds: float) -> None:
+    """Epoch 0 of every ingress switch begins at one wall-clock instant, ``seconds`` from
+    now: each switch's own clock starts when p4run started it, so without this each would
+    count epochs from its own start."""
+    import datetime
+    import time
+
+    from herd.services.drivers.bmv2 import Bmv2Driver
+
+    origin_us = time.time_ns() // 1000 + round(seconds * 1e6)
+    for node in net.topology.ingress_switches:
+        driver = Bmv2Driver(node.name, f"127.0.0.1:{net.switches[node.name].thrift_port}")
+        try:
+            driver.set_epoch_origin(origin_us)
+        finally:
+            driver.close()
+    at = datetime.datetime.fromtimestamp(origin_us / 1e6, datetime.UTC)
+    print(f"epoch 0 of s1..s{len(net.topology.ingress_switches)} begins at "
+          f"{at:%H:%M:%S.%f} UTC ({origin_us} us since the Unix epoch)")
 
 
 def register_cli(sub: Any) -> None:
@@ -63,4 +89,8 @@ def register_cli(sub: Any) -> None:
     c.add_argument("--p", type=float, default=0.95,
                    help="probability a packet takes its flow's primary ingress switch "
                    "(default 0.95)")
+    c.add_argument("--epoch-origin-in", type=float, metavar="SECONDS",
+                   help="with epochs (the controllers' --epoch-us): epoch 0 of every ingress "
+                   "switch begins this many seconds from now, the same instant for all "
+                   "(default: each switch counts from its own start)")
     c.set_defaults(func=cmd_configure)
