@@ -17,7 +17,8 @@ bash scripts/setup.sh --testbed
          "not importable from .venv"
 
 log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+out=$(mktemp -d)
+trap 'rm -f "$log"; rm -rf "$out"' EXIT
 # Every BMv2 test must run: a skip is a failure here, except the p4run session test on a
 # machine without p4-utils (it says so).
 .venv/bin/python -m pytest -q -rs -m bmv2 -p no:cacheprovider | tee "$log"
@@ -27,7 +28,6 @@ fi
 
 # Direct injection (one simple_switch per packet): lossless at 1,000 packets/s even with
 # BMv2's logging compiled in (its default build).
-out=$(mktemp -d)
 printf 'epsilon,f1score,precision,recall\n0.1\n' > "$out/layout.csv"
 .venv/bin/python -m herd.testbed.harness 0.2 0.1 0 0 "$out/layout.csv" pcap/synth-20k.pcap \
     topologies/p4app_10_switches_herd.json --target bmv2 --injection direct --pps 1000
@@ -39,5 +39,4 @@ print(f"F1 {row['f1score']}, lost packets {row['lost_packets']}, lost messages "
 if row["lost_packets"] != "0" or row["lost_messages"] != "0":
     sys.exit("check_bmv2: the BMv2 harness run lost packets or messages")
 PY
-rm -rf "$out"
 echo "check_bmv2: BMv2 tests and the BMv2 harness run passed"

@@ -33,6 +33,7 @@ from conftest import REPO
 
 from herd.controller import LocalController
 from herd.coordinator import Coordinator
+from herd.errors import HerdInputError
 from herd.messages import CPU_HEADER_LEN, ETHERTYPE_HERD_CPU, CpuMessage, MessageType
 from herd.prng import probability_threshold
 from herd.services.drivers.bmv2 import (
@@ -439,6 +440,10 @@ def test_bmv2_driver_epochs(herd_bmv2: Bmv2Switch) -> None:
         sw.cli("\n".join([f"register_write {REG_EPOCH_LOG} {i} {v}" for i, v in entries.items()]
                          + [f"register_write herd_regs {REG_EPOCH} 300"]))
         assert driver.epoch_starts() == [(299, 50), (300, 60)]
+        # A refused operation is one line naming the switch; the connection stays usable.
+        with pytest.raises(HerdInputError, match=r"127.0.0.1:\d+: bm_register_read refused"):
+            sw.thrift.register_read("herd_regs", 10_000)
+        assert sw.thrift.register_read("herd_regs", REG_EPOCH) == 300
     finally:
         driver.close()
 

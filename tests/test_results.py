@@ -52,6 +52,7 @@ def test_foreign_and_repeated_elephants() -> None:
     n = len(res["elephants"])
     res["elephants"].append(dict(res["elephants"][0]))  # the same pair twice: once
     res["elephants"].append({**res["elephants"][0], "src": 1, "dst": 2})  # not in the trace
+    res["elephants"][1]["detected_ns"] = None  # not timed: still an elephant
     got = score_results(prep, params, res)
     assert got["detected"] == n + 1 and got["not_in_trace"] == 1
     assert got["precision"] < sim.metrics["precision"]

@@ -495,6 +495,14 @@ class CoordinatorState:
             ops, self._queue = self._queue, []
         try:
             self._process(ops)
+        except BaseException as e:
+            # The round failed as a whole (e.g. the journal): every op in it fails with it,
+            # rather than its waiters finding neither a result nor an error.
+            for o in ops:
+                if not o.done.is_set():
+                    o.error = e
+                    o.done.set()
+            raise
         finally:
             with self._queue_cv:
                 self._committing = False

@@ -63,7 +63,9 @@ def elephant_columns(elephants: Sequence[dict[str, Any]], source: str) -> dict[s
     out = {}
     for f in FIELDS:
         try:
-            out[f] = np.array([int(x[f]) for x in elephants], np.int64)
+            # detected_ns may be null (not timed): only the delays, dropped here, use it
+            out[f] = np.array([int(x[f]) if f != "detected_ns" else int(x.get(f) or 0)
+                               for x in elephants], np.int64)
         except (KeyError, TypeError, ValueError):
             raise HerdInputError(f"{source}: an elephant lacks a valid {f!r}") from None
     return out

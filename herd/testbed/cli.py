@@ -63,7 +63,11 @@ def set_common_epoch_origin(net: Any, seconds: float) -> None:
 
     origin_us = time.time_ns() // 1000 + round(seconds * 1e6)
     for node in net.topology.ingress_switches:
-        driver = Bmv2Driver(node.name, f"127.0.0.1:{net.switches[node.name].thrift_port}")
+        try:
+            driver = Bmv2Driver(node.name, f"127.0.0.1:{net.switches[node.name].thrift_port}")
+        except ConnectionError as e:
+            raise HerdInputError(f"{node.name}: {e} (is the p4run network of {net.path} up?)") \
+                from None
         try:
             driver.set_epoch_origin(origin_us)
         finally:

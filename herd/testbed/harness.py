@@ -391,17 +391,18 @@ class Testbed:
         proportion to its share, so they finish together); the packets each says it sent."""
         # --timer=nano sleeps between packets; the default timer spins, taking a whole core
         # from the switches it feeds.
-        rates = share_rates([_pcap_records(p) for p in pcaps], pps) if pps > 0 else []
-        procs = []
+        records = [_pcap_records(p) for p in pcaps]
+        rates = share_rates(records, pps) if pps > 0 else []
+        procs: list[subprocess.Popen[bytes] | None] = []
         for i, (host, pcap) in enumerate(zip(self.senders, pcaps, strict=True)):
-            if pps > 0 and rates[i] <= 0:
+            if records[i] == 0 or (pps > 0 and rates[i] <= 0):
                 procs.append(None)  # an empty share
                 continue
             rate = f"--pps={rates[i]:.6g} --timer=nano" if pps > 0 else "--topspeed"
             procs.append(host.popen(f"tcpreplay -q -i {host.name}-eth0 {rate} {pcap}",
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     shell=True))
-        return [_sent(p, "tcpreplay", r"Actual: (\d+) packets")[0] if p else 0 for p in procs]
+        return [g[0] for g in _all_sent(procs, "tcpreplay", r"Actual: (\d+) packets")]
 
     def replay_timed(self, pcaps: list[Path], multiplier: float, start_ns: int,
                      t0_ns: int) -> dict[str, float]:
@@ -415,9 +416,10 @@ class Testbed:
                  if _pcap_records(pcap) else None
                  for host, pcap in zip(self.senders, pcaps, strict=True)]
         pattern = r"Actual: (\d+) packets .* first frame ([\d.]+) ms late, worst ([\d.]+) ms"
-        got = [_sent(p, "sender", pattern) for p in procs if p is not None]
+        got = [g for g, p in zip(_all_sent(procs, "sender", pattern), procs, strict=True)
+               if p is not None]
         return {"sent": sum(int(g[0]) for g in got),
-                "sender_first_late_ms": min(g[1] for g in got),
+                "sender_first_late_ms": max(g[1] for g in got),  # the latest sender's start
                 "sender_worst_late_ms": max(g[2] for g in got)}
 
     def wire_pcaps(self, wire: Path, params: Params) -> list[Path]:
@@ -528,12 +530,29 @@ def _pcap_records(pcap: Path) -> int:
     return sum(1 for _ in read_pcap(pcap))
 
 
+class SenderError(RuntimeError):
+    """A sender (tcpreplay or herd.testbed.sender) failed: the run is void."""
+
+
+def _all_sent(procs: list[subprocess.Popen[bytes] | None], what: str,
+              pattern: str) -> list[tuple[int, float, float]]:
+    """Wait for every sender (None: an empty share, 0 sent). If one fails, the others are
+    stopped too: Mininet detaches them from their host, so nothing else would."""
+    try:
+        return [_sent(p, what, pattern) if p is not None else (0, 0.0, 0.0) for p in procs]
+    finally:
+        for p in procs:
+            if p is not None and p.poll() is None:
+                p.kill()
+                p.wait()
+
+
 def _sent(proc: subprocess.Popen[bytes], what: str, pattern: str) -> tuple[int, float, float]:
     """Wait for a sender; what it says it sent (and, timed, its first and worst lateness)."""
     out = proc.communicate()[0].decode(errors="replace")
     m = re.search(pattern, out)
     if proc.returncode != 0 or not m:
-        raise RuntimeError(f"{what} failed: {out.strip()[-500:]}")
+        raise SenderError(f"{what} failed: {out.strip()[-500:]}")
     g = m.groups()
     return int(g[0]), float(g[1]) if len(g) > 1 else 0.0, float(g[2]) if len(g) > 2 else 0.0
 
@@ -637,7 +656,7 @@ def run_harness(args: argparse.Namespace) -> int:
                     out = tb.evaluate(
                         prep, params, wire, args.pps,
                         csv_path.with_name(f"{csv_path.stem}-delays-{param}={v}.csv"))
-                except (LossError, PathError) as e:
+                except (LossError, PathError, SenderError) as e:
                     # No F1 of 0 for a run that measured nothing: fail, saying where.
                     records.append({param: v, "error": str(e),
                                     **(e.result if isinstance(e, LossError) else {})})

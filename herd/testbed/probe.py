@@ -103,7 +103,11 @@ def netns_socket(pid: int, ifname: str, proto: int) -> socket.socket:
         return _bound(ifname, proto)
     libc = ctypes.CDLL(None, use_errno=True)
     own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    except OSError:
+        os.close(own)
+        raise
     try:
         if libc.setns(target, CLONE_NEWNET) != 0:
             raise OSError(ctypes.get_errno(), f"setns into the namespace of pid {pid}")
@@ -117,9 +121,22 @@ def netns_socket(pid: int, ifname: str, proto: int) -> socket.socket:
         os.close(target)
 
 
+def _probe_socket(switch: str, pid: int, node: str, ifname: str) -> socket.socket:
+    """A probe socket, or PathError: a dead host or a missing interface is a broken path."""
+    try:
+        return netns_socket(pid, ifname, PROBE_ETHERTYPE)
+    except OSError as e:
+        raise PathError(f"path probe through {switch}: cannot open {ifname} of {node}: "
+                        f"{e.strerror or e}") from None
+
+
 def _bound(ifname: str, proto: int) -> socket.socket:
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(proto))
-    s.bind((ifname, proto))
+    try:
+        s.bind((ifname, proto))
+    except OSError:
+        s.close()
+        raise
     return s
 
 
@@ -143,8 +160,13 @@ def prove_paths(topology: Topology, pids: Mapping[str, int], macs: Mapping[str, 
     out = {}
     for path in probe_paths(topology):
         sink_if = f"{path.sink}-eth0"
-        rx = netns_socket(pids.get(path.sink, 0), sink_if, PROBE_ETHERTYPE)
-        tx = netns_socket(pids.get(path.send_node, 0), path.send_ifname, PROBE_ETHERTYPE)
+        rx = _probe_socket(path.switch, pids.get(path.sink, 0), path.sink, sink_if)
+        try:
+            tx = _probe_socket(path.switch, pids.get(path.send_node, 0), path.send_node,
+                               path.send_ifname)
+        except PathError:
+            rx.close()
+            raise
         before = read()
         nonce = os.urandom(8) + path.switch.encode()
         src = mac_bytes(macs[path.send_node]) if path.send_node in macs else bytes(6)

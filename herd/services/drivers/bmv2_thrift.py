@@ -89,6 +89,37 @@ def _modules() -> tuple[Any, ...]:
             TSocket, TTransport)
 
 
+class _Guarded:
+    """A generated Thrift client whose failures say which switch: a lost connection (the
+    switch died, a call timed out) is a ConnectionError, a refused operation other than a
+    table's (which the table methods handle) a one-line HerdInputError."""
+
+    def __init__(self, client: Any, owner: Bmv2Thrift) -> None:
+        self._client = client
+        self._owner = owner
+
+    def __getattr__(self, name: str) -> Any:
+        from thrift.Thrift import TException
+        from thrift.transport.TTransport import TTransportException
+
+        call = getattr(self._client, name)
+        owner = self._owner
+
+        def guarded(*args: Any) -> Any:
+            try:
+                return call(*args)
+            except TTransportException as e:
+                raise ConnectionError(f"bmv2 switch at {owner.address}: {e}") from None
+            except owner._tt.InvalidTableOperation:
+                raise
+            except TException as e:
+                code = getattr(e, "code", None)
+                raise HerdInputError(f"bmv2 {owner.address}: {name} refused: "
+                                     f"{type(e).__name__} code {code}") from None
+
+        return guarded
+
+
 class Bmv2Thrift:
     """One connection to ``simple_switch`` at host:port. Not thread-safe: one caller at a
     time (the driver holds a lock)."""
@@ -102,22 +133,31 @@ class Bmv2Thrift:
         sock.setTimeout(timeout_s * 1000)
         self._transport = TTransport.TBufferedTransport(sock)
         protocol = TBinaryProtocol.TBinaryProtocol(self._transport)
-        self.standard = Standard.Client(
-            TMultiplexedProtocol.TMultiplexedProtocol(protocol, "standard"))
-        self.sswitch = SimpleSwitch.Client(
-            TMultiplexedProtocol.TMultiplexedProtocol(protocol, "simple_switch"))
+        self.standard = _Guarded(Standard.Client(
+            TMultiplexedProtocol.TMultiplexedProtocol(protocol, "standard")), self)
+        self.sswitch = _Guarded(SimpleSwitch.Client(
+            TMultiplexedProtocol.TMultiplexedProtocol(protocol, "simple_switch")), self)
         try:
             self._transport.open()
         except Exception as e:  # thrift raises its own TTransportException
             raise ConnectionError(f"bmv2 switch at {self.address}: {e}") from None
-        if json_path is not None:
-            try:
-                program = json.loads(Path(json_path).read_text())
-            except (OSError, ValueError) as e:
-                raise HerdInputError(f"{json_path}: not a BMv2 program JSON ({e})") from None
-        else:
-            program = json.loads(self.standard.bm_get_config())
-        self.program = ProgramInfo.from_json(program)
+        try:
+            self.program = ProgramInfo.from_json(self._program(json_path))
+        except BaseException:
+            self._transport.close()
+            raise
+
+    def _program(self, json_path: str | Path | None) -> dict[str, Any]:
+        source = str(json_path) if json_path is not None else f"bmv2 {self.address}'s program"
+        try:
+            text = (Path(json_path).read_text() if json_path is not None
+                    else self.standard.bm_get_config())
+            program = json.loads(text)
+        except (OSError, ValueError) as e:
+            raise HerdInputError(f"{source}: not a BMv2 program JSON ({e})") from None
+        if not isinstance(program, dict):
+            raise HerdInputError(f"{source}: not a BMv2 program JSON")
+        return program
 
     @classmethod
     def at(cls, address: str, json_path: str | Path | None = None) -> Bmv2Thrift:
