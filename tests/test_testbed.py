@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO
 
 from herd.testbed.network import interface_names
-from herd.testbed.topology import evaluation_topology
+from herd.testbed.topology import Topology, evaluation_topology
 
 
 def _mininet() -> bool:
@@ -38,17 +38,33 @@ pytestmark = [
 ]
 
 
+SYNTH_20K = REPO / "pcap" / "synth-20k.pcap"
+P4APP_10 = REPO / "topologies" / "p4app_10_switches_herd.json"
+
+
+def run_harness(layout: Path, T: str, *options: str, pcap: Path = SYNTH_20K,
+                p4app: Path = P4APP_10, timeout: float = 600) -> subprocess.CompletedProcess:
+    """``start_topology_and_eval.sh 0.2 0.1 T 0 layout pcap p4app options...``."""
+    return subprocess.run(
+        [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", T, "0", str(layout),
+         str(pcap), str(p4app), *options],
+        capture_output=True, text=True, timeout=timeout, cwd=REPO)
+
+
+def assert_nothing_left(topology: Topology) -> None:
+    """No interfaces, no switch or controller processes left behind."""
+    left = [n for n in interface_names(topology) if Path(f"/sys/class/net/{n}").exists()]
+    assert left == []
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert "herd.testbed.model_node" not in ps and "controller_service" not in ps
+
+
 def test_harness_on_the_model_target(tmp_path: Path) -> None:
     layout = tmp_path / "epsilon.csv"
     layout.write_text("epsilon,f1score,precision,recall\n0.1\n0.2\n")
-    proc = subprocess.run(
-        # T = 20: 176 heavy hitters, so one flow moves F1 by ~0.006, not ~0.03 as at the
-        # 99th percentile (28 flows): the 0.05 comparison measures the testbed, not the dice.
-        [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", "20", "0", str(layout),
-         str(REPO / "pcap" / "synth-20k.pcap"),
-         str(REPO / "topologies" / "p4app_10_switches_herd.json"),
-         "--target", "model", "--pps", "5000"],
-        capture_output=True, text=True, timeout=900, cwd=REPO)
+    # T = 20: 176 heavy hitters, so one flow moves F1 by ~0.006, not ~0.03 as at the
+    # 99th percentile (28 flows): the 0.05 comparison measures the testbed, not the dice.
+    proc = run_harness(layout, "20", "--target", "model", "--pps", "5000", timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = list(csv.DictReader(layout.read_text().splitlines()))
     assert [r["epsilon"] for r in rows] == ["0.1", "0.2"]
@@ -69,22 +85,13 @@ def test_harness_on_the_model_target(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=300, cwd=REPO)
     assert sim.returncode == 0, sim.stderr[-2000:]
     assert abs(json.loads(sim.stdout)["f1"] - float(rows[0]["simulated_f1"])) < 1e-5
-    # Nothing left behind: no interfaces, no switch or controller processes.
-    left = [n for n in interface_names(evaluation_topology(10))
-            if Path(f"/sys/class/net/{n}").exists()]
-    assert left == []
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "herd.testbed.model_node" not in ps and "controller_service" not in ps
+    assert_nothing_left(evaluation_topology(10))
 
 
 def test_harness_rejects_bad_input(tmp_path: Path) -> None:
     layout = tmp_path / "bad.csv"
     layout.write_text("epsilon,f1score,precision,recall\n2.0\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", "0", "0", str(layout),
-         str(REPO / "pcap" / "synth-20k.pcap"),
-         str(REPO / "topologies" / "p4app_10_switches_herd.json")],
-        capture_output=True, text=True, timeout=120, cwd=REPO)
+    proc = run_harness(layout, "0", timeout=120)
     assert proc.returncode == 2 and "epsilon=2.0" in proc.stderr
     assert layout.read_text() == "epsilon,f1score,precision,recall\n2.0\n"
 
@@ -98,12 +105,7 @@ def test_harness_with_epochs_on_the_model_target(tmp_path: Path) -> None:
 
     layout = tmp_path / "epsilon.csv"
     layout.write_text("epsilon,f1score,precision,recall\n0.1\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", "20", "0", str(layout),
-         str(REPO / "pcap" / "synth-20k.pcap"),
-         str(REPO / "topologies" / "p4app_10_switches_herd.json"),
-         "--target", "model", "--pps", "5000", "--epoch-ms", "40"],
-        capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = run_harness(layout, "20", "--target", "model", "--pps", "5000", "--epoch-ms", "40")
     assert proc.returncode == 0, proc.stderr[-3000:]
     (r,) = list(csv.DictReader(layout.read_text().splitlines()))
     assert r["sent_packets"] == "20000" and r["lost_packets"] == "0", r
@@ -118,11 +120,7 @@ def test_harness_with_epochs_on_the_model_target(tmp_path: Path) -> None:
     # The origin lined up with tcpreplay's start: few packets in another epoch than the pcap's.
     assert run["epoch_mismatched_packets"] < 0.02 * 20000, run
     assert abs(float(r["f1score"]) - float(r["simulated_f1"])) <= 0.05, r
-    left = [n for n in interface_names(evaluation_topology(10))
-            if Path(f"/sys/class/net/{n}").exists()]
-    assert left == []
-    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    assert "herd.testbed.model_node" not in ps and "controller_service" not in ps
+    assert_nothing_left(evaluation_topology(10))
 
 
 def _small_run(tmp_path: Path, k: int, packets: int) -> tuple[Path, Path]:
@@ -147,10 +145,8 @@ def test_direct_injection_on_the_model_target(tmp_path: Path) -> None:
     pcap, p4app = _small_run(tmp_path, 3, 6000)
     layout = tmp_path / "epsilon.csv"
     layout.write_text("epsilon,f1score,precision,recall\n0.1\n")
-    proc = subprocess.run(
-        [sys.executable, "-m", "herd.testbed.harness", "0.2", "0.1", "10", "0", str(layout),
-         str(pcap), str(p4app), "--target", "model", "--pps", "3000", "--injection", "direct"],
-        capture_output=True, text=True, timeout=600, cwd=REPO)
+    proc = run_harness(layout, "10", "--target", "model", "--pps", "3000", "--injection",
+                       "direct", pcap=pcap, p4app=p4app)
     assert proc.returncode == 0, proc.stderr[-3000:]
     (r,) = list(csv.DictReader(layout.read_text().splitlines()))
     assert r["injection"] == "direct" and r["lost_at"] == "", r

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import argparse
 import logging
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from herd.errors import HerdInputError
+
+T = TypeVar("T")
 
 
 def cmd_configure(args: argparse.Namespace) -> int:
@@ -36,11 +39,7 @@ def cmd_configure(args: argparse.Namespace) -> int:
     order = [*t.of_kind(LOAD_BALANCER), *t.ingress_switches, *t.of_kind(AGGREGATOR)]
     for name in [n.name for n in order if n.name in plan]:
         sw = net.switches[name]
-        try:
-            client = Bmv2Thrift(sw.thrift_port)  # the program as the switch runs it
-        except ConnectionError as e:
-            raise HerdInputError(f"{name}: {e} (is the p4run network of {net.path} up?)") \
-                from None
+        client = _reach(net, name, lambda port=sw.thrift_port: Bmv2Thrift(port))
         try:
             apply_writes(client, plan[name])
         finally:
@@ -50,6 +49,14 @@ def cmd_configure(args: argparse.Namespace) -> int:
     if args.epoch_origin_in is not None:
         set_common_epoch_origin(net, args.epoch_origin_in)
     return 0
+
+
+def _reach(net: Any, name: str, connect: Callable[[], T]) -> T:
+    """``connect()`` to switch ``name`` of the p4run network, or one line saying so."""
+    try:
+        return connect()
+    except ConnectionError as e:
+        raise HerdInputError(f"{name}: {e} (is the p4run network of {net.path} up?)") from None
 
 
 def set_common_epoch_origin(net: Any, seconds: float) -> None:
@@ -63,11 +70,8 @@ def set_common_epoch_origin(net: Any, seconds: float) -> None:
 
     origin_us = time.time_ns() // 1000 + round(seconds * 1e6)
     for node in net.topology.ingress_switches:
-        try:
-            driver = Bmv2Driver(node.name, f"127.0.0.1:{net.switches[node.name].thrift_port}")
-        except ConnectionError as e:
-            raise HerdInputError(f"{node.name}: {e} (is the p4run network of {net.path} up?)") \
-                from None
+        address = f"127.0.0.1:{net.switches[node.name].thrift_port}"
+        driver = _reach(net, node.name, lambda n=node.name, a=address: Bmv2Driver(n, a))
         try:
             driver.set_epoch_origin(origin_us)
         finally:

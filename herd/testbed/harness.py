@@ -85,7 +85,7 @@ from herd.services.replay import ReplayRun, trace_schedule
 from herd.sweep import params_for, read_layout
 from herd.testbed import hops as hopmod
 from herd.testbed.configure import apply_writes, evaluation_writes
-from herd.testbed.direct import share_rates, write_shares
+from herd.testbed.direct import Share, share_rates, write_shares
 from herd.testbed.network import (
     SwitchSpec,
     build_network,
@@ -386,35 +386,35 @@ class Testbed:
         c = self.counters()
         return sum(c[(h.name, f"{h.name}-eth0")][0] for h in self.sinks)
 
-    def replay(self, pcaps: list[Path], pps: float) -> list[int]:
-        """tcpreplay pcaps[i] from sender i, all at once, together at pps (each in
+    def replay(self, shares: list[Share], pps: float) -> list[int]:
+        """tcpreplay shares[i] from sender i, all at once, together at pps (each in
         proportion to its share, so they finish together); the packets each says it sent."""
         # --timer=nano sleeps between packets; the default timer spins, taking a whole core
         # from the switches it feeds.
-        records = [_pcap_records(p) for p in pcaps]
-        rates = share_rates(records, pps) if pps > 0 else []
+        rates = share_rates([sh.packets for sh in shares], pps) if pps > 0 else []
         procs: list[subprocess.Popen[bytes] | None] = []
-        for i, (host, pcap) in enumerate(zip(self.senders, pcaps, strict=True)):
-            if records[i] == 0 or (pps > 0 and rates[i] <= 0):
+        for i, (host, share) in enumerate(zip(self.senders, shares, strict=True)):
+            if share.packets == 0 or (pps > 0 and rates[i] <= 0):
                 procs.append(None)  # an empty share
                 continue
             rate = f"--pps={rates[i]:.6g} --timer=nano" if pps > 0 else "--topspeed"
-            procs.append(host.popen(f"tcpreplay -q -i {host.name}-eth0 {rate} {pcap}",
+            procs.append(host.popen(f"tcpreplay -q -i {host.name}-eth0 {rate} {share.path}",
                                     stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                                     shell=True))
         return [g[0] for g in _all_sent(procs, "tcpreplay", r"Actual: (\d+) packets")]
 
-    def replay_timed(self, pcaps: list[Path], multiplier: float, start_ns: int,
+    def replay_timed(self, shares: list[Share], multiplier: float, start_ns: int,
                      t0_ns: int) -> dict[str, float]:
-        """pcaps[i] from sender i with the trace's own timing sped up by multiplier, capture
+        """shares[i] from sender i with the trace's own timing sped up by multiplier, capture
         time t0_ns leaving at start_ns on every sender (``herd.testbed.sender``): packets
         sent and the senders' worst lateness."""
         procs = [host.popen([sys.executable, "-m", "herd.testbed.sender", "--interface",
                              f"{host.name}-eth0", "--multiplier", f"{multiplier:.12g}",
-                             "--start-at-ns", str(start_ns), "--t0-ns", str(t0_ns), str(pcap)],
+                             "--start-at-ns", str(start_ns), "--t0-ns", str(t0_ns),
+                             str(share.path)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-                 if _pcap_records(pcap) else None
-                 for host, pcap in zip(self.senders, pcaps, strict=True)]
+                 if share.packets else None
+                 for host, share in zip(self.senders, shares, strict=True)]
         pattern = r"Actual: (\d+) packets .* first frame ([\d.]+) ms late, worst ([\d.]+) ms"
         got = [g for g, p in zip(_all_sent(procs, "sender", pattern), procs, strict=True)
                if p is not None]
@@ -422,13 +422,12 @@ class Testbed:
                 "sender_first_late_ms": max(g[1] for g in got),  # the latest sender's start
                 "sender_worst_late_ms": max(g[2] for g in got)}
 
-    def wire_pcaps(self, wire: Path, params: Params) -> list[Path]:
+    def wire_shares(self, wire: Path, params: Params) -> list[Share]:
         """What each sender replays: the whole pcap from h1, or each switch's share."""
         if self.injection == "lb":
-            return [wire]
+            return [Share(0, wire, _pcap_records(wire))]
         macs = [(a.MAC(), b.MAC()) for a, b in zip(self.senders, self.sinks, strict=True)]
-        shares = write_shares(wire, self.workdir, self.k, params.p, params.seed, macs)
-        return [s.path for s in shares]
+        return write_shares(wire, self.workdir, self.k, params.p, params.seed, macs)
 
     def prove_paths(self) -> dict[str, Any]:
         """A probe through every ingress switch to its sink, or PathError naming the hop."""
@@ -459,7 +458,7 @@ class Testbed:
                                              switches=ingress)
         else:
             run = TestbedRun(prep, params, pps, workdir=str(self.workdir))
-        pcaps = self.wire_pcaps(pcap, params)
+        shares = self.wire_shares(pcap, params)
         try:
             run.start()
             # The path end to end before any packet: a dead hop fails here, named.
@@ -472,12 +471,12 @@ class Testbed:
                 # Epoch 0 of every ingress switch begins when packet 0 leaves its sender.
                 origin_ns = time.time_ns() + int(ORIGIN_LEAD_S * 1e9)
                 run.set_epoch_origin(origin_ns // 1000)
-                sender = self.replay_timed(pcaps, run.multiplier, origin_ns // 1000 * 1000,
+                sender = self.replay_timed(shares, run.multiplier, origin_ns // 1000 * 1000,
                                            _first_timestamp(pcap))
                 sent = int(sender.pop("sent"))
                 duration = int(trace_schedule(prep.trace.ts_ns)[-1]) / 1e9 / run.multiplier
             else:
-                per_sender = self.replay(pcaps, pps)
+                per_sender = self.replay(shares, pps)
                 sent = sum(per_sender)
                 duration = prep.trace.packets / max(pps, 1000)
             switch_ifs = hopmod.switch_interfaces(self.topology)

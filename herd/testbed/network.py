@@ -197,16 +197,3 @@ def wait_for(predicate: Any, timeout: float, what: str, step: float = 0.1) -> No
         if time.time() > deadline:
             raise TimeoutError(f"timed out after {timeout:.0f} s waiting for {what}")
         time.sleep(step)
-
-
-def rx_packets(node: Any, intf: str) -> int:
-    """Frames received on a host's interface (kernel counter, read in the host's namespace
-    through its shell's pid). Raises if the interface is not there: a -1 here once made
-    received = -1 - -1 = 0, every packet "lost" while h2 had them all."""
-    from herd.testbed.hops import parse_net_dev
-
-    with open(f"/proc/{node.pid}/net/dev") as f:
-        counters = parse_net_dev(f.read())
-    if intf not in counters:
-        raise RuntimeError(f"{node.name}: no interface {intf}")
-    return counters[intf][0]
