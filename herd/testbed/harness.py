@@ -397,10 +397,12 @@ class Testbed:
             if share.packets == 0 or (pps > 0 and rates[i] <= 0):
                 procs.append(None)  # an empty share
                 continue
-            rate = f"--pps={rates[i]:.6g} --timer=nano" if pps > 0 else "--topspeed"
-            procs.append(host.popen(f"tcpreplay -q -i {host.name}-eth0 {rate} {share.path}",
-                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                    shell=True))
+            rate = [f"--pps={rates[i]:.6g}", "--timer=nano"] if pps > 0 else ["--topspeed"]
+            # An argument list, not shell=True: Mininet's shell path reads $SHELL, which a
+            # CI runner or systemd unit need not set.
+            procs.append(host.popen(["tcpreplay", "-q", "-i", f"{host.name}-eth0", *rate,
+                                     str(share.path)],
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT))
         return [g[0] for g in _all_sent(procs, "tcpreplay", r"Actual: (\d+) packets")]
 
     def replay_timed(self, shares: list[Share], multiplier: float, start_ns: int,
