@@ -7,10 +7,15 @@
  *      (the tables empty lazily, with no control-plane round trip)
  *   1. group table keyed by the two /8s; a miss sends one HELLO per group (hello_sent)
  *   2. a hit gives tau_g and r_g (a 32-bit threshold)
- *   3. a multi-stage hash table of (fingerprint, counter, epoch tag): the flow's slot counts
- *      +1; an untracked flow is sampled with probability s and starts at round(1/s); a
- *      sampled flow with no room anywhere is an OVERFLOW
- *   4. a counter reaching tau_g restarts at 0 and is REPORTed with probability r_g
+ *   3. a multi-stage hash table of (fingerprint, counter, epoch tag, held total, previous
+ *      fingerprint, previous held total): the flow's slot counts +1 and its held total +1;
+ *      an untracked flow is sampled with probability s and its counter and held total start
+ *      at round(1/s); a sampled flow with no room anywhere is an OVERFLOW. A flow taking a
+ *      slot of an older epoch first moves the slot's (fingerprint, held total) into its
+ *      previous words if the slot was written in the epoch just before, else zeros them:
+ *      confirm's pull reads an epoch's final held totals while the next epoch is counted
+ *   4. a counter reaching tau_g restarts at 0 (the held total does not) and is REPORTed
+ *      with probability r_g
  *   5. forward (table forwarding: ingress port -> egress port)
  * CPU messages are I2E clones to CPU_MIRROR_SESSION, turned into ethernet + cpu_t in egress;
  * they carry the switch's epoch.
@@ -92,6 +97,12 @@ control HerdIngress(inout headers_t hdr, inout metadata_t meta,
     register<bit<32>>(TOTAL_SLOTS) stage_fp;
     register<bit<32>>(TOTAL_SLOTS) stage_count;
     register<bit<32>>(TOTAL_SLOTS) stage_epoch;   /* the epoch each slot was written in */
+    /* Confirm: each slot's held total (round(1/s) at sampling, +1 per packet, never
+     * restarted at tau_g), and the fingerprint and held total the slot had at the end of the
+     * epoch before stage_epoch (0: none), kept for the control plane's pull. */
+    register<bit<32>>(TOTAL_SLOTS) stage_total;
+    register<bit<32>>(TOTAL_SLOTS) stage_prev_fp;
+    register<bit<32>>(TOTAL_SLOTS) stage_prev_total;
     register<bit<1>>(65536) hello_sent;
     /* When epoch 0 began, in the switch's clock (ingress_global_timestamp: microseconds
      * since the switch started); the controller converts its wall-clock origin. */
@@ -197,6 +208,36 @@ control HerdIngress(inout headers_t hdr, inout metadata_t meta,
         stage_epoch.read(probed_epoch, slot);
     }
 
+    /* A matched packet: +1 on the flow's held total. */
+    action count_held(bit<32> slot) {
+        bit<32> total;
+        stage_total.read(total, slot);
+        stage_total.write(slot, total + 1);
+    }
+
+    /* Taking a slot last written in the epoch before this one: its fingerprint and held
+     * total become the slot's previous words (probed_fp is the slot's, from the walk). */
+    action keep_previous(bit<32> slot) {
+        bit<32> total;
+        stage_total.read(total, slot);
+        stage_prev_fp.write(slot, probed_fp);
+        stage_prev_total.write(slot, total);
+    }
+
+    /* Taking a slot last written two or more epochs ago: it held nothing last epoch. */
+    action clear_previous(bit<32> slot) {
+        stage_prev_fp.write(slot, 0);
+        stage_prev_total.write(slot, 0);
+    }
+
+    /* Sample-and-hold: the flow takes the slot, its counter and held total start at
+     * round(1/s) for the packets missed before (the counter is written in step 4). */
+    action claim(bit<32> slot, bit<32> hold_start) {
+        stage_fp.write(slot, fp);
+        stage_epoch.write(slot, meta.epoch);
+        stage_total.write(slot, hold_start);
+    }
+
     apply {
         forwarding.apply();
         if (!hdr.ipv4.isValid()) {
@@ -272,6 +313,7 @@ control HerdIngress(inout headers_t hdr, inout metadata_t meta,
         if (matched == 1) {
             stage_count.read(c, slot);
             c = c + 1;
+            count_held(slot);
         } else {
             /* sampled with probability s; a sampled flow with no room is an overflow */
             bit<32> sample_threshold;
@@ -282,10 +324,19 @@ control HerdIngress(inout headers_t hdr, inout metadata_t meta,
                     count_event(REG_OVERFLOWS);
                     send_to_cpu(MSG_OVERFLOW, 0);
                 } else {
-                    /* sample-and-hold: start at round(1/s) for the packets missed before */
-                    stage_fp.write(slot, fp);
-                    stage_epoch.write(slot, meta.epoch);
+                    /* A slot of an older epoch: keep what it held in the last one, for a
+                     * pull (before the new fingerprint and tag: a reader that sees the new
+                     * tag finds the previous words written). tag + 1 == epoch, without
+                     * wrapping at 2^32. */
+                    if (probed_epoch != meta.epoch) {
+                        if (meta.epoch != 0 && probed_epoch == meta.epoch - 1) {
+                            keep_previous(slot);
+                        } else {
+                            clear_previous(slot);
+                        }
+                    }
                     herd_regs.read(c, REG_HOLD_START);
+                    claim(slot, c);
                     tracked = 1;
                     bit<32> occupied;
                     bit<32> peak;

@@ -11,6 +11,10 @@ identical.
 With epochs, BMv2 takes each packet's epoch from its own clock; after each packet the test
 reads the epoch BMv2 entered (``herd_regs[REG_EPOCH]``) and gives the model the same one,
 so the two must still agree bit for bit, and checks the epoch against the time that passed.
+
+Confirm: every slot's held total and previous-epoch words are registers like the others, and
+the BMv2 driver's pull of an epoch's held totals, read while the switch counts the next
+epoch, must give what the model gives and what the flows sent.
 """
 
 from __future__ import annotations
@@ -28,17 +32,29 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from conftest import REPO
 
-from herd.controller import LocalController
+from herd.controller import LocalController, hold_start
 from herd.coordinator import Coordinator
 from herd.errors import HerdInputError
 from herd.messages import CPU_HEADER_LEN, ETHERTYPE_HERD_CPU, CpuMessage, MessageType
 from herd.prng import probability_threshold
+from herd.services.drivers.base import (
+    REG_STAGE_COUNT,
+    REG_STAGE_EPOCH,
+    REG_STAGE_FP,
+    REG_STAGE_PREV_FP,
+    REG_STAGE_PREV_TOTAL,
+    REG_STAGE_TOTAL,
+    SwitchDriver,
+    flows_stage_slots,
+)
 from herd.services.drivers.bmv2 import (
     REG_EPOCH_LOG,
     REG_EPOCH_ORIGIN,
+    Bmv2Driver,
     epoch_origin_in_switch_clock,
 )
 from herd.services.drivers.bmv2_thrift import Bmv2Thrift
@@ -52,6 +68,12 @@ from herd.switch import (
     REG_PRNG,
     REG_REPORTS,
     REG_SAMPLE_THRESHOLD,
+    SLOT_COUNT,
+    SLOT_EPOCH,
+    SLOT_FP,
+    SLOT_PREV_FP,
+    SLOT_PREV_TOTAL,
+    SLOT_TOTAL,
     Switch,
     clock_epoch,
     epoch_starts,
@@ -70,6 +92,11 @@ pytestmark = [
 ]
 
 PROGRAMS = ("herd.p4", "load_balancer.p4", "aggregator.p4")
+
+# herd.p4's register array of each slot word of the model's table.
+SLOT_REGISTERS = {SLOT_FP: REG_STAGE_FP, SLOT_COUNT: REG_STAGE_COUNT,
+                  SLOT_EPOCH: REG_STAGE_EPOCH, SLOT_TOTAL: REG_STAGE_TOTAL,
+                  SLOT_PREV_FP: REG_STAGE_PREV_FP, SLOT_PREV_TOTAL: REG_STAGE_PREV_TOTAL}
 
 
 def compile_p4(program: str, out_dir: Path, defines: dict[str, int] | None = None) -> Path:
@@ -250,8 +277,11 @@ def five_tuple(frame: bytes) -> tuple[int, int, int, int, int] | None:
     sport = dport = 0
     if ip.proto in (6, 17) and ip.frag == 0:
         sport, dport = int(ip.payload.sport), int(ip.payload.dport)
-    to_int = lambda a: int.from_bytes(socket.inet_aton(a), "big")  # noqa: E731
-    return (to_int(ip.src), to_int(ip.dst), sport, dport, int(ip.proto))
+    return (ip_int(ip.src), ip_int(ip.dst), sport, dport, int(ip.proto))
+
+
+def ip_int(address: str) -> int:
+    return int.from_bytes(socket.inet_aton(address), "big")
 
 
 ALL_KINDS = {MessageType.HELLO, MessageType.REPORT, MessageType.OVERFLOW}
@@ -261,8 +291,8 @@ class HerdPair:
     """BMv2's Herd switch and the model side by side, with the test as their one control
     plane: the same local controller and coordinator answer the hellos of both."""
 
-    def __init__(self, sw: Bmv2Switch, epoch_us: int = 0) -> None:
-        s, epsilon, T, seed = 0.5, 0.3, 20, 9
+    def __init__(self, sw: Bmv2Switch, epoch_us: int = 0, s: float = 0.5) -> None:
+        epsilon, T, seed = 0.3, 20, 9
         self.sw = sw
         self.model = Switch((8, 4, 2))
         self.controller = LocalController(0, epsilon, T, s, seed)
@@ -283,6 +313,10 @@ class HerdPair:
         sw.drain()
         self.bmv2_msgs: list[CpuMessage] = []
         self.model_msgs: list[CpuMessage] = []
+        # Claims of a slot of an older epoch, by what they did to its previous-epoch words:
+        # kept a flow's (the slot was written in the epoch before), or zeroed a flow's.
+        self.prev_kept = 0
+        self.prev_zeroed = 0
         Switch(self.model.stages).process(0, 0, 0, 0, 0)  # compiled now, not at the first packet
 
     def set_epoch_origin(self, origin_us: int) -> None:
@@ -317,7 +351,9 @@ class HerdPair:
         if key:
             # BMv2 took the epoch from its clock: the model is given the same one.
             epoch = regs[REG_EPOCH]
+            before = self.model.table.copy()
             m = self.model.process(*key, epoch=epoch)
+            self._note_claims(before)
         self.bmv2_msgs += cpu
         self.model_msgs += [m] if m else []
         assert cpu == ([m] if m else []), f"after {len(self.model_msgs)} messages"
@@ -330,13 +366,26 @@ class HerdPair:
                        f"{entry.g & 0xFF} => {entry.tau} {entry.r_threshold}")
         return epoch
 
+    def _note_claims(self, before: np.ndarray) -> None:
+        after = self.model.table
+        claimed = before[:, SLOT_EPOCH] != after[:, SLOT_EPOCH]
+        self.prev_kept += int((claimed & (after[:, SLOT_PREV_FP] != 0)).sum())
+        self.prev_zeroed += int((claimed & (before[:, SLOT_PREV_FP] != 0)
+                                 & (after[:, SLOT_PREV_FP] == 0)).sum())
+
+    def load_slots(self, table: np.ndarray) -> None:
+        """Every slot word, in BMv2 and in the model (as a control plane could write them)."""
+        self.model.table[:] = table
+        for field, name in SLOT_REGISTERS.items():
+            for i, word in enumerate(table[:, field]):
+                self.sw.thrift.register_write(name, i, int(word))
+
     def assert_registers_match(self) -> None:
         """Every register of herd.p4 against its counterpart in the model."""
         sw, model = self.sw, self.model
         assert sw.register("herd_regs") == [int(x) for x in model.regs]
-        assert sw.register("stage_fp") == [int(x) for x in model.fps]
-        assert sw.register("stage_count") == [int(x) for x in model.counts]
-        assert sw.register("stage_epoch") == [int(x) for x in model.epochs]
+        for field, name in SLOT_REGISTERS.items():  # fp, count, epoch tag, confirm's words
+            assert sw.register(name) == [int(x) for x in model.table[:, field]], name
         assert sw.register(REG_EPOCH_LOG) == [int(x) for x in model.epoch_log]
         assert sw.register(REG_EPOCH_ORIGIN) == [model.epoch_origin_us]
         # the model folds hello_sent into its group state
@@ -416,6 +465,9 @@ def test_herd_switch_epochs_match_the_model(herd_bmv2: Bmv2Switch, epoch_us: int
     assert kinds <= {m.type for m in pair.bmv2_msgs}
     if MessageType.REPORT in kinds:
         assert len({m.epoch for m in pair.bmv2_msgs if m.type is MessageType.REPORT}) >= 3
+        # Flows took slots of the epoch before (whose words were kept) and, after the pauses,
+        # of older ones (whose previous words were zeroed).
+        assert pair.prev_kept > 0 and pair.prev_zeroed > 0
     pair.assert_registers_match()
     # The epoch log tells where each epoch began (its last EPOCH_LOG entries).
     starts = epoch_starts(sw.register(REG_EPOCH_LOG), epochs[-1])
@@ -424,8 +476,6 @@ def test_herd_switch_epochs_match_the_model(herd_bmv2: Bmv2Switch, epoch_us: int
 
 
 def test_bmv2_driver_epochs(herd_bmv2: Bmv2Switch) -> None:
-    from herd.services.drivers.bmv2 import Bmv2Driver
-
     sw = herd_bmv2
     driver = Bmv2Driver("s1", f"127.0.0.1:{sw.thrift_port}")
     try:
@@ -448,9 +498,148 @@ def test_bmv2_driver_epochs(herd_bmv2: Bmv2Switch) -> None:
         driver.close()
 
 
-def test_load_balancer_matches_the_model(tmp_path: Path) -> None:
-    import numpy as np
+@pytest.mark.parametrize("epoch", [0, 5])
+def test_herd_switch_slot_words_match_the_model_from_any_state(herd_bmv2: Bmv2Switch,
+                                                               epoch: int) -> None:
+    """Slots as an earlier epoch or a control plane may leave them: tagged with the switch's
+    epoch (a foreign flow's, or empty), the epoch before (a flow taking the slot keeps its
+    words), older and later ones, and 2^32 - 1, whose tag + 1 is 0 in 32 bits but is never the
+    epoch before 0 (the words are zeroed). BMv2 must write every word as the model does."""
+    sw = herd_bmv2
+    pair = HerdPair(sw)  # W = 0: the switch stays in the epoch written
+    rnd = random.Random(epoch)
+    tags = [t for t in (epoch, epoch - 1, epoch - 2, epoch + 1, 0xFFFFFFFF) if t >= 0]
+    table = np.zeros_like(pair.model.table)
+    for row in table:
+        tag = rnd.choice(tags)
+        fp = 0 if tag == epoch and rnd.random() < 0.5 else rnd.randrange(1, 1 << 32)
+        row[:] = (fp, rnd.randrange(50), tag, rnd.randrange(1, 1000), rnd.randrange(1, 1 << 32),
+                  rnd.randrange(1, 1000))
+    pair.load_slots(table)
+    pair.model.regs[REG_EPOCH] = epoch
+    sw.thrift.register_write("herd_regs", REG_EPOCH, epoch)
+    for frame in frames(seed=5)[:150]:
+        assert pair.step(frame) in (epoch, None)
+    pair.assert_registers_match()
+    claimed = pair.model.table[:, SLOT_EPOCH] != table[:, SLOT_EPOCH]
+    wrapped = claimed & (table[:, SLOT_EPOCH] == 0xFFFFFFFF)
+    assert wrapped.any() and pair.prev_zeroed > 0
+    assert not pair.model.table[wrapped][:, [SLOT_PREV_FP, SLOT_PREV_TOTAL]].any()
+    if epoch > 0:
+        assert pair.prev_kept > 0
 
+
+def test_bmv2_driver_pulls_held_totals(herd_bmv2: Bmv2Switch) -> None:
+    """Confirm's pull on BMv2: flows send in epoch e; in e + 1 flows come back to their slots
+    and a new flow takes another's, one of them while the driver reads. The held totals of
+    epoch e pulled in e + 1 (a whole register array per call, and cell by cell) are the
+    model's and what the flows sent: with s = 1 every flow is sampled at its first counted
+    packet, its held total the hold start and +1 for each later packet (across tau_g)."""
+    from scapy.all import IP, TCP, Ether
+
+    sw = herd_bmv2
+    W = 2_000_000  # us: a phase of a dozen packets fits in an epoch with room to spare
+    pair = HerdPair(sw, epoch_us=W, s=1.0)
+    stages = pair.model.stages
+    src, dst = "10.0.0.1", "20.0.0.2"  # group 10/8 -> 20/8: l_g 1, tau_g 6, r_g 1
+
+    def key(sport: int) -> tuple[int, int, int, int, int]:
+        return (ip_int(src), ip_int(dst), sport, 80, 6)
+
+    # The flows, by their stage-0 slot: B's is A's (B is held in stage 1 behind A), N's is
+    # C's (N takes it in e + 1), D's neither; E never sends.
+    ports = list(range(1000, 3000))
+    stage0 = dict(zip(ports, flows_stage_slots([key(p) for p in ports], stages)[:, 0],
+                      strict=True))
+    a = ports[0]
+    b = next(p for p in ports if p != a and stage0[p] == stage0[a])
+    c = next(p for p in ports if stage0[p] != stage0[a])
+    n = next(p for p in ports if p != c and stage0[p] == stage0[c])
+    d = next(p for p in ports if stage0[p] not in (stage0[a], stage0[c]))
+    e_ = next(p for p in ports if p not in (a, b, c, n, d))
+    names = {a: "A", b: "B", c: "C", n: "N", d: "D", e_: "E"}
+    flows = [key(p) for p in names]
+
+    start = sw.thrift.clock_start_us()  # Unix us at which BMv2's timestamps read 0
+
+    def now() -> int:  # the switch's clock; the epoch origin is its start (0)
+        return time.time_ns() // 1000 - start
+
+    def frame(sport: int) -> bytes:
+        return bytes(Ether() / IP(src=src, dst=dst) / TCP(sport=sport, dport=80))
+
+    def send(sport: int, packets: int, epoch: int) -> None:
+        for _ in range(packets):
+            got = pair.step(frame(sport))
+            assert got == epoch, (f"{names.get(sport, sport)}'s packet for epoch {epoch} came "
+                                  f"in {got}: the machine is too slow for W = {W} us")
+
+    def sleep_into(epoch: int) -> None:
+        time.sleep(max(0.0, (epoch * W + W // 20 - now()) / 1e6))
+
+    # The group's hello (the packet is not counted); its entry is installed.
+    pair.step(frame(9))
+    e = now() // W + 1
+    sleep_into(e)
+    sent = {a: 9, b: 3, c: 4}  # in epoch e
+    send(a, 1, e)
+    send(b, 3, e)
+    send(a, 8, e)
+    send(c, 4, e)
+    hold = hold_start(1.0)
+    expected = [hold + sent[p] - 1 if p in sent else 0 for p in names]
+    assert expected == [9, 3, 4, 0, 0, 0]
+
+    sleep_into(e + 1)
+    send(a, 3, e + 1)  # A takes its slot again: its epoch-e words become the previous ones
+    send(d, 2, e + 1)
+    driver = Bmv2Driver("s1", f"127.0.0.1:{sw.thrift_port}")
+    try:
+        # N takes C's slot while the driver reads: after the previous-epoch words, before the
+        # tags again. C's epoch-e words had not been moved when they were read; the tag
+        # changed, so they are read again.
+        c_slot = int(stage0[c])
+        assert sw.register_at(REG_STAGE_PREV_FP, c_slot) == 0
+        calls: list[str] = []
+        read_all = driver._api.register_read_all
+
+        def reading(name: str) -> list[int]:
+            calls.append(name)
+            words = read_all(name)
+            if len(calls) == 5:
+                send(n, 1, e + 1)
+            return words
+
+        driver._api.register_read_all = reading
+        got = driver.held_totals(e, flows, stages)
+        del driver._api.register_read_all
+        assert calls == [REG_STAGE_EPOCH, REG_STAGE_FP, REG_STAGE_TOTAL, REG_STAGE_PREV_FP,
+                         REG_STAGE_PREV_TOTAL, REG_STAGE_EPOCH]
+        assert sw.register_at(REG_STAGE_PREV_FP, c_slot) != 0
+        assert got == expected, dict(zip(names.values(), got, strict=True))
+        assert [pair.model.held_total(*f, e) for f in flows] == expected
+
+        send(n, 1, e + 1)
+        send(c, 2, e + 1)  # C is held in stage 1 now, behind N
+        now_totals = [3, 0, 2, 2, 2, 0]  # epoch e + 1's so far: A, B, C, N, D, E
+        for pull in (driver.held_totals, lambda *args: SwitchDriver.held_totals(driver, *args)):
+            assert pull(e, flows, stages) == expected
+            assert pull(e + 1, flows, stages) == now_totals
+        assert [pair.model.held_total(*f, e) for f in flows] == expected
+        assert [pair.model.held_total(*f, e + 1) for f in flows] == now_totals
+        with pytest.raises(HerdInputError, match="make 16 slots, the switch's program has 14"):
+            driver.held_totals(e, flows, (8, 4, 4))
+    finally:
+        driver.close()
+    # A crossed tau_g in epoch e (its counter restarted, its held total did not); no flow
+    # was left without a slot; and every register is the model's.
+    assert [(m.type, m.count, m.epoch) for m in pair.bmv2_msgs if m.sport == a] == [
+        (MessageType.REPORT, 6, e)]
+    assert MessageType.OVERFLOW not in {m.type for m in pair.bmv2_msgs}
+    pair.assert_registers_match()
+
+
+def test_load_balancer_matches_the_model(tmp_path: Path) -> None:
     from herd.loadbalancer import assign_ingress
 
     k = 4
