@@ -77,10 +77,17 @@ def add_param_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--algorithm", choices=ALGORITHMS, help="herd (default) or a baseline")
     g.add_argument("--q", type=float, help="per-packet sampling probability of the sampling "
                    "baseline (default 0.01)")
+    g.add_argument("--confirm", action=argparse.BooleanOptionalAction, default=None,
+                   help="Herd + confirm: at each epoch's end pull the held totals of the "
+                   "flows with >= C reports; an elephant iff they sum to >= T (costs: pull "
+                   "messages, 24-byte slots instead of 12)")
+    g.add_argument("--confirm-reports", dest="confirm_reports", type=int, metavar="C",
+                   help="reports that make a flow a confirm candidate (default 3)")
 
 
 PARAM_FIELDS = ("s", "epsilon", "R", "percentile", "T", "k", "p", "stages", "delay_ms",
-                "epoch_ms", "seed", "overflow_policy", "algorithm", "q")
+                "epoch_ms", "seed", "overflow_policy", "algorithm", "q", "confirm",
+                "confirm_reports")
 
 
 def params_from_args(args: argparse.Namespace) -> Params:

@@ -8,6 +8,14 @@ elephant once it has R reports, detected at the time of its R-th report. ``Coord
 keeps only the open epochs in memory (the rule is in its docstring).
 
 ``register_hello`` is compiled so the simulator's loop calls the very same rule.
+
+Confirm (an option beside the published rule): at the end of epoch e the coordinator pulls,
+from every switch, the held totals (``herd.switch.held_total``) of the epoch's *candidates*:
+the flows with at least C reports in e (``confirm_reports``) and every flow already detected by
+R reports. A candidate is an elephant iff its held totals summed over the switches reach T.
+An early detection keeps its time if confirmed and is withdrawn if not; a confirmed flow that
+had fewer than R reports is detected at the pull. ``confirm_candidates``, ``confirmed`` and
+``pull_messages`` are the rule, used by the simulator and the services alike.
 """
 
 from __future__ import annotations
@@ -21,6 +29,27 @@ from herd.services.flowtable import FlowTable
 from herd.switch import N_GROUPS
 
 NOT_DETECTED = np.iinfo(np.int64).max
+
+# Confirm's pull: flows a request or an answer carries per message (a 1,500-byte frame of
+# 13-byte 5-tuples, with room for headers).
+PULL_FLOWS_PER_MESSAGE = 100
+
+
+def confirm_candidates(report_count: np.ndarray, C: int, R: int) -> np.ndarray:
+    """The candidates of an epoch (indices into its flows): >= C reports, or detected by R."""
+    return np.flatnonzero(report_count >= min(C, R))
+
+
+def confirmed(totals: np.ndarray, T: int) -> np.ndarray:
+    """Per candidate (column): whether its held totals over the switches (rows) reach T. A
+    total the switch could no longer give (HELD_UNKNOWN, < 0) counts as 0."""
+    return np.maximum(totals, 0).sum(axis=0) >= T
+
+
+def pull_messages(candidates: int) -> int:
+    """Messages of one switch's pull: the requests and the answers, PULL_FLOWS_PER_MESSAGE
+    flows each (none without candidates)."""
+    return 2 * -(-candidates // PULL_FLOWS_PER_MESSAGE)
 
 
 @njit(cache=True)
@@ -71,6 +100,9 @@ class EpochTally:
         self.detect_ts = np.zeros(0, dtype=np.int64)
         self.reports = 0  # reports of the epoch received (tracked or not)
         self.untracked = 0  # of which for flows beyond the cap
+        # Confirm: once pulled, the flows confirmed and when (NOT_DETECTED: not confirmed).
+        self.pulled = False
+        self.confirm_ts = np.zeros(0, dtype=np.int64)
 
     def _ensure(self, flows: int) -> None:
         n = len(self.report_count)
@@ -99,17 +131,40 @@ class EpochTally:
         np.add.at(self.report_count, flows, 1)
         return newly
 
+    def candidates(self, C: int, R: int) -> np.ndarray:
+        """Confirm's candidates of this epoch (``confirm_candidates``), as flow indices."""
+        return confirm_candidates(self.report_count[: self.flows.n], C, R)
+
+    def confirm(self, candidates: np.ndarray, totals: np.ndarray, T: int, ts_ns: int
+                ) -> np.ndarray:
+        """Apply a pull: ``totals[switch, i]`` is candidate i's held total on each switch.
+        From now on the elephants are the confirmed candidates; those detected early keep
+        their time, the others are detected at ``ts_ns``. Returns the confirmed mask."""
+        ok = confirmed(totals, T)
+        self._ensure(self.flows.n)
+        self.confirm_ts = np.full(len(self.report_count), NOT_DETECTED, np.int64)
+        hit = candidates[ok]
+        self.confirm_ts[hit] = np.minimum(self.detect_ts[hit], ts_ns)
+        self.pulled = True
+        return ok
+
     def elephants(self, R: int) -> list[dict[str, int | None]]:
-        """The epoch's elephants (flows with >= R reports) as records."""
+        """The epoch's elephants as records: the flows with >= R reports or, once pulled,
+        the confirmed candidates (``early``: detected by R reports before the pull)."""
         n = self.flows.n
-        idx = np.flatnonzero(self.report_count[:n] >= R)
+        if self.pulled:
+            idx = np.flatnonzero(self.confirm_ts[:n] != NOT_DETECTED)
+            when = self.confirm_ts
+        else:
+            idx = np.flatnonzero(self.report_count[:n] >= R)
+            when = self.detect_ts
         f = self.flows
         return [
             {"epoch": self.epoch, "src": int(f.src[i]), "dst": int(f.dst[i]),
              "sport": int(f.sport[i]), "dport": int(f.dport[i]), "proto": int(f.proto[i]),
              "reports": int(self.report_count[i]),
-             "detected_ns": int(self.detect_ts[i]) if self.detect_ts[i] != NOT_DETECTED
-             else None}
+             "detected_ns": int(when[i]) if when[i] != NOT_DETECTED else None,
+             "early": bool(self.report_count[i] >= R)}
             for i in idx
         ]
 

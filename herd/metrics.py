@@ -11,6 +11,7 @@ import numpy as np
 
 from herd.errors import HerdInputError
 from herd.fileio import atomic_write
+from herd.switch import SLOT_BYTES
 
 
 def accuracy(tp: int, fp: int, fn: int) -> dict[str, Any]:
@@ -47,26 +48,33 @@ def detection_delays_ms(detect_ts: np.ndarray, crossing_ts: np.ndarray
     }
 
 
-def message_summary(hellos: np.ndarray, reports: np.ndarray,
-                    overflows: np.ndarray) -> dict[str, Any]:
-    """Switch-to-controller messages, total and per switch."""
-    per_switch = (hellos + reports + overflows).astype(np.int64)
+def message_summary(hellos: np.ndarray, reports: np.ndarray, overflows: np.ndarray,
+                    pulls: np.ndarray | int = 0) -> dict[str, Any]:
+    """Switch-to-controller messages, total and per switch; ``pulls``: confirm's pull
+    messages (requests and answers) per switch."""
+    pulls = np.broadcast_to(np.asarray(pulls, np.int64), np.shape(hellos))
+    per_switch = (hellos + reports + overflows + pulls).astype(np.int64)
     return {
         "hellos": int(hellos.sum()),
         "reports": int(reports.sum()),
         "overflows": int(overflows.sum()),
+        "pull_messages": int(pulls.sum()),
         "messages": int(per_switch.sum()),
         "max_messages_per_switch": int(per_switch.max()) if len(per_switch) else 0,
         "messages_per_switch": [int(x) for x in per_switch],
     }
 
 
-def memory_summary(peak_states: np.ndarray, slots: int) -> dict[str, Any]:
-    """Peak occupied hash-table slots per switch."""
+def memory_summary(peak_states: np.ndarray, slots: int, slot_bytes: int = SLOT_BYTES
+                   ) -> dict[str, Any]:
+    """Peak occupied hash-table slots per switch, and what a switch's table takes in bytes
+    (``slot_bytes`` a slot: herd.switch.SLOT_BYTES, SLOT_BYTES_CONFIRM with confirm)."""
     return {
         "max_states": int(peak_states.max()) if len(peak_states) else 0,
         "states_per_switch": [int(x) for x in peak_states],
         "slots_per_switch": int(slots),
+        "slot_bytes": int(slot_bytes),
+        "table_bytes_per_switch": int(slots) * int(slot_bytes),
     }
 
 

@@ -34,6 +34,10 @@ class Params:
     overflow_policy: str = "ignore"  # or "reset"
     algorithm: str = "herd"
     q: float = 0.01  # the sampling baseline's per-packet sampling probability
+    # Confirm (herd.coordinator): pull the held totals of the flows with >= confirm_reports
+    # reports at each epoch's end; an elephant iff they sum to >= T.
+    confirm: bool = False
+    confirm_reports: int = 3
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "stages", tuple(int(x) for x in self.stages))
@@ -83,6 +87,12 @@ class Params:
             raise bad("algorithm", self.algorithm, f"must be one of {', '.join(ALGORITHMS)}")
         if not 0.0 < self.q <= 1.0:
             raise bad("q", self.q, "must be in (0, 1]")
+        if not isinstance(self.confirm, bool):
+            raise bad("confirm", self.confirm, "must be true or false")
+        if self.confirm and self.algorithm != "herd":
+            raise bad("confirm", self.confirm, f"confirm is Herd's; not for {self.algorithm}")
+        if not isinstance(self.confirm_reports, int) or self.confirm_reports < 1:
+            raise bad("confirm_reports", self.confirm_reports, "must be an integer >= 1")
 
     def with_(self, **changes: Any) -> Params:
         return replace(self, **changes)

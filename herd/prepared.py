@@ -183,6 +183,9 @@ class Detection:
     # heavy pairs had n reports ([n], 0 included) and how many other pairs.
     reports_heavy: np.ndarray | None = None
     reports_other: np.ndarray | None = None
+    # Herd + confirm: per detected pair, whether R reports found it before the pull (else
+    # the pull did). None without confirm.
+    early: np.ndarray | None = None
 
 
 class ReportTally:
@@ -194,26 +197,34 @@ class ReportTally:
     def __init__(self, heavy_keys: np.ndarray, R: int) -> None:
         self.heavy = heavy_keys
         self.R = R
-        self.detected: list[tuple[np.ndarray, np.ndarray]] = []
+        self.detected: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.confirm = False
         self.hist_heavy = np.zeros(1, np.int64)
         self.hist_other = np.zeros(1, np.int64)
 
-    def add(self, keys: np.ndarray, counts: np.ndarray, detect_ts: np.ndarray) -> None:
-        hit = counts >= self.R
-        self.detected.append((keys[hit], detect_ts[hit]))
+    def add(self, keys: np.ndarray, counts: np.ndarray, detect_ts: np.ndarray,
+            detected: np.ndarray | None = None) -> None:
+        """``detected``: the pairs called elephants, where not those with >= R reports
+        (confirm)."""
+        if detected is not None:
+            self.confirm = True
+        hit = counts >= self.R if detected is None else detected
+        self.detected.append((keys[hit], detect_ts[hit], counts[hit] >= self.R))
         is_heavy = np.isin(keys, self.heavy, assume_unique=True)
         self.hist_heavy = _add_hist(self.hist_heavy, counts[is_heavy])
         self.hist_other = _add_hist(self.hist_other, counts[~is_heavy])
 
     def detection(self) -> Detection:
-        keys = np.concatenate([k for k, _ in self.detected]) if self.detected else \
-            np.zeros(0, np.int64)
-        ts = np.concatenate([t for _, t in self.detected]) if self.detected else \
-            np.zeros(0, np.int64)
+        def joined(i: int, dtype: type) -> np.ndarray:
+            parts = [d[i] for d in self.detected]
+            return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+        keys, ts, early = joined(0, np.int64), joined(1, np.int64), joined(2, np.bool_)
         order = np.argsort(keys, kind="stable")
         heavy = self.hist_heavy.copy()
         heavy[0] = len(self.heavy) - heavy[1:].sum()  # heavy pairs without a report
-        return Detection(keys[order], ts[order], heavy, self.hist_other.copy())
+        return Detection(keys[order], ts[order], heavy, self.hist_other.copy(),
+                         early[order] if self.confirm else None)
 
 
 def _add_hist(hist: np.ndarray, values: np.ndarray) -> np.ndarray:
@@ -297,6 +308,13 @@ def score(prep: PreparedTrace, params: Params, T: int, R: int, detection: Detect
     assert truth.heavy_cross_ts is not None
     cross = truth.heavy_cross_ts[np.searchsorted(heavy, detection.keys[tp_mask])]
     metrics.update(detection_delays_ms(detection.detect_ts[tp_mask], cross))
+    if detection.early is not None:  # confirm: early and confirmed detections apart
+        early = detection.early[tp_mask]
+        for name, sel in (("early", early), ("confirmed", ~early)):
+            delays = detection_delays_ms(detection.detect_ts[tp_mask][sel], cross[sel])
+            metrics.update({k.replace("detection_delay", f"{name}_detection_delay"): v
+                            for k, v in delays.items()})
+            metrics[f"{name}_true_positives"] = int(np.count_nonzero(sel))
     E = truth.epochs
     det_epoch = (detection.keys >> 32).astype(np.int64)
     rows = per_epoch_rows(

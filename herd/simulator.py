@@ -28,7 +28,13 @@ import numpy as np
 from numba import njit
 
 from herd.controller import LocalController, group_entry_nb
-from herd.coordinator import count_reports, register_hello
+from herd.coordinator import (
+    confirm_candidates,
+    confirmed,
+    count_reports,
+    pull_messages,
+    register_hello,
+)
 from herd.delays import NEVER, EffectTimes, EntryWrite, MeasuredTiming, effect_times, switch_epochs
 from herd.errors import HerdInputError
 from herd.groundtruth import epoch_ns_of, next_epoch, pair_keys
@@ -63,6 +69,10 @@ from herd.switch import (
     REG_PRNG,
     REG_REPORTS,
     REG_SAMPLE_THRESHOLD,
+    SLOT_BYTES,
+    SLOT_BYTES_CONFIRM,
+    SLOT_FIELDS,
+    held_totals,
     install_group,
     reset_tables,
     switch_packet,
@@ -128,7 +138,8 @@ ST_HP = 5  # size of the packet-keyed heap
 ST_WRITES = 6  # table writes
 ST_PUSHES = 7  # l_g pushes to switches other than the asker
 ST_RESETS = 8  # table resets
-N_ST = 9
+ST_PULLED = 9  # confirm: the last epoch pulled
+N_ST = 10
 
 IMMEDIATE = np.iinfo(np.int64).min  # due key of an action with no delay: before the next packet
 LAST = np.iinfo(np.int64).max
@@ -137,12 +148,12 @@ LAST = np.iinfo(np.int64).max
 @njit(cache=True)
 def _apply(e: int, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray, regs: np.ndarray,
            group_state: np.ndarray, group_tau: np.ndarray, group_r: np.ndarray,
-           fps: np.ndarray, counts: np.ndarray, controller_l: np.ndarray,
+           table: np.ndarray, controller_l: np.ndarray,
            reset_pending: np.ndarray, epsilon: float, T: int, st: np.ndarray) -> None:
     """Carry out the pending action e: a table reset, or an l_g for a switch's controller."""
     sw = q_sw[e]
     if q_l[e] == RESET:
-        reset_tables(regs[sw], fps[sw], counts[sw])
+        reset_tables(regs[sw], table[sw])
         reset_pending[sw] = False
         st[ST_RESETS] += 1
         return
@@ -160,9 +171,8 @@ def _herd_chunk(
     start: int, begin: int, ts: np.ndarray, flow: np.ndarray, given_ingress: np.ndarray,
     rec: np.ndarray, stages: int, p_threshold: int, ts_first: int, epoch_ns: int,
     regs: np.ndarray, group_state: np.ndarray, group_tau: np.ndarray, group_r: np.ndarray,
-    fps: np.ndarray, counts: np.ndarray, slot_epochs: np.ndarray, epoch_log: np.ndarray,
-    members: np.ndarray, member_count: np.ndarray, l_g: np.ndarray,
-    controller_l: np.ndarray, reset_pending: np.ndarray,
+    table: np.ndarray, epoch_log: np.ndarray, members: np.ndarray, member_count: np.ndarray,
+    l_g: np.ndarray, controller_l: np.ndarray, reset_pending: np.ndarray,
     epsilon: float, T: int, delay_ns: int,
     eff_start: np.ndarray, eff_lg: np.ndarray, eff_at: np.ndarray, reset_on_overflow: bool,
     sep_start: np.ndarray, sep_packet: np.ndarray, sep_epoch: np.ndarray,
@@ -170,14 +180,16 @@ def _herd_chunk(
     st: np.ndarray, q_key: np.ndarray, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray,
     heap_t: np.ndarray, heap_p: np.ndarray, due: np.ndarray, reports: np.ndarray,
     epoch_messages: np.ndarray, epoch_states: np.ndarray, switch_epoch_messages: np.ndarray,
-    max_rows: int,
+    max_rows: int, pull: bool,
 ) -> int:
     """Packets begin .. len(ts) of the chunk that starts at trace packet ``start``. Returns
     where it stopped: len(ts), or earlier when the reports or the action arrays need more
     room (the caller grows them and calls again from there; no array is reallocated inside
     the loop, which would cost reference counting on every packet). With a run's measured
     epoch starts (``sep_*``: per switch, the packet at which each of its epochs began), a
-    switch's packets get the switch's own epochs instead of the trace's."""
+    switch's packets get the switch's own epochs instead of the trace's. With ``pull``
+    (confirm) it also stops at the first packet of each new epoch, once, for the caller to
+    pull the epoch that ended."""
     k = regs.shape[0]
     n_groups = group_state.shape[1]
     packed = rec.shape[1] == stages + 2  # group and ingress switches in one word
@@ -214,12 +226,15 @@ def _herd_chunk(
             if nd > 1:
                 due[:nd].sort()  # entry index = send order
             for j in range(nd):
-                _apply(due[j], q_sw, q_g, q_l, regs, group_state, group_tau, group_r, fps,
-                       counts, controller_l, reset_pending, epsilon, T, st)
+                _apply(due[j], q_sw, q_g, q_l, regs, group_state, group_tau, group_r, table,
+                       controller_l, reset_pending, epsilon, T, st)
             if ht == 0 and hp == 0:
                 qn = 0  # nothing pending: reuse the entry arrays from the start
 
         if t >= next_start:
+            if pull and epoch_ns > 0 and st[ST_PULLED] < cur:
+                stop = i
+                break
             cur = next_epoch(t, ts_first, epoch_ns, cur)
             next_start = ts_first + (cur + 1) * epoch_ns if epoch_ns > 0 else LAST
         f = flow[i]
@@ -243,8 +258,8 @@ def _herd_chunk(
                 nxt += 1
             sep_next[sw] = nxt
             e_sw = switch_epoch[sw]
-        ev, c = switch_packet(regs, group_state, group_tau, group_r, fps, counts, slot_epochs,
-                              epoch_log, sw, g, rec, f, stages, rec[f, stages + REC_FP], e_sw)
+        ev, c = switch_packet(regs, group_state, group_tau, group_r, table, epoch_log, sw, g,
+                              rec, f, stages, rec[f, stages + REC_FP], e_sw)
         occ = regs[sw, REG_OCCUPIED]
         if occ > epoch_states[cur]:
             epoch_states[cur] = occ
@@ -329,6 +344,51 @@ class _Run:
         self.reports[: n - done] = reports[done:]
         self.st[ST_NREP] = n - done
 
+    def pull(self, e: int, at_ns: int, rec: np.ndarray, params: Params, T: int) -> None:
+        """Confirm at the end of epoch e (``herd.coordinator``): count the epoch's reports,
+        pull its candidates' held totals from every switch at ``at_ns`` (the tables as they
+        stand: the end of the epoch), and keep the confirmed candidates, detected early or
+        at ``at_ns`` plus the control-loop delay. Reports of epochs already pulled are
+        late: counted, not applied."""
+        n = int(self.st[ST_NREP])
+        reports = self.reports[:n]
+        epoch = reports[:, 1]
+        self.late_reports += int(np.count_nonzero(epoch < e))
+        sel = epoch == e
+        R = self.tally.R
+        keys, counts, detect = count_reports(pair_keys(epoch[sel], reports[sel, 0]),
+                                             reports[sel, 2], R)
+        cand = confirm_candidates(counts, params.confirm_reports, R)
+        stages = len(params.stages)
+        totals = np.zeros((self.regs.shape[0], len(cand)), np.int64)
+        held_totals(self.table, rec, (keys[cand] & 0xFFFFFFFF).astype(np.int64), stages,
+                    stages + REC_FP, e, totals)
+        ok = confirmed(totals, T)
+        hit = cand[ok]
+        detected = np.zeros(len(keys), np.bool_)
+        detected[hit] = True
+        detect[hit] = np.minimum(detect[hit], at_ns + int(round(params.delay_ms * 1e6)))
+        self.tally.add(keys, counts, detect, detected)
+        rest = reports[epoch > e]
+        self.reports[: len(rest)] = rest
+        self.st[ST_NREP] = len(rest)
+        # Costs: one pull per switch, its messages counted in epoch e like its reports.
+        m = pull_messages(len(cand))
+        self.pull_messages += m
+        self.candidates += len(cand)
+        self.confirmed += int(np.count_nonzero(ok))
+        self.withdrawn += int(np.count_nonzero(~ok & (counts[cand] >= R)))
+        self.unknown_totals += int(np.count_nonzero(totals < 0))
+        if m and e < len(self.epoch_messages):
+            self.epoch_messages[e] += m * len(totals)
+            sem = self.switch_epoch_messages
+            fresh = sem[:, 0] != e
+            sem[fresh, 0] = e
+            sem[fresh, 1] = 0
+            sem[:, 1] += m
+            np.maximum(sem[:, 2], sem[:, 1], out=sem[:, 2])
+        self.st[ST_PULLED] = e
+
     def ensure_room(self, per_packet: int) -> None:
         """Room for one more report and one packet's actions: double what is short."""
         nrep, qn = int(self.st[ST_NREP]), int(self.st[ST_QN])
@@ -352,9 +412,7 @@ class _Run:
         self.group_state = np.zeros((k, N_GROUPS), dtype=np.uint8)
         self.group_tau = np.zeros((k, N_GROUPS), dtype=np.uint32)
         self.group_r = np.zeros((k, N_GROUPS), dtype=np.uint32)
-        self.fps = np.zeros((k, slots), dtype=np.uint32)
-        self.counts = np.zeros((k, slots), dtype=np.uint32)
-        self.slot_epochs = np.zeros((k, slots), dtype=np.uint32)
+        self.table = np.zeros((k, slots, SLOT_FIELDS), dtype=np.uint32)
         self.epoch_log = np.zeros((k, EPOCH_LOG), dtype=np.uint64)
         self.members = np.zeros((N_GROUPS, k), dtype=np.bool_)
         self.member_count = np.zeros(N_GROUPS, dtype=np.int32)
@@ -365,6 +423,7 @@ class _Run:
         self.switch_epoch = np.zeros(k, dtype=np.int64)
         self.st = np.zeros(N_ST, dtype=np.int64)
         self.st[ST_EPOCH] = -1
+        self.st[ST_PULLED] = -1
         self.st[ST_LB] = lb_seed(params.seed)
         self.q_key = np.empty(1024, dtype=np.int64)
         self.q_sw = np.empty(1024, dtype=np.int64)
@@ -379,6 +438,13 @@ class _Run:
         self.epoch_states = np.zeros(max(epochs, 1), dtype=np.int64)
         # per switch: [epoch, messages in it, most messages in one epoch]
         self.switch_epoch_messages = np.zeros((k, 3), dtype=np.int64)
+        # Confirm's pulls: messages per switch, and what they found.
+        self.pull_messages = 0
+        self.candidates = 0
+        self.confirmed = 0
+        self.withdrawn = 0
+        self.unknown_totals = 0
+        self.late_reports = 0
 
 
 def _grown(a: np.ndarray, size: int) -> np.ndarray:
@@ -425,6 +491,7 @@ def simulate_herd(prep: PreparedTrace, params: Params,
     max_rows = int(np.diff(effect.start).max()) if len(effect.start) > 1 else 0
     per_packet = k + max_rows + 2  # the most actions one packet can queue, and a margin
     started = time.perf_counter()
+    last_ts = t.first_ts
     for start, c in t.chunks(columns):
         ts, flow = c["ts_ns"], c["flow"]
         ingress = c["ingress"] if given is not None else no_ingress
@@ -434,26 +501,38 @@ def simulate_herd(prep: PreparedTrace, params: Params,
             at = _herd_chunk(
                 start, at, ts, flow, ingress, rec, len(params.stages), p_threshold, t.first_ts,
                 epoch_ns,
-                run.regs, run.group_state, run.group_tau, run.group_r, run.fps, run.counts,
-                run.slot_epochs, run.epoch_log, run.members, run.member_count, run.l_g,
+                run.regs, run.group_state, run.group_tau, run.group_r, run.table, run.epoch_log,
+                run.members, run.member_count, run.l_g,
                 run.controller_l, run.reset_pending, float(params.epsilon), int(T), delay_ns,
                 effect.start, effect.l_g, effect.at, params.overflow_policy == "reset",
                 sep_start, sep_packet, sep_epoch, run.sep_next, run.switch_epoch,
                 run.st, run.q_key, run.q_sw, run.q_g, run.q_l, run.heap_t, run.heap_p, run.due,
                 run.reports, run.epoch_messages, run.epoch_states, run.switch_epoch_messages,
-                max_rows)
-        if not own_clock:
+                max_rows, params.confirm)
+            e = int(run.st[ST_EPOCH])
+            end_ns = t.first_ts + (e + 1) * epoch_ns  # when epoch e ended
+            if params.confirm and at < len(ts) and epoch_ns and run.st[ST_PULLED] < e \
+                    and ts[at] >= end_ns:  # stopped at the first packet after epoch e
+                run.pull(e, end_ns, rec, params, T)
+        if len(ts):
+            last_ts = int(ts[-1])
+        if not own_clock and not params.confirm:
             run.count_closed_epochs()
         if progress is not None:
             progress(start + len(ts), t.packets)
+    if params.confirm:  # the last epoch ends with the trace (or with W)
+        e = int(run.st[ST_EPOCH])
+        run.pull(e, t.first_ts + (e + 1) * epoch_ns if epoch_ns else last_ts, rec, params, T)
     run.count_closed_epochs(final=True)
     detection = run.tally.detection()
     seconds = time.perf_counter() - started
     metrics, rows = score(prep, params, T, R, detection, run.epoch_messages, run.epoch_states)
     regs = run.regs
     metrics.update({
-        **message_summary(regs[:, REG_HELLOS], regs[:, REG_REPORTS], regs[:, REG_OVERFLOWS]),
-        **memory_summary(regs[:, REG_PEAK_OCCUPIED], sum(params.stages)),
+        **message_summary(regs[:, REG_HELLOS], regs[:, REG_REPORTS], regs[:, REG_OVERFLOWS],
+                          run.pull_messages),
+        **memory_summary(regs[:, REG_PEAK_OCCUPIED], sum(params.stages),
+                         SLOT_BYTES_CONFIRM if params.confirm else SLOT_BYTES),
         "max_messages_per_switch_epoch": int(run.switch_epoch_messages[:, 2].max()),
         "table_writes": int(run.st[ST_WRITES]),
         "l_g_pushes": int(run.st[ST_PUSHES]),
@@ -462,6 +541,10 @@ def simulate_herd(prep: PreparedTrace, params: Params,
         "flows": t.flows,
         "skipped_packets": t.skipped,
     })
+    if params.confirm:
+        metrics.update({"confirm_candidates": run.candidates, "confirmed": run.confirmed,
+                        "withdrawn": run.withdrawn, "unknown_held_totals": run.unknown_totals,
+                        "late_reports": run.late_reports})
     if delays is not None:
         metrics["measured_delays"] = len(delays) - effect.mismatched
         metrics["measured_delays_mismatched"] = effect.mismatched

@@ -8,9 +8,11 @@ and :class:`Switch` (the model target, behind the model driver) calls it per pac
 - ``regs``: a few ``bit<32>`` registers (PRNG state, sample threshold, hold start, counters);
 - ``group_state / group_tau / group_r``: the group table (keyed by g = src/8, dst/8) and
   the one-bit "hello already sent" register, folded into one state byte per group;
-- ``fps / counts / epochs``: the multi-stage hash table, all stages in one flat array; stage
-  ``i`` occupies ``[offset_i, offset_i + size_i)``. ``epochs`` tags each slot with the epoch it
-  was written in;
+- ``table``: the multi-stage hash table, all stages in one flat array of slots; stage ``i``
+  occupies ``[offset_i, offset_i + size_i)``. A slot is SLOT_FIELDS words (one cache line's
+  worth; P4: one register array per field): the flow's fingerprint, its counter, the epoch the
+  slot was written in, and for confirm (below) the flow's held total and what the slot held
+  in the previous epoch;
 - ``epoch_log``: where each epoch began, ``epoch << 32 | packet`` (the switch's packet count
   before it) at ``epoch mod EPOCH_LOG``, so the control plane can read when the switch's
   epochs changed (the epoch in the entry tells a current entry from a stale one).
@@ -20,6 +22,16 @@ Epochs (DESIGN.md "Epochs"): the caller gives each packet the epoch of the switc
 At the first packet of a new epoch the occupancy restarts at 0, and every slot written in an
 earlier epoch reads as empty from then on: the tables empty lazily, with no control-plane
 round trip at the boundary, identically in the model and in P4. Group state persists.
+
+Held totals (confirm, ``herd.coordinator`` decides with them): each slot also counts its
+flow's *held total*, round(1/s) at sampling and +1 per packet, never restarted at a tau_g
+crossing. At the end of epoch e the control plane pulls the held totals of its candidate
+flows, while the switch is already counting epoch e + 1. So that the pull reads epoch e's
+final totals, a slot of the previous epoch keeps them when a new flow takes it: claiming a
+slot last written in epoch e - 1 moves its (fingerprint, held total) into the slot's
+``prev`` words (zeros when it was written earlier). ``held_total`` decodes a flow's epoch-e
+total from the slots as they stand any time before epoch e + 2: exact, in the model and in
+P4 alike.
 """
 
 from __future__ import annotations
@@ -49,6 +61,22 @@ REG_PACKETS = 8  # IPv4 packets measured: the switch's clock for when entries to
 REG_EPOCH = 9  # the switch's current epoch
 REG_EPOCH_US = 10  # epoch length W in the switch's clock (microseconds); 0: one epoch
 N_REGS = 11
+
+# The words of a slot (p4src: one register array each, ``stage_*``).
+SLOT_FP = 0  # the flow's fingerprint; 0: empty
+SLOT_COUNT = 1  # packets since sampling or since the last tau_g crossing
+SLOT_EPOCH = 2  # the epoch the slot was written in
+SLOT_TOTAL = 3  # the held total: round(1/s) at sampling, +1 per packet
+SLOT_PREV_FP = 4  # what the slot held in the epoch before SLOT_EPOCH (0: nothing)
+SLOT_PREV_TOTAL = 5
+SLOT_FIELDS = 6
+# Bytes of one slot as a switch lays it out: the published Herd slot (fingerprint, counter,
+# epoch tag) and, with confirm, the three words more.
+SLOT_BYTES = 12
+SLOT_BYTES_CONFIRM = 24
+
+# ``held_total`` of a flow whose slots were overwritten two epochs on.
+HELD_UNKNOWN = -1
 
 # Entries of the epoch log: the first packet of epoch e is at epoch_log[e % EPOCH_LOG].
 EPOCH_LOG = 256
@@ -101,9 +129,7 @@ def switch_packet(
     group_state: np.ndarray,
     group_tau: np.ndarray,
     group_r: np.ndarray,
-    fps: np.ndarray,
-    counts: np.ndarray,
-    epochs: np.ndarray,
+    table: np.ndarray,
     epoch_log: np.ndarray,
     sw: int,
     g: int,
@@ -114,8 +140,9 @@ def switch_packet(
     epoch: int,
 ) -> tuple[int, int]:
     """Run one IPv4 packet of group ``g`` through switch ``sw`` in epoch ``epoch``: every
-    array has one row per switch (a simulated network), and ``flow_slots[f, :stages]`` are
-    the flow's slot in each stage, ``fp`` its fingerprint (``herd.hashing.flow_slots``).
+    array has one row per switch (a simulated network; ``table[sw, slot, SLOT_*]``), and
+    ``flow_slots[f, :stages]`` are the flow's slot in each stage, ``fp`` its fingerprint
+    (``herd.hashing.flow_slots``).
 
     Returns (event, count): EV_NONE, EV_HELLO (count 0), EV_REPORT (the count that crossed
     tau_g; its epoch is ``regs[sw, REG_EPOCH]``) or EV_OVERFLOW (count 0). At most one event
@@ -144,14 +171,15 @@ def switch_packet(
     empty = -1
     for i in range(stages):
         s = flow_slots[f, i]
-        if epochs[sw, s] != e or fps[sw, s] == 0:
+        if table[sw, s, SLOT_EPOCH] != e or table[sw, s, SLOT_FP] == 0:
             empty = s
             break
-        if fps[sw, s] == fp:
+        if table[sw, s, SLOT_FP] == fp:
             slot = s
             break
     if slot >= 0:
-        counts[sw, slot] += 1
+        table[sw, slot, SLOT_COUNT] += 1
+        table[sw, slot, SLOT_TOTAL] += 1
     else:
         # An untracked flow is sampled with probability s; only a flow that would have
         # been sampled and finds no room is an overflow.
@@ -161,19 +189,25 @@ def switch_packet(
             regs[sw, REG_OVERFLOWS] += 1
             return EV_OVERFLOW, 0
         slot = empty
-        fps[sw, slot] = fp
-        epochs[sw, slot] = e
+        row = table[sw, slot]
+        if row[SLOT_EPOCH] != e:  # from an older epoch: keep the previous epoch's for a pull
+            last = row[SLOT_EPOCH] + 1 == e
+            row[SLOT_PREV_FP] = row[SLOT_FP] if last else 0
+            row[SLOT_PREV_TOTAL] = row[SLOT_TOTAL] if last else 0
+        row[SLOT_FP] = fp
+        row[SLOT_EPOCH] = e
         # Sample-and-hold correction: the packets missed before sampling, about 1/s.
-        counts[sw, slot] = regs[sw, REG_HOLD_START]
+        row[SLOT_COUNT] = regs[sw, REG_HOLD_START]
+        row[SLOT_TOTAL] = regs[sw, REG_HOLD_START]
         regs[sw, REG_OCCUPIED] += 1
         if regs[sw, REG_OCCUPIED] > regs[sw, REG_PEAK_OCCUPIED]:
             regs[sw, REG_PEAK_OCCUPIED] = regs[sw, REG_OCCUPIED]
 
     # 4. A mole that reaches tau_g becomes a mule: restart its count and report it with
     #    probability r_g.
-    c = counts[sw, slot]
+    c = table[sw, slot, SLOT_COUNT]
     if c >= group_tau[sw, g]:
-        counts[sw, slot] = 0
+        table[sw, slot, SLOT_COUNT] = 0
         if _flip(regs, sw, group_r[sw, g]):
             regs[sw, REG_REPORTS] += 1
             return EV_REPORT, c
@@ -186,20 +220,18 @@ def process_packet(
     group_state: np.ndarray,
     group_tau: np.ndarray,
     group_r: np.ndarray,
-    fps: np.ndarray,
-    counts: np.ndarray,
-    epochs: np.ndarray,
+    table: np.ndarray,
     epoch_log: np.ndarray,
     g: int,
     slots: np.ndarray,
     fp: int,
     epoch: int,
 ) -> tuple[int, int]:
-    """``switch_packet`` for one switch whose arrays are one-dimensional (the model target's
+    """``switch_packet`` for one switch, whose arrays have no switch axis (the model target's
     ``Switch``): ``slots`` are the flow's slot in each stage."""
     return switch_packet(regs.reshape(1, -1), group_state.reshape(1, -1),
-                         group_tau.reshape(1, -1), group_r.reshape(1, -1), fps.reshape(1, -1),
-                         counts.reshape(1, -1), epochs.reshape(1, -1), epoch_log.reshape(1, -1),
+                         group_tau.reshape(1, -1), group_r.reshape(1, -1),
+                         table.reshape(1, *table.shape), epoch_log.reshape(1, -1),
                          0, g, slots.reshape(1, -1), 0, len(slots), fp, epoch)
 
 
@@ -213,11 +245,50 @@ def install_group(group_state: np.ndarray, group_tau: np.ndarray, group_r: np.nd
 
 
 @njit(cache=True)
-def reset_tables(regs: np.ndarray, fps: np.ndarray, counts: np.ndarray) -> None:
-    """Clear every stage of the hash table (the overflow policy "reset")."""
-    fps[:] = 0
-    counts[:] = 0
+def reset_tables(regs: np.ndarray, table: np.ndarray) -> None:
+    """Clear every stage of the hash table (the overflow policy "reset"): the current
+    epoch's flows, counters and held totals; a slot's epoch tag and previous epoch stay."""
+    table[:, SLOT_FP] = 0
+    table[:, SLOT_COUNT] = 0
+    table[:, SLOT_TOTAL] = 0
     regs[REG_OCCUPIED] = 0
+
+
+@njit(cache=True)
+def held_total(table: np.ndarray, slots: np.ndarray, fp: int, epoch: int) -> int:
+    """The held total a flow had at the end of ``epoch`` on one switch (0: not tracked),
+    from the flow's stage slots ``slots`` and the switch's ``table[slot, SLOT_*]`` as they
+    stand at any time before the switch enters epoch + 2: HELD_UNKNOWN where a slot it needs
+    was taken again since. Walks the stages as the switch did at the epoch's end: in that
+    epoch a slot held (fp, total) if tagged with it, its ``prev`` words if tagged with the
+    next epoch, nothing if tagged earlier."""
+    for i in range(len(slots)):
+        row = table[slots[i]]
+        tag = np.int64(row[SLOT_EPOCH])
+        if tag == epoch:
+            held, total = row[SLOT_FP], row[SLOT_TOTAL]
+        elif tag == epoch + 1:
+            held, total = row[SLOT_PREV_FP], row[SLOT_PREV_TOTAL]
+        elif tag < epoch:
+            return 0  # empty all epoch: the flow was not tracked
+        else:
+            return HELD_UNKNOWN
+        if held == 0:
+            return 0
+        if held == fp:
+            return np.int64(total)
+    return 0
+
+
+@njit(cache=True)
+def held_totals(tables: np.ndarray, rec: np.ndarray, flows: np.ndarray, stages: int,
+                fp_column: int, epoch: int, out: np.ndarray) -> None:
+    """``held_total`` of many flows on many switches: ``out[sw, i]`` for flow ``flows[i]``,
+    whose stage slots are ``rec[f, :stages]`` and fingerprint ``rec[f, fp_column]``."""
+    for sw in range(tables.shape[0]):
+        for i in range(len(flows)):
+            f = flows[i]
+            out[sw, i] = held_total(tables[sw], rec[f, :stages], rec[f, fp_column], epoch)
 
 
 def epoch_starts(epoch_log: Sequence[int] | np.ndarray, current: int) -> list[tuple[int, int]]:
@@ -260,12 +331,36 @@ class Switch:
         self.group_state = np.zeros(N_GROUPS, dtype=np.uint8)
         self.group_tau = np.zeros(N_GROUPS, dtype=np.uint32)
         self.group_r = np.zeros(N_GROUPS, dtype=np.uint32)
-        self.fps = np.zeros(slots, dtype=np.uint32)
-        self.counts = np.zeros(slots, dtype=np.uint32)
-        self.epochs = np.zeros(slots, dtype=np.uint32)
+        self.table = np.zeros((slots, SLOT_FIELDS), dtype=np.uint32)
         self.epoch_log = np.zeros(EPOCH_LOG, dtype=np.uint64)
         self.epoch_origin_us = 0  # when epoch 0 began, in the switch's clock
         self._slots = np.zeros(len(self.stages), dtype=np.int64)
+
+    # The table's words as arrays over the slots (views: writes go to the table), named as
+    # the P4 program's register arrays.
+    @property
+    def fps(self) -> np.ndarray:
+        return self.table[:, SLOT_FP]
+
+    @property
+    def counts(self) -> np.ndarray:
+        return self.table[:, SLOT_COUNT]
+
+    @property
+    def epochs(self) -> np.ndarray:
+        return self.table[:, SLOT_EPOCH]
+
+    @property
+    def totals(self) -> np.ndarray:
+        return self.table[:, SLOT_TOTAL]
+
+    @property
+    def prev_fps(self) -> np.ndarray:
+        return self.table[:, SLOT_PREV_FP]
+
+    @property
+    def prev_totals(self) -> np.ndarray:
+        return self.table[:, SLOT_PREV_TOTAL]
 
     def configure(self, config: SwitchConfig) -> None:
         self.regs[REG_PRNG] = config.prng_seed
@@ -286,7 +381,7 @@ class Switch:
         self.group_r[:] = 0
 
     def reset_tables(self) -> None:
-        reset_tables(self.regs, self.fps, self.counts)
+        reset_tables(self.regs, self.table)
 
     def process(self, src: int, dst: int, sport: int, dport: int, proto: int,
                 epoch: int = 0) -> CpuMessage | None:
@@ -295,12 +390,21 @@ class Switch:
         fp = flow_slots(src, dst, sport, dport, proto, self.stage_offsets, self.stage_sizes,
                         self._slots)
         event, count = process_packet(self.regs, self.group_state, self.group_tau, self.group_r,
-                                      self.fps, self.counts, self.epochs, self.epoch_log,
-                                      group_of(src, dst), self._slots, fp, epoch)
+                                      self.table, self.epoch_log, group_of(src, dst),
+                                      self._slots, fp, epoch)
         if event == EV_NONE:
             return None
         return CpuMessage(MessageType(event), src, dst, sport, dport, proto, int(count),
                           int(self.regs[REG_EPOCH]))
+
+    def held_total(self, src: int, dst: int, sport: int, dport: int, proto: int,
+                   epoch: int) -> int:
+        """The flow's held total at the end of ``epoch`` (the pull of confirm; valid until
+        the switch enters epoch + 2, else HELD_UNKNOWN)."""
+        slots = np.zeros(len(self.stages), dtype=np.int64)
+        fp = flow_slots(src, dst, sport, dport, proto, self.stage_offsets, self.stage_sizes,
+                        slots)
+        return int(held_total(self.table, slots, fp, epoch))
 
     def epoch_starts(self) -> list[tuple[int, int]]:
         """(epoch, first packet) of the epochs the log still holds, in epoch order."""

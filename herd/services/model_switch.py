@@ -81,6 +81,9 @@ from herd.services.drivers.base import (
     REG_STAGE_COUNT,
     REG_STAGE_EPOCH,
     REG_STAGE_FP,
+    REG_STAGE_PREV_FP,
+    REG_STAGE_PREV_TOTAL,
+    REG_STAGE_TOTAL,
 )
 from herd.switch import (
     EV_HELLO,
@@ -111,6 +114,7 @@ PACE_MAX = 0.005  # seconds: the longest sleep between looks at the schedule
 # here, not 48: this switch's clock is Unix microseconds (51 bits), not microseconds since the
 # switch started (and the pipeline takes it as a signed 64-bit integer).
 REGISTER_BITS = {REG_HERD: 32, REG_STAGE_FP: 32, REG_STAGE_COUNT: 32, REG_STAGE_EPOCH: 32,
+                 REG_STAGE_TOTAL: 32, REG_STAGE_PREV_FP: 32, REG_STAGE_PREV_TOTAL: 32,
                  REG_HELLO_SENT: 32, REG_EPOCH_LOG: 64, REG_EPOCH_ORIGIN: 63}
 # The origin until the control plane sets one: never, so every packet is in epoch 0 (with W
 # written and the origin 0, the first packet would jump to epoch now / W).
@@ -194,8 +198,7 @@ class TraceSource(PacketSource):
 
 @njit(cache=True, nogil=True)
 def _run_packets(regs: np.ndarray, group_state: np.ndarray, group_tau: np.ndarray,
-                 group_r: np.ndarray, fps: np.ndarray, counts: np.ndarray,
-                 slot_epochs: np.ndarray, epoch_log: np.ndarray,
+                 group_r: np.ndarray, table: np.ndarray, epoch_log: np.ndarray,
                  pkt_flow: np.ndarray, flow_group: np.ndarray, flow_slot: np.ndarray,
                  flow_fp: np.ndarray, start: int, end: int, arrival_us: np.ndarray,
                  origin_us: int, ev_pkt: np.ndarray, ev_type: np.ndarray, ev_count: np.ndarray,
@@ -215,8 +218,8 @@ def _run_packets(regs: np.ndarray, group_state: np.ndarray, group_tau: np.ndarra
             ep_packet[m] = regs[REG_PACKETS]
             m += 1
         f = pkt_flow[i]
-        ev, c = process_packet(regs, group_state, group_tau, group_r, fps, counts, slot_epochs,
-                               epoch_log, flow_group[f], flow_slot[f], flow_fp[f], e)
+        ev, c = process_packet(regs, group_state, group_tau, group_r, table, epoch_log,
+                               flow_group[f], flow_slot[f], flow_fp[f], e)
         if ev != EV_NONE:
             ev_pkt[n] = i
             ev_type[n] = ev
@@ -281,8 +284,8 @@ class ModelSwitch:
         slot, fp = flows_slots(z, z, z.astype(np.uint16), z.astype(np.uint16),
                                z.astype(np.uint8), sw.stage_offsets, sw.stage_sizes)
         e = np.zeros(1, np.int64)
-        _run_packets(sw.regs, sw.group_state, sw.group_tau, sw.group_r, sw.fps, sw.counts,
-                     sw.epochs, sw.epoch_log, e, e, slot, fp, 0, 1, e.copy(), 0, e.copy(),
+        _run_packets(sw.regs, sw.group_state, sw.group_tau, sw.group_r, sw.table,
+                     sw.epoch_log, e, e, slot, fp, 0, 1, e.copy(), 0, e.copy(),
                      e.copy(), e.copy(), e.copy(), e.copy(), e.copy())
 
     # ---------------------------------------------------------------- CPU messages
@@ -452,7 +455,9 @@ class ModelSwitch:
     def _register(self, name: Any) -> np.ndarray:
         sw = self.switch
         arrays = {REG_HERD: sw.regs, REG_STAGE_FP: sw.fps, REG_STAGE_COUNT: sw.counts,
-                  REG_STAGE_EPOCH: sw.epochs, REG_HELLO_SENT: sw.group_state,
+                  REG_STAGE_EPOCH: sw.epochs, REG_STAGE_TOTAL: sw.totals,
+                  REG_STAGE_PREV_FP: sw.prev_fps, REG_STAGE_PREV_TOTAL: sw.prev_totals,
+                  REG_HELLO_SENT: sw.group_state,
                   REG_EPOCH_LOG: sw.epoch_log, REG_EPOCH_ORIGIN: self._origin}
         if name not in arrays:
             raise ValueError(f"no register {name!r}")
@@ -591,7 +596,7 @@ class ModelSwitch:
             arrival_us = np.full(end - i, time.time_ns() // 1000, np.int64)
         with self.lock:
             k, m = _run_packets(sw.regs, sw.group_state, sw.group_tau, sw.group_r,
-                                sw.fps, sw.counts, sw.epochs, sw.epoch_log, flow,
+                                sw.table, sw.epoch_log, flow,
                                 flow_group, feed.slot, feed.fp, i, end, arrival_us,
                                 sw.epoch_origin_us, ev_pkt, ev_type, ev_cnt, ev_epoch,
                                 ep_epoch, ep_packet)

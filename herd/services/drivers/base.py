@@ -19,7 +19,26 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-from herd.switch import EPOCH_LOG, REG_EPOCH, REG_OCCUPIED, REG_PACKETS, epoch_starts
+import numpy as np
+
+from herd.hashing import flow_slots
+from herd.switch import (
+    EPOCH_LOG,
+    REG_EPOCH,
+    REG_OCCUPIED,
+    REG_PACKETS,
+    SLOT_EPOCH,
+    SLOT_FIELDS,
+    SLOT_FP,
+    SLOT_PREV_FP,
+    SLOT_PREV_TOTAL,
+    SLOT_TOTAL,
+    epoch_starts,
+    held_total,
+    stage_layout,
+)
+
+FiveTuple = tuple[int, int, int, int, int]  # src, dst, sport, dport, proto
 
 # The P4 program's names (p4src/herd.p4).
 GROUP_TABLE = "group_table"  # key (src8, dst8), exact
@@ -31,6 +50,9 @@ REG_STAGE_FP = "stage_fp"  # flat over the stages, like Switch.fps
 REG_STAGE_COUNT = "stage_count"  # flat over the stages, like Switch.counts
 REG_HELLO_SENT = "hello_sent"  # one bit per group g
 REG_STAGE_EPOCH = "stage_epoch"  # flat over the stages, like Switch.epochs: each slot's epoch
+REG_STAGE_TOTAL = "stage_total"  # the held totals (confirm), like Switch.totals
+REG_STAGE_PREV_FP = "stage_prev_fp"  # the previous epoch's fingerprint, like Switch.prev_fps
+REG_STAGE_PREV_TOTAL = "stage_prev_total"  # and held total, like Switch.prev_totals
 REG_EPOCH_LOG = "herd_epoch_log"  # bit<64>, EPOCH_LOG entries: epoch << 32 | first packet
 REG_EPOCH_ORIGIN = "herd_epoch_origin"  # bit<48>, 1 entry: epoch 0's start, switch's clock
 AGGREGATOR_PORT = 2  # where an ingress switch forwards every packet (topology: port 2)
@@ -127,9 +149,60 @@ class SwitchDriver(ABC):
         log = [self.register_read(REG_EPOCH_LOG, i) for i in range(EPOCH_LOG)]
         return epoch_starts(log, current)
 
+    def held_totals(self, epoch: int, flows: Sequence[FiveTuple],
+                    stages: Sequence[int]) -> list[int]:
+        """Confirm's pull: each flow's held total at the end of ``epoch``
+        (``herd.switch.held_total``; HELD_UNKNOWN where the switch has overwritten it), the
+        switch's stage sizes being ``stages``. Reads only the flows' slots, the epoch tags
+        first and last: a slot a new flow took meanwhile had its epoch's words moved to
+        ``prev`` before its tag changed, so its ``prev`` words are read again after. Drivers
+        that can read a table in one step override this."""
+        slots = flows_stage_slots(flows, stages)
+        index = sorted({int(x) for row in slots for x in row})
+        table = np.zeros((max(index, default=0) + 1, SLOT_FIELDS), np.uint32)
+
+        def read(name: str, field: int, which: Sequence[int]) -> None:
+            for i in which:
+                table[i, field] = self.register_read(name, i)
+
+        read(REG_STAGE_EPOCH, SLOT_EPOCH, index)
+        before = table[index, SLOT_EPOCH].copy()
+        read(REG_STAGE_FP, SLOT_FP, index)
+        read(REG_STAGE_TOTAL, SLOT_TOTAL, index)
+        read(REG_STAGE_PREV_FP, SLOT_PREV_FP, index)
+        read(REG_STAGE_PREV_TOTAL, SLOT_PREV_TOTAL, index)
+        read(REG_STAGE_EPOCH, SLOT_EPOCH, index)
+        moved = [i for i, b in zip(index, before, strict=True) if table[i, SLOT_EPOCH] != b]
+        read(REG_STAGE_PREV_FP, SLOT_PREV_FP, moved)
+        read(REG_STAGE_PREV_TOTAL, SLOT_PREV_TOTAL, moved)
+        return decode_held_totals(table, flows, slots, stages, epoch)
+
     def reset_tables(self) -> None:
         """The overflow policy "reset": clear every stage of the hash table. Drivers that
         can do it in one step override this."""
         self.register_reset(REG_STAGE_FP)
         self.register_reset(REG_STAGE_COUNT)
+        self.register_reset(REG_STAGE_TOTAL)
         self.register_write(REG_HERD, REG_OCCUPIED, 0)
+
+
+def flows_stage_slots(flows: Sequence[FiveTuple], stages: Sequence[int]) -> np.ndarray:
+    """Each flow's slot in every stage (rows), as the switch hashes it."""
+    offsets, sizes = stage_layout(stages)
+    out = np.zeros((len(flows), len(sizes)), np.int64)
+    for row, flow in zip(out, flows, strict=True):
+        flow_slots(*flow, offsets, sizes, row)
+    return out
+
+
+def decode_held_totals(table: np.ndarray, flows: Sequence[FiveTuple], slots: np.ndarray,
+                       stages: Sequence[int], epoch: int) -> list[int]:
+    """``herd.switch.held_total`` of each flow over ``table`` (the switch's slot words as read,
+    rows by slot index; only the flows' slots need be filled)."""
+    offsets, sizes = stage_layout(stages)
+    scratch = np.zeros(len(sizes), np.int64)
+    out = []
+    for flow, row in zip(flows, slots, strict=True):
+        fp = flow_slots(*flow, offsets, sizes, scratch)
+        out.append(int(held_total(table, row, fp, epoch)))
+    return out
