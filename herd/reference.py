@@ -3,8 +3,10 @@ the compiled kernels: the tests' oracle for the simulator, and the benchmarks' b
 
 Everything is restated from the definitions, with plain ints, dicts and lists: hashes are
 ``zlib.crc32`` of the big-endian field bytes, the PRNG is xorshift32 on a Python int, the
-coordinator is a dict of sets. It covers the ideal control loop (delay 0) and both overflow
-policies; it is slow on purpose (no numpy, no numba).
+coordinator is a dict of sets. It covers the ideal control loop (delay 0), both overflow
+policies and confirm (each epoch's held totals read from the tables at its end, by
+definition, not through the switch's previous-epoch words); it is slow on purpose (no numpy,
+no numba).
 """
 
 from __future__ import annotations
@@ -53,6 +55,7 @@ class _Switch:
     slots: list[int]  # per slot: fingerprint (0: empty)
     counts: list[int]
     epochs: list[int]
+    totals: list[int]
     entries: dict[int, tuple[int, int]] = field(default_factory=dict)  # g -> (tau, r)
     hello_sent: set[int] = field(default_factory=set)
     epoch: int = 0
@@ -74,6 +77,10 @@ class ReferenceResult:
     overflows: list[int]
     peak_states: list[int]
     elephants: dict[tuple[int, int], int]  # (flow, epoch) -> time of its R-th report
+    # With confirm: (flow, epoch) -> time detected (R-th report, else the pull), and the
+    # candidates pulled.
+    confirmed: dict[tuple[int, int], int] = field(default_factory=dict)
+    candidates: int = 0
 
 
 def simulate_reference(trace: Trace, params: Params, T: int, packets: int | None = None
@@ -85,8 +92,9 @@ def simulate_reference(trace: Trace, params: Params, T: int, packets: int | None
     offsets = [sum(stages[:i]) for i in range(len(stages))]
     sample = _threshold(params.s)
     hold = int(math.floor(1.0 / params.s + 0.5))
-    switches = [_Switch(_seed(params.seed, sw), [0] * sum(stages), [0] * sum(stages),
-                        [0] * sum(stages)) for sw in range(k)]
+    slots = sum(stages)
+    switches = [_Switch(_seed(params.seed, sw), [0] * slots, [0] * slots, [0] * slots,
+                        [0] * slots) for sw in range(k)]
     lb = _seed(params.seed, 0xFFFF)
     p_threshold = _threshold(params.p)
     members: dict[int, set[int]] = {}
@@ -105,12 +113,45 @@ def simulate_reference(trace: Trace, params: Params, T: int, packets: int | None
     given = trace.ingress[:n].tolist() if n and int(trace.ingress[0]) >= 0 else None
     first = ts_all[0] if n else 0
     epoch = 0
+    counted: dict[tuple[int, int], int] = {}  # reports per (flow, epoch)
+    confirmed: dict[tuple[int, int], int] = {}
+    pulled = [0]
+
+    def fingerprint(f: int) -> int:
+        return 1 + _crc(0x00, five[f]) % _MASK
+
+    def held(s: _Switch, f: int, e: int) -> int:
+        """The flow's held total in the switch's table at the end of epoch e."""
+        for st, size in enumerate(stages):
+            x = offsets[st] + _crc(0x01 + st, five[f]) % size
+            if s.epochs[x] != e or s.slots[x] == 0:
+                return 0
+            if s.slots[x] == fingerprint(f):
+                return s.totals[x]
+        return 0
+
+    def pull(e: int, at: int) -> None:
+        """Confirm at the end of epoch e, the tables as they stand."""
+        seen: dict[int, int] = {}
+        first_rth: dict[int, int] = {}
+        for f, re, ts in reports:
+            if re == e:
+                seen[f] = seen.get(f, 0) + 1
+                if seen[f] == R:
+                    first_rth[f] = ts
+        for f, c in seen.items():
+            if c >= min(params.confirm_reports, R):
+                pulled[0] += 1
+                if sum(held(s, f, e) for s in switches) >= T:
+                    confirmed[(f, e)] = first_rth.get(f, at)
+
     for i in range(n):
         for sw, g, lg in pending:  # the ideal control loop: before the next packet
             if lg < 0:
                 s = switches[sw]
                 s.slots = [0] * len(s.slots)
                 s.counts = [0] * len(s.counts)
+                s.totals = [0] * len(s.totals)
                 s.occupied = 0
             elif lg > controller_l[sw].get(g, 0):
                 controller_l[sw][g] = lg
@@ -118,8 +159,10 @@ def simulate_reference(trace: Trace, params: Params, T: int, packets: int | None
                 switches[sw].entries[g] = (tau, _threshold(1.0 / lg))
         pending.clear()
         ts, f = ts_all[i], flow_all[i]
-        if W and ts >= first:
-            epoch = max(epoch, (ts - first) // W)
+        if W and ts >= first and (ts - first) // W > epoch:
+            if params.confirm:
+                pull(epoch, first + (epoch + 1) * W)
+            epoch = (ts - first) // W
         src, dst = five[f][0], five[f][1]
         if given is not None:
             sw = given[i]
@@ -149,7 +192,7 @@ def simulate_reference(trace: Trace, params: Params, T: int, packets: int | None
                     pending.append((sw, g, lg))
             continue
         tau, r = s.entries[g]
-        fp = 1 + _crc(0x00, five[f]) % _MASK
+        fp = fingerprint(f)
         slot = empty = -1
         for st, size in enumerate(stages):
             x = offsets[st] + _crc(0x01 + st, five[f]) % size
@@ -161,6 +204,7 @@ def simulate_reference(trace: Trace, params: Params, T: int, packets: int | None
                 break
         if slot >= 0:
             s.counts[slot] += 1
+            s.totals[slot] += 1
         else:
             if not s.flip(sample):
                 continue
@@ -171,6 +215,7 @@ def simulate_reference(trace: Trace, params: Params, T: int, packets: int | None
                 continue
             slot = empty
             s.slots[slot], s.counts[slot], s.epochs[slot] = fp, hold, s.epoch
+            s.totals[slot] = hold
             s.occupied += 1
             s.peak = max(s.peak, s.occupied)
         if s.counts[slot] >= tau:
@@ -178,12 +223,13 @@ def simulate_reference(trace: Trace, params: Params, T: int, packets: int | None
             if s.flip(r):
                 s.reports += 1
                 reports.append((f, s.epoch, ts))
-    seen: dict[tuple[int, int], int] = {}
+    if params.confirm and n:
+        pull(epoch, first + (epoch + 1) * W if W else ts_all[-1])
     elephants: dict[tuple[int, int], int] = {}
     for f, e, ts in reports:
-        seen[(f, e)] = seen.get((f, e), 0) + 1
-        if seen[(f, e)] == R:
+        counted[(f, e)] = counted.get((f, e), 0) + 1
+        if counted[(f, e)] == R:
             elephants[(f, e)] = ts
     return ReferenceResult(reports, [s.hellos for s in switches],
                            [s.overflows for s in switches], [s.peak for s in switches],
-                           elephants)
+                           elephants, confirmed, pulled[0])

@@ -261,11 +261,51 @@ def test_simulator_equals_the_plain_python_reference(tmp_path: Path, kw: dict) -
         assert m["overflows"] > 0 and m["table_resets"] > 0
 
 
+@pytest.mark.parametrize("kw", [
+    dict(epoch_ms=12.5, confirm=True),
+    dict(epoch_ms=3, s=0.6, stages=(8, 4, 2), confirm=True, confirm_reports=1),
+    dict(epoch_ms=3, s=1.0, stages=(4, 2, 1), overflow_policy="reset", confirm=True),
+    dict(epoch_ms=40, k=3, p=0.7, percentile=95, epsilon=0.3, confirm=True,
+         confirm_reports=5),  # C > R: the candidates are the early detections
+    dict(confirm=True, confirm_reports=2),
+])
+def test_confirm_equals_the_plain_python_reference(tmp_path: Path, kw: dict) -> None:
+    prep = _random_capture(tmp_path)
+    params = Params(**kw)
+    r = simulate(prep, params)
+    ref = simulate_reference(prep.trace, params, r.T)
+    expected = sorted((int(e) << 32 | f, ts) for (f, e), ts in ref.confirmed.items())
+    got = list(zip(r.detection.keys.tolist(), r.detection.detect_ts.tolist(), strict=True))
+    assert got == expected and len(got) > 0
+    m = r.metrics
+    assert m["confirm_candidates"] == ref.candidates > m["confirmed"] == len(expected)
+    assert m["reports"] == len(ref.reports) and m["unknown_held_totals"] == 0
+    # Early detections keep their R-th report's time; the others are found at the pull.
+    early = {(f, e) for (f, e) in ref.confirmed if (f, e) in ref.elephants}
+    assert int(r.detection.early.sum()) == len(early)
+    # The costs: every switch's pull, and the bigger slots.
+    assert m["pull_messages"] > 0 and m["slot_bytes"] == 24
+    assert m["messages"] == m["hellos"] + m["reports"] + m["overflows"] + m["pull_messages"]
+
+
+def test_confirm_off_changes_nothing(tmp_path: Path) -> None:
+    prep = _random_capture(tmp_path, seed=4)
+    off = simulate(prep, Params(epoch_ms=5, confirm_reports=1)).to_dict()
+    on = simulate(prep, Params(epoch_ms=5, confirm=True, confirm_reports=1)).to_dict()
+    ref = simulate_reference(prep.trace, Params(epoch_ms=5), off["T"])
+    assert off["detected"] == len(ref.elephants) and off["pull_messages"] == 0
+    assert off["slot_bytes"] == 12 and "confirmed" not in off
+    # The switches and reports are the same with confirm on; only the verdicts differ.
+    assert (on["reports"], on["hellos"], on["states_per_switch"]) == \
+        (off["reports"], off["hellos"], off["states_per_switch"])
+
+
 @pytest.mark.parametrize("chunk", [1, 7, 500])
 def test_results_do_not_depend_on_the_chunk_size(tmp_path: Path, chunk: int,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     prep = _random_capture(tmp_path, seed=3)
-    params = Params(epoch_ms=4, s=0.5, stages=(16, 8, 4), overflow_policy="reset", delay_ms=0.3)
+    params = Params(epoch_ms=4, s=0.5, stages=(16, 8, 4), overflow_policy="reset", delay_ms=0.3,
+                    confirm=True, confirm_reports=2)
     whole = simulate(prep, params).to_dict()
     # A chunk boundary inside an epoch and (chunks longer than a packet) an epoch boundary
     # inside a chunk.
