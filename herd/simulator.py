@@ -412,7 +412,7 @@ class _Run:
         self.group_state = np.zeros((k, N_GROUPS), dtype=np.uint8)
         self.group_tau = np.zeros((k, N_GROUPS), dtype=np.uint32)
         self.group_r = np.zeros((k, N_GROUPS), dtype=np.uint32)
-        self.table = np.zeros((k, slots, SLOT_FIELDS), dtype=np.uint32)
+        self.table = np.zeros((k, SLOT_FIELDS, slots), dtype=np.uint32)
         self.epoch_log = np.zeros((k, EPOCH_LOG), dtype=np.uint64)
         self.members = np.zeros((N_GROUPS, k), dtype=np.bool_)
         self.member_count = np.zeros(N_GROUPS, dtype=np.int32)

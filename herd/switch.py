@@ -8,11 +8,11 @@ and :class:`Switch` (the model target, behind the model driver) calls it per pac
 - ``regs``: a few ``bit<32>`` registers (PRNG state, sample threshold, hold start, counters);
 - ``group_state / group_tau / group_r``: the group table (keyed by g = src/8, dst/8) and
   the one-bit "hello already sent" register, folded into one state byte per group;
-- ``table``: the multi-stage hash table, all stages in one flat array of slots; stage ``i``
-  occupies ``[offset_i, offset_i + size_i)``. A slot is SLOT_FIELDS words (one cache line's
-  worth; P4: one register array per field): the flow's fingerprint, its counter, the epoch the
-  slot was written in, and for confirm (below) the flow's held total and what the slot held
-  in the previous epoch;
+- ``table``: the multi-stage hash table, ``table[SLOT_*]`` one array over the slots per word
+  of a slot (P4: one register array each), all stages in one flat array; stage ``i``
+  occupies ``[offset_i, offset_i + size_i)``. A slot's words: the flow's fingerprint, its
+  counter, the epoch the slot was written in, and for confirm (below) the flow's held total
+  and what the slot held in the previous epoch;
 - ``epoch_log``: where each epoch began, ``epoch << 32 | packet`` (the switch's packet count
   before it) at ``epoch mod EPOCH_LOG``, so the control plane can read when the switch's
   epochs changed (the epoch in the entry tells a current entry from a stale one).
@@ -140,7 +140,7 @@ def switch_packet(
     epoch: int,
 ) -> tuple[int, int]:
     """Run one IPv4 packet of group ``g`` through switch ``sw`` in epoch ``epoch``: every
-    array has one row per switch (a simulated network; ``table[sw, slot, SLOT_*]``), and
+    array has one row per switch (a simulated network; ``table[sw, SLOT_*, slot]``), and
     ``flow_slots[f, :stages]`` are the flow's slot in each stage, ``fp`` its fingerprint
     (``herd.hashing.flow_slots``).
 
@@ -171,15 +171,15 @@ def switch_packet(
     empty = -1
     for i in range(stages):
         s = flow_slots[f, i]
-        if table[sw, s, SLOT_EPOCH] != e or table[sw, s, SLOT_FP] == 0:
+        if table[sw, SLOT_EPOCH, s] != e or table[sw, SLOT_FP, s] == 0:
             empty = s
             break
-        if table[sw, s, SLOT_FP] == fp:
+        if table[sw, SLOT_FP, s] == fp:
             slot = s
             break
     if slot >= 0:
-        table[sw, slot, SLOT_COUNT] += 1
-        table[sw, slot, SLOT_TOTAL] += 1
+        table[sw, SLOT_COUNT, slot] += 1
+        table[sw, SLOT_TOTAL, slot] += 1
     else:
         # An untracked flow is sampled with probability s; only a flow that would have
         # been sampled and finds no room is an overflow.
@@ -189,25 +189,24 @@ def switch_packet(
             regs[sw, REG_OVERFLOWS] += 1
             return EV_OVERFLOW, 0
         slot = empty
-        row = table[sw, slot]
-        if row[SLOT_EPOCH] != e:  # from an older epoch: keep the previous epoch's for a pull
-            last = row[SLOT_EPOCH] + 1 == e
-            row[SLOT_PREV_FP] = row[SLOT_FP] if last else 0
-            row[SLOT_PREV_TOTAL] = row[SLOT_TOTAL] if last else 0
-        row[SLOT_FP] = fp
-        row[SLOT_EPOCH] = e
+        if table[sw, SLOT_EPOCH, slot] != e:  # from an older epoch: keep its words for a pull
+            last = table[sw, SLOT_EPOCH, slot] + 1 == e
+            table[sw, SLOT_PREV_FP, slot] = table[sw, SLOT_FP, slot] if last else 0
+            table[sw, SLOT_PREV_TOTAL, slot] = table[sw, SLOT_TOTAL, slot] if last else 0
+        table[sw, SLOT_FP, slot] = fp
+        table[sw, SLOT_EPOCH, slot] = e
         # Sample-and-hold correction: the packets missed before sampling, about 1/s.
-        row[SLOT_COUNT] = regs[sw, REG_HOLD_START]
-        row[SLOT_TOTAL] = regs[sw, REG_HOLD_START]
+        table[sw, SLOT_COUNT, slot] = regs[sw, REG_HOLD_START]
+        table[sw, SLOT_TOTAL, slot] = regs[sw, REG_HOLD_START]
         regs[sw, REG_OCCUPIED] += 1
         if regs[sw, REG_OCCUPIED] > regs[sw, REG_PEAK_OCCUPIED]:
             regs[sw, REG_PEAK_OCCUPIED] = regs[sw, REG_OCCUPIED]
 
     # 4. A mole that reaches tau_g becomes a mule: restart its count and report it with
     #    probability r_g.
-    c = table[sw, slot, SLOT_COUNT]
+    c = table[sw, SLOT_COUNT, slot]
     if c >= group_tau[sw, g]:
-        table[sw, slot, SLOT_COUNT] = 0
+        table[sw, SLOT_COUNT, slot] = 0
         if _flip(regs, sw, group_r[sw, g]):
             regs[sw, REG_REPORTS] += 1
             return EV_REPORT, c
@@ -248,27 +247,27 @@ def install_group(group_state: np.ndarray, group_tau: np.ndarray, group_r: np.nd
 def reset_tables(regs: np.ndarray, table: np.ndarray) -> None:
     """Clear every stage of the hash table (the overflow policy "reset"): the current
     epoch's flows, counters and held totals; a slot's epoch tag and previous epoch stay."""
-    table[:, SLOT_FP] = 0
-    table[:, SLOT_COUNT] = 0
-    table[:, SLOT_TOTAL] = 0
+    table[SLOT_FP] = 0
+    table[SLOT_COUNT] = 0
+    table[SLOT_TOTAL] = 0
     regs[REG_OCCUPIED] = 0
 
 
 @njit(cache=True)
 def held_total(table: np.ndarray, slots: np.ndarray, fp: int, epoch: int) -> int:
     """The held total a flow had at the end of ``epoch`` on one switch (0: not tracked),
-    from the flow's stage slots ``slots`` and the switch's ``table[slot, SLOT_*]`` as they
+    from the flow's stage slots ``slots`` and the switch's ``table[SLOT_*, slot]`` as they
     stand at any time before the switch enters epoch + 2: HELD_UNKNOWN where a slot it needs
     was taken again since. Walks the stages as the switch did at the epoch's end: in that
     epoch a slot held (fp, total) if tagged with it, its ``prev`` words if tagged with the
     next epoch, nothing if tagged earlier."""
     for i in range(len(slots)):
-        row = table[slots[i]]
-        tag = np.int64(row[SLOT_EPOCH])
+        x = slots[i]
+        tag = np.int64(table[SLOT_EPOCH, x])
         if tag == epoch:
-            held, total = row[SLOT_FP], row[SLOT_TOTAL]
+            held, total = table[SLOT_FP, x], table[SLOT_TOTAL, x]
         elif tag == epoch + 1:
-            held, total = row[SLOT_PREV_FP], row[SLOT_PREV_TOTAL]
+            held, total = table[SLOT_PREV_FP, x], table[SLOT_PREV_TOTAL, x]
         elif tag < epoch:
             return 0  # empty all epoch: the flow was not tracked
         else:
@@ -331,7 +330,7 @@ class Switch:
         self.group_state = np.zeros(N_GROUPS, dtype=np.uint8)
         self.group_tau = np.zeros(N_GROUPS, dtype=np.uint32)
         self.group_r = np.zeros(N_GROUPS, dtype=np.uint32)
-        self.table = np.zeros((slots, SLOT_FIELDS), dtype=np.uint32)
+        self.table = np.zeros((SLOT_FIELDS, slots), dtype=np.uint32)
         self.epoch_log = np.zeros(EPOCH_LOG, dtype=np.uint64)
         self.epoch_origin_us = 0  # when epoch 0 began, in the switch's clock
         self._slots = np.zeros(len(self.stages), dtype=np.int64)
@@ -340,27 +339,27 @@ class Switch:
     # the P4 program's register arrays.
     @property
     def fps(self) -> np.ndarray:
-        return self.table[:, SLOT_FP]
+        return self.table[SLOT_FP]
 
     @property
     def counts(self) -> np.ndarray:
-        return self.table[:, SLOT_COUNT]
+        return self.table[SLOT_COUNT]
 
     @property
     def epochs(self) -> np.ndarray:
-        return self.table[:, SLOT_EPOCH]
+        return self.table[SLOT_EPOCH]
 
     @property
     def totals(self) -> np.ndarray:
-        return self.table[:, SLOT_TOTAL]
+        return self.table[SLOT_TOTAL]
 
     @property
     def prev_fps(self) -> np.ndarray:
-        return self.table[:, SLOT_PREV_FP]
+        return self.table[SLOT_PREV_FP]
 
     @property
     def prev_totals(self) -> np.ndarray:
-        return self.table[:, SLOT_PREV_TOTAL]
+        return self.table[SLOT_PREV_TOTAL]
 
     def configure(self, config: SwitchConfig) -> None:
         self.regs[REG_PRNG] = config.prng_seed

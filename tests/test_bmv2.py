@@ -368,16 +368,16 @@ class HerdPair:
 
     def _note_claims(self, before: np.ndarray) -> None:
         after = self.model.table
-        claimed = before[:, SLOT_EPOCH] != after[:, SLOT_EPOCH]
-        self.prev_kept += int((claimed & (after[:, SLOT_PREV_FP] != 0)).sum())
-        self.prev_zeroed += int((claimed & (before[:, SLOT_PREV_FP] != 0)
-                                 & (after[:, SLOT_PREV_FP] == 0)).sum())
+        claimed = before[SLOT_EPOCH] != after[SLOT_EPOCH]
+        self.prev_kept += int((claimed & (after[SLOT_PREV_FP] != 0)).sum())
+        self.prev_zeroed += int((claimed & (before[SLOT_PREV_FP] != 0)
+                                 & (after[SLOT_PREV_FP] == 0)).sum())
 
     def load_slots(self, table: np.ndarray) -> None:
         """Every slot word, in BMv2 and in the model (as a control plane could write them)."""
         self.model.table[:] = table
         for field, name in SLOT_REGISTERS.items():
-            for i, word in enumerate(table[:, field]):
+            for i, word in enumerate(table[field]):
                 self.sw.thrift.register_write(name, i, int(word))
 
     def assert_registers_match(self) -> None:
@@ -385,7 +385,7 @@ class HerdPair:
         sw, model = self.sw, self.model
         assert sw.register("herd_regs") == [int(x) for x in model.regs]
         for field, name in SLOT_REGISTERS.items():  # fp, count, epoch tag, confirm's words
-            assert sw.register(name) == [int(x) for x in model.table[:, field]], name
+            assert sw.register(name) == [int(x) for x in model.table[field]], name
         assert sw.register(REG_EPOCH_LOG) == [int(x) for x in model.epoch_log]
         assert sw.register(REG_EPOCH_ORIGIN) == [model.epoch_origin_us]
         # the model folds hello_sent into its group state
@@ -510,7 +510,7 @@ def test_herd_switch_slot_words_match_the_model_from_any_state(herd_bmv2: Bmv2Sw
     rnd = random.Random(epoch)
     tags = [t for t in (epoch, epoch - 1, epoch - 2, epoch + 1, 0xFFFFFFFF) if t >= 0]
     table = np.zeros_like(pair.model.table)
-    for row in table:
+    for row in table.T:  # slot by slot
         tag = rnd.choice(tags)
         fp = 0 if tag == epoch and rnd.random() < 0.5 else rnd.randrange(1, 1 << 32)
         row[:] = (fp, rnd.randrange(50), tag, rnd.randrange(1, 1000), rnd.randrange(1, 1 << 32),
@@ -521,10 +521,10 @@ def test_herd_switch_slot_words_match_the_model_from_any_state(herd_bmv2: Bmv2Sw
     for frame in frames(seed=5)[:150]:
         assert pair.step(frame) in (epoch, None)
     pair.assert_registers_match()
-    claimed = pair.model.table[:, SLOT_EPOCH] != table[:, SLOT_EPOCH]
-    wrapped = claimed & (table[:, SLOT_EPOCH] == 0xFFFFFFFF)
+    claimed = pair.model.table[SLOT_EPOCH] != table[SLOT_EPOCH]
+    wrapped = claimed & (table[SLOT_EPOCH] == 0xFFFFFFFF)
     assert wrapped.any() and pair.prev_zeroed > 0
-    assert not pair.model.table[wrapped][:, [SLOT_PREV_FP, SLOT_PREV_TOTAL]].any()
+    assert not pair.model.table[[SLOT_PREV_FP, SLOT_PREV_TOTAL]][:, wrapped].any()
     if epoch > 0:
         assert pair.prev_kept > 0
 

@@ -158,24 +158,29 @@ class SwitchDriver(ABC):
         ``prev`` before its tag changed, so its ``prev`` words are read again after. Drivers
         that can read a table in one step override this."""
         slots = flows_stage_slots(flows, stages)
-        index = sorted({int(x) for row in slots for x in row})
-        table = np.zeros((max(index, default=0) + 1, SLOT_FIELDS), np.uint32)
+        index = np.unique(slots)
+        table = np.zeros((SLOT_FIELDS, int(index.max(initial=0)) + 1), np.uint32)
 
-        def read(name: str, field: int, which: Sequence[int]) -> None:
-            for i in which:
-                table[i, field] = self.register_read(name, i)
+        def read(name: str, field: int, which: np.ndarray) -> None:
+            if len(which):
+                table[field, which] = self.read_cells(name, which)
 
         read(REG_STAGE_EPOCH, SLOT_EPOCH, index)
-        before = table[index, SLOT_EPOCH].copy()
+        before = table[SLOT_EPOCH, index].copy()
         read(REG_STAGE_FP, SLOT_FP, index)
         read(REG_STAGE_TOTAL, SLOT_TOTAL, index)
         read(REG_STAGE_PREV_FP, SLOT_PREV_FP, index)
         read(REG_STAGE_PREV_TOTAL, SLOT_PREV_TOTAL, index)
         read(REG_STAGE_EPOCH, SLOT_EPOCH, index)
-        moved = [i for i, b in zip(index, before, strict=True) if table[i, SLOT_EPOCH] != b]
+        moved = index[table[SLOT_EPOCH, index] != before]
         read(REG_STAGE_PREV_FP, SLOT_PREV_FP, moved)
         read(REG_STAGE_PREV_TOTAL, SLOT_PREV_TOTAL, moved)
         return decode_held_totals(table, flows, slots, stages, epoch)
+
+    def read_cells(self, name: str, which: np.ndarray) -> np.ndarray:
+        """Cells ``which`` of a register array, one read a cell; drivers that read a whole
+        array in one call override this where that is fewer calls."""
+        return np.array([self.register_read(name, int(i)) for i in which], np.uint32)
 
     def reset_tables(self) -> None:
         """The overflow policy "reset": clear every stage of the hash table. Drivers that
@@ -198,7 +203,7 @@ def flows_stage_slots(flows: Sequence[FiveTuple], stages: Sequence[int]) -> np.n
 def decode_held_totals(table: np.ndarray, flows: Sequence[FiveTuple], slots: np.ndarray,
                        stages: Sequence[int], epoch: int) -> list[int]:
     """``herd.switch.held_total`` of each flow over ``table`` (the switch's slot words as read,
-    rows by slot index; only the flows' slots need be filled)."""
+    ``table[SLOT_*, slot]``; only the flows' slots need be filled)."""
     offsets, sizes = stage_layout(stages)
     scratch = np.zeros(len(sizes), np.int64)
     out = []

@@ -38,25 +38,13 @@ from herd.services.drivers.base import (
     REG_EPOCH_ORIGIN,
     REG_HERD,
     REG_STAGE_EPOCH,
-    REG_STAGE_FP,
-    REG_STAGE_PREV_FP,
-    REG_STAGE_PREV_TOTAL,
-    REG_STAGE_TOTAL,
     CpuRecord,
     FiveTuple,
     SwitchDriver,
-    decode_held_totals,
-    flows_stage_slots,
 )
 from herd.services.drivers.bmv2_thrift import Bmv2Thrift
 from herd.switch import (
     REG_EPOCH,
-    SLOT_EPOCH,
-    SLOT_FIELDS,
-    SLOT_FP,
-    SLOT_PREV_FP,
-    SLOT_PREV_TOTAL,
-    SLOT_TOTAL,
     epoch_starts,
 )
 
@@ -154,44 +142,24 @@ class Bmv2Driver(SwitchDriver):
 
     def held_totals(self, epoch: int, flows: Sequence[FiveTuple],
                     stages: Sequence[int]) -> list[int]:
-        """Confirm's pull (``SwitchDriver.held_totals``): each flow's held total at the end of
-        ``epoch``. The same reads in the same order as the default, the epoch tags first and
-        last and the ``prev`` words again for the slots whose tag changed in between, but each
-        a whole register array per call (``register_read_all``) where that is fewer calls
-        than one per cell of the flows' slots."""
-        slots = flows_stage_slots(flows, stages)
-        index = sorted({int(x) for row in slots for x in row})
+        """Confirm's pull (``SwitchDriver.held_totals``), after checking that the stages
+        make the program's slots."""
         with self._lock:
             size = self._api.register_name(REG_STAGE_EPOCH)[2]
         if size != sum(int(s) for s in stages):
             raise HerdInputError(f"bmv2 driver {self.name}: stages {tuple(stages)} make "
                                  f"{sum(int(s) for s in stages)} slots, the switch's program "
                                  f"has {size}")
-        table = np.zeros((size, SLOT_FIELDS), np.uint32)
+        return super().held_totals(epoch, flows, stages)
 
-        def read(name: str, field: int, which: list[int]) -> None:
-            """The cells ``which`` of a register into the table, only those (a slot's words
-            read earlier stay as read): the whole array in one call, one cell a call where
-            that is no more calls."""
-            if len(which) > 1:
-                with self._lock:
-                    words = np.asarray(self._api.register_read_all(name), np.uint32)
-                table[which, field] = words[which]
-            else:
-                for i in which:
-                    table[i, field] = self.register_read(name, i)
-
-        read(REG_STAGE_EPOCH, SLOT_EPOCH, index)
-        before = table[index, SLOT_EPOCH].copy()
-        read(REG_STAGE_FP, SLOT_FP, index)
-        read(REG_STAGE_TOTAL, SLOT_TOTAL, index)
-        read(REG_STAGE_PREV_FP, SLOT_PREV_FP, index)
-        read(REG_STAGE_PREV_TOTAL, SLOT_PREV_TOTAL, index)
-        read(REG_STAGE_EPOCH, SLOT_EPOCH, index)
-        moved = [i for i, b in zip(index, before, strict=True) if table[i, SLOT_EPOCH] != b]
-        read(REG_STAGE_PREV_FP, SLOT_PREV_FP, moved)
-        read(REG_STAGE_PREV_TOTAL, SLOT_PREV_TOTAL, moved)
-        return decode_held_totals(table, flows, slots, stages, epoch)
+    def read_cells(self, name: str, which: np.ndarray) -> np.ndarray:
+        """Cells of a register array: the whole array in one call (only ``which`` taken from
+        it, so that a slot's words read earlier stay as read), one cell a call where that is
+        no more calls."""
+        if len(which) > 1:
+            with self._lock:
+                return np.asarray(self._api.register_read_all(name), np.uint32)[which]
+        return super().read_cells(name, which)
 
     def messages(self) -> Iterator[CpuRecord]:
         if not self.cpu_interface:
