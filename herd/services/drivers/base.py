@@ -155,8 +155,9 @@ class SwitchDriver(ABC):
         (``herd.switch.held_total``; HELD_UNKNOWN where the switch has overwritten it), the
         switch's stage sizes being ``stages``. Reads only the flows' slots, the epoch tags
         first and last: a slot a new flow took meanwhile had its epoch's words moved to
-        ``prev`` before its tag changed, so its ``prev`` words are read again after. Drivers
-        that can read a table in one step override this."""
+        ``prev`` before its tag changed, so its ``prev`` words are read again after (and its
+        tag once more: a slot taken yet again reads as unknown). Drivers that can read a
+        register array in one step override ``read_cells``."""
         slots = flows_stage_slots(flows, stages)
         index = np.unique(slots)
         table = np.zeros((SLOT_FIELDS, int(index.max(initial=0)) + 1), np.uint32)
@@ -173,8 +174,12 @@ class SwitchDriver(ABC):
         read(REG_STAGE_PREV_TOTAL, SLOT_PREV_TOTAL, index)
         read(REG_STAGE_EPOCH, SLOT_EPOCH, index)
         moved = index[table[SLOT_EPOCH, index] != before]
-        read(REG_STAGE_PREV_FP, SLOT_PREV_FP, moved)
-        read(REG_STAGE_PREV_TOTAL, SLOT_PREV_TOTAL, moved)
+        if len(moved):
+            read(REG_STAGE_PREV_FP, SLOT_PREV_FP, moved)
+            read(REG_STAGE_PREV_TOTAL, SLOT_PREV_TOTAL, moved)
+            # A slot taken yet again (a still later epoch) may hold another epoch's prev
+            # words now: its tag, read once more, makes it unknown.
+            read(REG_STAGE_EPOCH, SLOT_EPOCH, moved)
         return decode_held_totals(table, flows, slots, stages, epoch)
 
     def read_cells(self, name: str, which: np.ndarray) -> np.ndarray:
