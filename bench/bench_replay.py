@@ -1,7 +1,7 @@
 """Benchmark of ``herd replay``: hello -> install latency and replay throughput.
 
     python bench/bench_replay.py [--packets 60000] [--k 10] [--pps 2000,5000,0] [--runs 3]
-                                 [--epoch-ms 150 --epoch-pps 5000]
+                                 [--epoch-ms 150 --epoch-pps 5000] [--confirm [--confirm-reports C]]
 
 Writes a synthetic trace, then for each rate (0 = full speed) runs the whole distributed
 system ``--runs`` times (coordinator, k controllers, k model switches, real sockets) and
@@ -11,8 +11,10 @@ simulator with the run's measured control-plane timing (and at one constant dela
 mean). The epochs case (``--epoch-ms W``, 0 to leave it out) replays the trace with its own
 timing sped up to a mean of ``--epoch-pps``, the switches on their own clocks, and scores per
 (flow, epoch); its F1 is compared with the simulator under the measured timing and switch
-epochs, and late reports and packets in another epoch than the trace's are counted. Prints a
-table and, last, one JSON line.
+epochs, and late reports and packets in another epoch than the trace's are counted. With
+``--confirm`` every case runs Herd + confirm: the pull's messages and unknown held totals are
+reported beside the rest (the simulator compared with runs confirm too). Prints a table and,
+last, one JSON line.
 
 Latency against rate, this checkout against another (``--latency-vs-rate``):
 
@@ -170,6 +172,9 @@ def main() -> int:
     p.add_argument("--out", help="--latency-vs-rate: write the JSON here")
     p.add_argument("--plot", help="--latency-vs-rate: write the plot (PNG) here")
     p.add_argument("--timeout", type=float, default=900.0, help="seconds per replay")
+    p.add_argument("--confirm", action="store_true", help="Herd + confirm (not with "
+                   "--latency-vs-rate)")
+    p.add_argument("--confirm-reports", type=int, default=3, metavar="C")
     args = p.parse_args()
     if args.latency_vs_rate:
         return latency_vs_rate(args)
@@ -185,7 +190,8 @@ def main() -> int:
         path = Path(tmp) / "bench.pcap"
         write_synthetic_pcap(path, args.packets, seed=args.seed)
         prep = PreparedTrace(load_trace(path))
-        params = Params(k=args.k, seed=args.seed)
+        params = Params(k=args.k, seed=args.seed, confirm=args.confirm,
+                        confirm_reports=args.confirm_reports)
         rows = []
         cases = [(float(x), 0.0) for x in args.pps.split(",")]
         if args.epoch_ms > 0:
@@ -213,6 +219,9 @@ def main() -> int:
                 "simulated_f1": med("simulated_f1"),
                 "simulated_f1_mean_delay": med("simulated_f1_mean_delay"),
                 "measured_delay_ms": med("measured_delay_ms"),
+                "messages": med("messages"),
+                "pull_messages": med("pull_messages"),
+                "unknown_held_totals": max(r.get("unknown_held_totals", 0) for r in runs),
             }
             rows.append(row)
             rate = "full speed" if pps == 0 else f"{pps:,.0f} pps"
@@ -225,11 +234,15 @@ def main() -> int:
                   f"timing {row['simulated_f1']:.3f}, at a constant "
                   f"{row['measured_delay_ms']:.3f} ms {row['simulated_f1_mean_delay']:.3f})"
                   + (f"; late reports {row['late_reports']}, packets in another epoch than "
-                     f"the trace's {row['epoch_mismatched_packets']}" if epoch_ms else ""),
+                     f"the trace's {row['epoch_mismatched_packets']}" if epoch_ms else "")
+                  + (f"; messages {row['messages']:,.0f} of which pull "
+                     f"{row['pull_messages']:,.0f}, unknown held totals "
+                     f"{row['unknown_held_totals']}" if args.confirm else ""),
                   flush=True)
     print(f"k={args.k}, {args.packets} packets, median of {args.runs} runs, {os.cpu_count()} "
           f"CPUs; target p99 < {TARGET_P99_MS} ms on loopback at a sustainable rate")
-    print(json.dumps({"k": args.k, "packets": args.packets, "runs": args.runs, "rows": rows}))
+    print(json.dumps({"k": args.k, "packets": args.packets, "runs": args.runs,
+                      "confirm": args.confirm, "rows": rows}))
     return 0 if all(r["lost_messages"] == 0 for r in rows) else 1
 
 

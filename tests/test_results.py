@@ -44,6 +44,26 @@ def test_a_simulation_scored_from_its_elephants_scores_the_same(epoch_ms: float)
     assert [r["f1"] for r in got["per_epoch"]] == [r["f1"] for r in sim.per_epoch]
 
 
+def test_a_confirm_simulation_scored_from_its_elephants_keeps_early_and_confirmed() -> None:
+    """With confirm (the results' params say so), each elephant's ``early`` is kept: the true
+    positives split into early and confirmed ones as the simulator splits them."""
+    prep = PreparedTrace(load_trace(PCAP))
+    params = Params(s=0.2, epsilon=0.1, confirm=True)
+    sim = simulate(prep, params)
+    assert sim.detection.early is not None
+    res = results_of(prep, sim.detection.keys)
+    for x, early in zip(res["elephants"], sim.detection.early.tolist(), strict=True):
+        x["early"] = early
+    plain = score_results(prep, params, res)
+    assert "early_true_positives" not in plain  # the file does not say it is confirm's
+    res["params"] = {"confirm": True}
+    got = score_results(prep, params, res)
+    assert got["f1"] == sim.f1
+    for key in ("early_true_positives", "confirmed_true_positives"):
+        assert got[key] == sim.metrics[key] > 0, key
+    assert not [k for k in got if "detection_delay" in k]  # wall clock: not scored
+
+
 def test_foreign_and_repeated_elephants() -> None:
     prep = PreparedTrace(load_trace(PCAP))
     params = Params()

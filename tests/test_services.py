@@ -353,7 +353,8 @@ def test_sigterm_writes_results_json_atomically(procs: Procs, tmp_path: Path) ->
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["params"]["R"] == 1 and res["params"]["switches"] == ["s1", "s2", "s3"]
     elephant = {"epoch": 0, "src": FLOW_A[0], "dst": FLOW_A[1], "sport": FLOW_A[2],
-                "dport": FLOW_A[3], "proto": FLOW_A[4], "reports": 1, "detected_ns": 12345}
+                "dport": FLOW_A[3], "proto": FLOW_A[4], "reports": 1, "detected_ns": 12345,
+                "early": True}  # by R reports (there is no pull without confirm)
     assert res["elephants"] == [elephant]
     assert res["switches"][0]["reports"] == 1 and res["counters"]["reports"] == 1
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".results.json")]
@@ -702,6 +703,13 @@ def test_model_switch_follows_its_clock_across_epochs(tmp_path: Path) -> None:
         regs = [drv.register_read("herd_regs", i) for i in range(11)]
         fps = [drv.register_read("stage_fp", i) for i in range(sum(stages))]
         tags = [drv.register_read("stage_epoch", i) for i in range(sum(stages))]
+        # Confirm's pull: every flow's held total at the end of epochs 2..4, one round trip
+        # each (epoch 2 partly overwritten by now: unknown there).
+        tuples = [(int(src[f]), int(dst[f]), int(sport[f]), int(dport[f]), int(proto[f]))
+                  for f in range(60)]
+        held = {e: drv.held_totals(e, tuples, stages) for e in (2, 3, 4)}
+        with pytest.raises(SwitchError, match=r"stages \(32, 16\): this switch has"):
+            drv.held_totals(3, tuples, (32, 16))
     finally:
         drv.close()
         model.stopping.set()
@@ -718,6 +726,8 @@ def test_model_switch_follows_its_clock_across_epochs(tmp_path: Path) -> None:
     # Lazily emptied: slots of older epochs still hold fingerprints; only this epoch's count.
     stale = [i for i, t in enumerate(tags) if t != 4 and fps[i] != 0]
     assert stale and regs[3] == sum(1 for i, t in enumerate(tags) if t == 4 and fps[i])
+    assert held == {e: [ref.held_total(*f, epoch=e) for f in tuples] for e in (2, 3, 4)}
+    assert all(x >= 0 for x in held[3]) and sum(held[3]) > 0 and -1 in held[2]
 
 
 @pytest.fixture(scope="module")
@@ -1006,3 +1016,257 @@ def test_group_commit_returns_a_committed_op_without_waiting_for_the_next_round(
     assert [ops[g].result for g in (1, 2, 3, 4)] == [[1], [1], [1], [1]]
     assert state.counters["memberships"] == 4 and state.counters["journal_commits"] >= 3
     state.journal.close()
+
+
+# ------------------------------------------------------------------------------ confirm
+
+
+@pytest.mark.parametrize("epoch_ms, pps", [(0.0, 20000.0), (75.0, 6000.0)])
+def test_replay_with_confirm_matches_the_simulator(short_trace: Path, tmp_path: Path,
+                                                   epoch_ms: float, pps: float) -> None:
+    """``herd replay --confirm``, one epoch (pulled at the flush) and four (pulled as each is
+    seen over): the coordinator's elephants are the simulator's confirmed set under the
+    measured timing, the pulls' candidates and messages are the simulator's, no held total
+    is unknown, and the costs are in the result (pull messages in ``messages``, 24-byte
+    slots, delays split early / confirmed)."""
+    from herd.coordinator import pull_messages
+    from herd.delays import read_timing
+    from herd.evaluate import simulate
+    from herd.services.replay import run_replay
+    from herd.services.results import elephant_detection
+
+    prep = PreparedTrace(load_trace(short_trace))
+    params = Params(k=4, percentile=95, epoch_ms=epoch_ms, confirm=True)
+    delays = tmp_path / "timing.csv"
+    coord = tmp_path / "coord.json"
+    d = run_replay(prep, params, pps, compare=True, delays_out=str(delays), results=str(coord))
+    assert d["lost_messages"] == 0 and d["drained"] and d["cpu_dropped"] == 0
+    epochs = max(1, d["epochs"])
+    assert d["pulls"] == epochs and d["pull_timeouts"] == 0
+    assert d["unknown_held_totals"] == 0 and d["reports_after_pull"] == 0
+    # The pull's cost, per switch as the simulator counts it, and in the message total.
+    assert d["pull_messages"] == d["simulated_pull_messages"] > 0
+    assert d["confirm_candidates"] == d["simulated_confirm_candidates"] > 20
+    assert d["pull_messages"] >= 4 * pull_messages(d["confirm_candidates"] // epochs)
+    assert d["messages"] == d["hellos"] + d["reports"] + d["overflows"] + d["pull_messages"]
+    assert d["slot_bytes"] == 24 and d["table_bytes_per_switch"] == 24 * sum(params.stages)
+    assert abs(d["f1"] - d["simulated_f1"]) <= 0.03, (d["f1"], d["simulated_f1"])
+    # The confirmed (flow, epoch) pairs themselves, and which of them R reports found.
+    res = json.loads(coord.read_text())
+    assert res["params"]["confirm"] and res["params"]["T"] == d["T"]
+    cols = {f: np.array([x[f] or 0 for x in res["elephants"]], np.int64)
+            for f in ("src", "dst", "sport", "dport", "proto", "epoch", "detected_ns")}
+    cols["early"] = np.array([x["early"] for x in res["elephants"]], np.bool_)
+    got = elephant_detection(prep, cols)
+    sim = simulate(prep, params, read_timing(delays)).detection
+    assert sim.early is not None and got.early is not None
+    mine = dict(zip(got.keys.tolist(), got.early.tolist(), strict=True))
+    theirs = dict(zip(sim.keys.tolist(), sim.early.tolist(), strict=True))
+    assert len(set(mine) ^ set(theirs)) <= max(2, len(theirs) // 50), (mine, theirs)
+    assert sum(mine[k] != theirs[k] for k in set(mine) & set(theirs)) <= 2
+    assert d["confirmed"] == len(mine) and 0 < sum(mine.values()) < len(mine)
+    assert d["early_true_positives"] + d["confirmed_true_positives"] == d["true_positives"]
+    assert d["confirmed_detection_delay_ms_p50"] is not None
+
+
+class FakePulls:
+    """A controller's Pulls stream played by the test: the requests it gets are collected,
+    answers go out when the test says."""
+
+    def __init__(self, client: CoordinatorClient, switch_id: int) -> None:
+        import queue
+        import threading
+
+        self.switch_id = switch_id
+        self._answers: queue.Queue[pb.PullAnswer | None] = queue.Queue()
+        self._answers.put(pb.PullAnswer(switch_id=switch_id))
+        self.requests: queue.Queue[pb.PullRequest] = queue.Queue()
+        self.call = client.pulls(self._out(), metadata=client.metadata)
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _out(self) -> Iterator[pb.PullAnswer]:
+        while (a := self._answers.get()) is not None:
+            yield a
+
+    def _read(self) -> None:
+        try:
+            for r in self.call:
+                self.requests.put(r)
+        except grpc.RpcError:
+            pass
+
+    def take(self, n: int) -> list[pb.PullRequest]:
+        return [self.requests.get(timeout=30) for _ in range(n)]
+
+    def answer(self, req: pb.PullRequest, totals: dict[tuple[int, ...], int]) -> None:
+        flows = zip(req.src, req.dst, req.sport, req.dport, req.proto, strict=True)
+        self._answers.put(pb.PullAnswer(switch_id=self.switch_id, pull_id=req.pull_id,
+                                        part=req.part, totals=[totals.get(f, 0) for f in flows]))
+
+    def close(self) -> None:
+        self._answers.put(None)
+        self.call.cancel()
+
+
+def _register(co: Coord, name: str, T: int) -> int:
+    reply = co.client.register(pb.RegisterRequest(
+        switch_name=name, params=pb.ControllerParams(T=T, epsilon=0.1, s=0.2)), timeout=10,
+        metadata=co.client.metadata)
+    return int(reply.switch_id)
+
+
+def _send(co: Coord, switch: int, seqs: list[int], flows: list[tuple[int, ...]], epoch: int,
+          ts: int) -> None:
+    b = batch(switch, seqs, flows, ts=ts)  # type: ignore[arg-type]
+    b.epoch.extend([epoch] * len(seqs))
+    list(co.client.reports(iter([b]), metadata=co.client.metadata))
+
+
+def test_confirm_pulls_through_the_controllers_and_no_epoch_closes_before_its_pull(
+        procs: Procs, tmp_path: Path) -> None:
+    """The coordinator's side of confirm over gRPC, the controllers played by the test: epoch
+    0 is pulled once a report of epoch 1 arrives (grace 0), from both switches, in parts of
+    at most 100 flows; a report of epoch 2 closes epoch 0 by the closing rule, yet it stays
+    open until both switches answered; the elephants are then the candidates whose totals
+    reach T (early or by the pull), the costs and findings are counted, and after a kill -9
+    the journal replays the pulls to the same state."""
+    from herd.coordinator import pull_messages
+
+    co = Coord(procs, tmp_path, switches="s1,s2", R=3, extra=[
+        "--confirm", "--confirm-reports", "2", "--confirm-grace-ms", "0",
+        "--confirm-timeout-ms", "60000", "--epoch-ms", "100"])
+    s1, s2 = _register(co, "s1", 50), _register(co, "s2", 50)
+    with pytest.raises(grpc.RpcError) as refused:  # one T for every pull
+        _register(co, "s2", 51)
+    assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "T=51 differs" in refused.value.details()
+    p1, p2 = FakePulls(co.client, s1), FakePulls(co.client, s2)
+    flow_a, flow_b, flow_c = FLOW_A, FLOW_B, (0x0C000001, 0x14000002, 5, 5, 17)
+    xs = [(0x0D000000 + i, 0x14000002, 1000 + i, 80, 6) for i in range(150)]
+    _send(co, s1, list(range(1, 7)), [flow_a] * 3 + [flow_b] * 2 + [flow_c], 0, ts=100)
+    _send(co, s2, list(range(1, 301)), [x for x in xs for _ in (0, 1)], 0, ts=200)
+    assert p1.requests.empty()  # nothing says epoch 0 is over
+    _send(co, s2, [301], [flow_c], 1, ts=1000)  # it is: pulled at once (grace 0)
+    parts1, parts2 = p1.take(2), p2.take(2)
+    candidates = {flow_a, flow_b, *xs}
+    for parts in (parts1, parts2):
+        assert [(r.epoch, r.part, r.parts, len(r.src)) for r in parts] == \
+            [(0, 0, 2, 100), (0, 1, 2, 52)]
+        assert {f for r in parts for f in zip(r.src, r.dst, r.sport, r.dport, r.proto,
+                                               strict=True)} == candidates
+    _send(co, s1, [7], [flow_c], 2, ts=2000)  # closes epoch 0 by the rule: it waits
+    files = tmp_path / "results-epochs"
+
+    def epoch0_open() -> bool:
+        q = co.client.query(pb.QueryRequest(epoch=0), metadata=co.client.metadata)
+        return [(x.epoch, x.open) for x in q.epochs] == [(0, True)]
+
+    assert epoch0_open() and not (files / "epoch-0.json").exists()
+    for r in parts1:
+        p1.answer(r, {flow_a: 30, flow_b: 30})
+    assert epoch0_open() and co.counters()["pulls"] == 0  # s2 has not answered
+    for r in parts2:
+        p2.answer(r, {flow_a: 25, flow_b: 10, xs[0]: 60, xs[1]: -1})
+    epoch0 = wait_for(lambda: (files / "epoch-0.json").exists()
+                      and json.loads((files / "epoch-0.json").read_text()), what="epoch 0")
+    assert sorted((x["src"], x["early"], x["detected_ns"]) for x in epoch0["elephants"]) == \
+        [(flow_a[0], True, 100), (xs[0][0], False, 1000)]  # B: 30 + 10 < 50
+    wait_for(lambda: co.counters()["pulls"] == 2, what="epoch 1's pull (no candidates)")
+    want = {"pulls": 2, "pull_messages": 2 * pull_messages(152), "confirm_candidates": 152,
+            "confirmed": 2, "withdrawn": 0, "unknown_held_totals": 1, "pull_timeouts": 0}
+
+    def check() -> None:
+        c = co.counters()
+        assert {k: c[k] for k in want} == want
+        q = co.query(True)
+        assert [(s.pulls, s.pull_messages, s.pull_timeouts) for s in q.switches] == \
+            [(2, pull_messages(152), 0)] * 2
+        assert [(x.epoch, x.open) for x in q.epochs] == [(0, False), (1, True), (2, True)]
+        assert {(e.src, e.epoch, e.early) for e in q.elephants} == \
+            {(flow_a[0], 0, True), (xs[0][0], 0, False)}
+
+    check()
+    p1.close()
+    p2.close()
+    co.kill9()
+    co.start()
+    check()  # the journal replays the pulls: same elephants, same counters
+    assert co.counters()["recovered_pulls"] == 2
+    closed = co.client.flush(pb.FlushRequest(), timeout=30, metadata=co.client.metadata).closed
+    assert list(closed) == [1, 2]  # epoch 2 has no candidate: nothing to ask
+
+
+def test_confirm_a_switch_that_never_answers_counts_as_unknown_not_a_hang(
+        procs: Procs, tmp_path: Path) -> None:
+    """W = 0: the pull happens at Flush. s2's controller has its stream open and never
+    answers: after the timeout its held totals count as unknown (0) and are counted, Flush
+    returns, and its answer arriving late changes nothing."""
+    co = Coord(procs, tmp_path, switches="s1,s2", R=3, extra=[
+        "--confirm", "--T", "50", "--confirm-timeout-ms", "300"])
+    s1, s2 = _register(co, "s1", 50), _register(co, "s2", 50)
+    p1, p2 = FakePulls(co.client, s1), FakePulls(co.client, s2)
+    import threading
+
+    def answer_all() -> None:  # s1's controller answers at once: 30 and 40
+        for r in iter(lambda: p1.requests.get(timeout=60), None):
+            p1.answer(r, {FLOW_A: 30, FLOW_B: 40})
+
+    threading.Thread(target=answer_all, daemon=True).start()
+    _send(co, s1, [1, 2, 3, 4, 5, 6], [FLOW_A] * 3 + [FLOW_B] * 3, 0, ts=100)
+    closed = co.client.flush(pb.FlushRequest(), timeout=30, metadata=co.client.metadata).closed
+    assert list(closed) == [0]
+    (late,) = p2.take(1)
+    c = co.counters()
+    assert (c["pull_timeouts"], c["unknown_held_totals"], c["confirmed"], c["withdrawn"],
+            c["pull_messages"]) == (1, 2, 0, 2, 4)
+    assert [s.pull_timeouts for s in co.query().switches] == [0, 1]
+    res = co.query(True)
+    assert list(res.elephants) == [] and [(x.epoch, x.open) for x in res.epochs] == [(0, False)]
+    p2.answer(late, {FLOW_A: 30, FLOW_B: 40})  # too late: dropped
+    assert co.counters()["confirmed"] == 0 and co.counters()["rejected_malformed"] == 0
+    p1.close()
+    p2.close()
+
+
+def test_controller_answers_a_pull_unknown_after_a_reset_or_a_failed_read() -> None:
+    """``ControllerService.answer_pull``: the parts' flows read in one driver call with the
+    switch's stages, the totals split back into the parts; after a table reset in a later
+    switch epoch (or a driver that fails) every total is HELD_UNKNOWN, never a wrong 0."""
+    from herd.controller import LocalController
+    from herd.services.controller_service import ControllerService
+
+    calls: list[tuple[int, list[tuple[int, ...]], tuple[int, ...]]] = []
+
+    class Driver:
+        fail = False
+
+        def held_totals(self, epoch: int, flows: list[tuple[int, ...]],
+                        stages: tuple[int, ...]) -> list[int]:
+            if self.fail:
+                raise ConnectionError("switch away")
+            calls.append((epoch, list(flows), stages))
+            return [7 + i for i in range(len(flows))]
+
+    driver = Driver()
+    ctl = ControllerService("s1", 0, LocalController(0, 0.1, 50, 0.2, 1), driver,  # type: ignore[arg-type]
+                            CoordinatorClient("127.0.0.1:1", None), stages=(64, 32))
+    ctl.switch_id = 0
+    flows = [(0x0A000000 + i, 0x14000000, i, 80, 6) for i in range(3)]
+    reqs = [pb.PullRequest(pull_id=9, epoch=4, part=i, parts=2,
+                           src=[f[0] for f in fs], dst=[f[1] for f in fs],
+                           sport=[f[2] for f in fs], dport=[f[3] for f in fs],
+                           proto=[f[4] for f in fs])
+            for i, fs in enumerate((flows[:2], flows[2:]))]
+    answers = ctl.answer_pull(reqs)
+    assert [(a.pull_id, a.part, list(a.totals)) for a in answers] == [(9, 0, [7, 8]),
+                                                                       (9, 1, [9])]
+    assert calls == [(4, flows, (64, 32))]
+    ctl.reset_epoch = 4  # a reset in epoch 4 itself: the totals are what the switch holds
+    assert [list(a.totals) for a in ctl.answer_pull(reqs)] == [[7, 8], [9]]
+    ctl.reset_epoch = 5  # after epoch 4 ended: what the switch held of it is gone
+    assert [list(a.totals) for a in ctl.answer_pull(reqs)] == [[-1, -1], [-1]]
+    ctl.reset_epoch = -1
+    driver.fail = True
+    assert [list(a.totals) for a in ctl.answer_pull(reqs)] == [[-1, -1], [-1]]
+    assert ctl.counters["pulls_after_reset"] == 1 and ctl.counters["pull_errors"] == 1
+    ctl.coord.close()

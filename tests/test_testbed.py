@@ -168,6 +168,36 @@ def test_direct_injection_on_the_model_target(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("injection", ["lb", "direct"])
+def test_harness_with_confirm_on_the_model_target(tmp_path: Path, injection: str) -> None:
+    """``--confirm``: the coordinator pulls the candidates' held totals from the model
+    switches through the controllers at the end of the run; F1 is the simulator's with
+    confirm under the measured timing, and the row counts the pull's messages (as the
+    simulator does, and in ``messages``) and 24-byte slots."""
+    pcap, p4app = _small_run(tmp_path, 3, 6000)
+    layout = tmp_path / "epsilon.csv"
+    layout.write_text("epsilon,f1score,precision,recall\n0.1\n")
+    proc = run_harness(layout, "10", "--target", "model", "--pps", "3000", "--injection",
+                       injection, "--confirm", "--confirm-reports", "2", pcap=pcap,
+                       p4app=p4app)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (r,) = list(csv.DictReader(layout.read_text().splitlines()))
+    assert r["confirm"] == "True" and r["slot_bytes"] == "24", r
+    assert r["sent_packets"] == "6000" and r["lost_packets"] == "0", r
+    assert r["lost_messages"] == "0" and r["pull_timeouts"] == "0", r
+    assert r["unknown_held_totals"] == "0", r
+    assert abs(float(r["f1score"]) - float(r["simulated_f1"])) <= 0.05, r
+    (run,) = json.loads(layout.with_suffix(".json").read_text())["runs"]
+    assert run["pulls"] == 1 and run["params"]["confirm"] and run["params"]["confirm_reports"] == 2
+    assert run["pull_messages"] == run["simulated_pull_messages"] > 0
+    assert run["confirm_candidates"] == run["simulated_confirm_candidates"]
+    assert run["messages"] == (run["hellos"] + run["reports"] + run["overflows"]
+                               + run["pull_messages"])
+    from herd.testbed.topology import injection_topology
+
+    assert_nothing_left(injection_topology(injection, 3))
+
+
+@pytest.mark.parametrize("injection", ["lb", "direct"])
 def test_a_dead_hop_fails_the_run_naming_it(tmp_path: Path, injection: str) -> None:
     """A hop dead before the replay: the path probe fails naming it; with the probes
     skipped, the replay's per-hop counts name it too. lb: the aggregator's process is gone,

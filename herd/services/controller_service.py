@@ -23,12 +23,20 @@ No message is lost and none is counted twice:
   - after a restart, the Subscribe stream opens with a snapshot of l_g for every group this
     switch said hello for: the controller reinstalls those entries, and does not reseed a
     switch that is already configured (its hold-start register is set).
+
+Confirm's pull (``herd.coordinator``; the coordinator runs with ``--confirm``): after Register
+the controller keeps a Pulls stream open. The coordinator sends an epoch's candidates in parts;
+once a pull's parts are all in, the driver reads their held totals in one step
+(``SwitchDriver.held_totals``, with the switch's stage sizes ``--stages``) and every part is
+answered. A table reset (overflow policy "reset") after epoch e ended clears what the switch
+held of e, so the answers for e are then HELD_UNKNOWN, never a wrong 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import queue
 import re
 import signal
 import sys
@@ -43,6 +51,7 @@ import grpc
 from herd.controller import OVERFLOW_POLICIES, LocalController
 from herd.errors import HerdInputError
 from herd.messages import CPU_HEADER_LEN, CpuMessage, MessageType
+from herd.params import DEFAULT_STAGES
 from herd.services.common import (
     DEFAULT_COORDINATOR,
     TOKEN_METADATA_KEY,
@@ -63,7 +72,14 @@ from herd.services.drivers.base import (
     SwitchDriver,
 )
 from herd.services.rpc import herd_pb2 as pb
-from herd.switch import REG_EPOCH_US, REG_HOLD_START, REG_PRNG, REG_SAMPLE_THRESHOLD
+from herd.switch import (
+    HELD_UNKNOWN,
+    REG_EPOCH,
+    REG_EPOCH_US,
+    REG_HOLD_START,
+    REG_PRNG,
+    REG_SAMPLE_THRESHOLD,
+)
 
 log = logging.getLogger("herd.controller")
 
@@ -109,6 +125,8 @@ class CoordinatorClient:
                                     pb.QueryReply.FromString)
         self.flush = ch.unary_unary(SERVICE + "Flush", pb.FlushRequest.SerializeToString,
                                     pb.FlushReply.FromString)
+        self.pulls = ch.stream_stream(SERVICE + "Pulls", pb.PullAnswer.SerializeToString,
+                                      pb.PullRequest.FromString)
 
     def close(self) -> None:
         self.channel.close()
@@ -125,10 +143,17 @@ def switch_index_of(name: str) -> int:
 class ControllerService:
     def __init__(self, name: str, index: int, lc: LocalController, driver: SwitchDriver,
                  coordinator: CoordinatorClient, fresh: bool = False,
-                 status_file: str | None = None) -> None:
+                 status_file: str | None = None,
+                 stages: tuple[int, ...] = DEFAULT_STAGES) -> None:
         self.name = name
         self.index = index
         self.lc = lc
+        self.stages = tuple(stages)
+        # Confirm: the highest switch epoch in which the tables were reset (-1: never). Held
+        # with _reset_lock around a reset and around a pull's read, so that no reset falls
+        # between the check and the read.
+        self.reset_epoch = -1
+        self._reset_lock = threading.Lock()
         self.driver = driver
         self.coord = coordinator
         self.fresh = fresh
@@ -254,7 +279,13 @@ class ControllerService:
         else:
             self.counters["overflows"] += 1
             if self.lc.on_overflow():
-                self.driver.reset_tables()
+                with self._reset_lock:
+                    # Noted before the reset: a pull reading meanwhile must not trust e.
+                    self.reset_epoch = max(self.reset_epoch, msg.epoch)
+                    self.driver.reset_tables()
+                    # The switch may have entered a later epoch since the overflow.
+                    self.reset_epoch = max(self.reset_epoch,
+                                           self.driver.register_read(REG_HERD, REG_EPOCH))
                 self.counters["table_resets"] += 1
                 self.lc.on_reset_done()
 
@@ -340,7 +371,7 @@ class ControllerService:
         lc = self.lc
         req = pb.RegisterRequest(switch_name=self.name, params=pb.ControllerParams(
             epsilon=lc.epsilon, T=lc.T, s=lc.s, seed=lc.seed, overflow_policy=lc.overflow_policy,
-            epoch_us=lc.epoch_us))
+            epoch_us=lc.epoch_us, stages=self.stages))
         try:
             reply = self.coord.register(req, timeout=5, metadata=self.coord.metadata)
         except grpc.RpcError as e:
@@ -484,6 +515,75 @@ class ControllerService:
                                 dst=msg.dst, sport=msg.sport, dport=msg.dport, proto=msg.proto)
                 for g, seq, msg in items])
 
+    def pull_loop(self) -> None:
+        """Confirm's pulls: the stream's first message names the switch; each pull's parts
+        are gathered, read in one driver call, and every part answered. A pull whose parts
+        are not all in when the stream breaks is sent again by the coordinator."""
+        for _ in self._connected("pulls"):
+            answers: queue.Queue[pb.PullAnswer | None] = queue.Queue()
+            answers.put(pb.PullAnswer(switch_id=self.switch_id))
+            parts: dict[int, dict[int, pb.PullRequest]] = {}
+            call = self.coord.pulls(self._pull_answers(answers), metadata=self.coord.metadata)
+            try:
+                for req in call:
+                    if not 0 <= req.part < req.parts:
+                        self.rejections.reject("malformed_pull", self.coord.address,
+                                               f"part {req.part} of {req.parts}")
+                        continue
+                    got = parts.setdefault(req.pull_id, {})
+                    got[req.part] = req
+                    if len(got) == req.parts:
+                        del parts[req.pull_id]
+                        for answer in self.answer_pull([got[i] for i in range(req.parts)]):
+                            answers.put(answer)
+            except grpc.RpcError as e:
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:  # a coordinator without confirm
+                    log.warning("%s: the coordinator has no pulls (older version): confirm's "
+                                "pulls are off", self.name)
+                    return
+                if not self.stop.is_set():
+                    log.info("%s: pull stream ended (%s)", self.name, e.code().name)
+            finally:
+                answers.put(None)  # ends the answer generator
+
+    def _pull_answers(self, answers: queue.Queue[pb.PullAnswer | None]
+                      ) -> Iterator[pb.PullAnswer]:
+        while not self.stop.is_set():
+            try:
+                answer = answers.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if answer is None:
+                return
+            yield answer
+
+    def answer_pull(self, reqs: list[pb.PullRequest]) -> list[pb.PullAnswer]:
+        """The answers to one pull (its parts, in order): the held totals of its flows at
+        the end of its epoch, HELD_UNKNOWN for all if the tables were reset since the epoch
+        ended or the switch could not be read."""
+        epoch = reqs[0].epoch
+        flows = [f for r in reqs
+                 for f in zip(r.src, r.dst, r.sport, r.dport, r.proto, strict=True)]
+        totals = [HELD_UNKNOWN] * len(flows)
+        with self._reset_lock:
+            if self.reset_epoch > epoch:
+                self.counters["pulls_after_reset"] += 1
+            else:
+                try:
+                    totals = self.driver.held_totals(epoch, flows, self.stages)
+                except Exception as e:  # the switch away or refusing: unknown, not a crash
+                    self.counters["pull_errors"] += 1
+                    self.rejections.reject("pull_failed", self.name, f"epoch {epoch}: {e}")
+        self.counters["pulls_answered"] += 1
+        self.counters["pull_flows"] += len(flows)
+        out, at = [], 0
+        for r in reqs:
+            n = len(r.src)
+            out.append(pb.PullAnswer(switch_id=self.switch_id, pull_id=r.pull_id, part=r.part,
+                                     totals=totals[at: at + n]))
+            at += n
+        return out
+
     def report_loop(self) -> None:
         for _ in self._connected("reports"):
             with self._rcv:
@@ -572,7 +672,7 @@ class ControllerService:
         self.configure_switch()
         threads = [threading.Thread(target=f, name=f.__name__, daemon=True) for f in
                    (self.subscribe_loop, self.push_loop, self.report_loop, self.hello_loop,
-                    self.cpu_loop, self.ack_loop, self.status_loop)]
+                    self.pull_loop, self.cpu_loop, self.ack_loop, self.status_loop)]
         for t in threads:
             t.start()
         self.stop.wait()
@@ -608,6 +708,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epoch-us", type=int, default=0, metavar="W",
                    help="epoch length in the switch's clock, microseconds (written to its "
                    "epoch register at configuration; default 0: one epoch)")
+    p.add_argument("--stages", default=",".join(map(str, DEFAULT_STAGES)),
+                   help="the switch's hash-table stage sizes (confirm's pull hashes flows to "
+                   "their slots with them; default %(default)s)")
     p.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="host:port")
     p.add_argument("--token-file", help="the shared token (else $HERD_TOKEN)")
     p.add_argument("--driver", choices=DRIVERS, default="model")
@@ -648,6 +751,12 @@ def serve(args: argparse.Namespace) -> int:
     if not 0 <= args.epoch_us < 1 << 32:
         raise HerdInputError(f"--epoch-us {args.epoch_us}: must be in [0, 2^32) "
                              "(a 32-bit register; 0: one epoch)")
+    try:
+        stages = tuple(int(x) for x in args.stages.split(","))
+    except ValueError:
+        stages = ()
+    if not stages or min(stages) < 1:
+        raise HerdInputError(f"--stages {args.stages}: comma-separated slot counts, each >= 1")
     lc = LocalController(index, args.epsilon, args.T, args.s, args.seed, args.overflow_policy,
                          args.epoch_us)
     options: dict[str, Any] = {}
@@ -657,7 +766,7 @@ def serve(args: argparse.Namespace) -> int:
     driver = _open_driver_when_up(args, options, deadline)
     service = ControllerService(args.switch, index, lc, driver,
                                 CoordinatorClient(args.coordinator, token), args.fresh,
-                                args.status_file)
+                                args.status_file, stages)
 
     def on_signal(signum: int, frame: Any) -> None:
         service.stop.set()

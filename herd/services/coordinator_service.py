@@ -26,6 +26,24 @@ journal (tables ``epochs`` and ``elephants``) and into ``<--epoch-results>/epoch
 closed epoch is a *late report*: acknowledged, counted (``late_reports``, and per epoch in
 the journal), never applied - the epoch is not reopened. Group state persists across epochs.
 
+Confirm (``--confirm``, ``herd.coordinator``: beyond published Herd). At the end of each
+epoch the coordinator pulls, from every registered switch through its controller's Pulls
+stream, the held totals of the epoch's candidates (flows with >= C reports, or detected by R)
+and keeps as elephants those whose totals sum to >= T (T as the controllers register it, or
+``--T``). The switches' epochs follow their clocks and a switch can decode epoch e's totals
+only until it enters e + 2, so epoch e is pulled once a report of a later epoch has arrived
+(e is over) plus a grace for e's last reports (``--confirm-grace-ms``, default W/4, W the
+switches' epoch length as their controllers register it); with W = 0 (one epoch), at Flush.
+Flush and shutdown pull every epoch not pulled yet first. An epoch never closes before its
+pull: if the closing rule above closes it first, it waits, open in Query, until the pull is
+answered. A switch that does not answer within ``--confirm-timeout-ms`` counts as unknown
+(HELD_UNKNOWN, as 0) for all that pull's candidates (``pull_timeouts``). Each pull costs
+``pull_messages(candidates)`` messages per switch asked (requests and answers of at most
+PULL_FLOWS_PER_MESSAGE flows, as sent), counted per switch and in total with the confirm
+counters (``confirm_candidates``, ``confirmed``, ``withdrawn``, ``unknown_held_totals``,
+``reports_after_pull``). Each pull's outcome is journaled in order among the batches (the
+candidates and the totals), so a restarted coordinator replays it exactly.
+
 Memory (bounded; what a flood of unique flows costs):
   - per group: the member matrix, 65,536 groups x k switches, 1 byte each, plus l_g and the
     member count (8 bytes a group) - allocated at start: 1.1 MiB for k = 10, whatever the
@@ -67,7 +85,13 @@ import grpc
 import numpy as np
 
 from herd import __version__
-from herd.coordinator import Coordinator, EpochTally
+from herd.coordinator import (
+    NOT_DETECTED,
+    PULL_FLOWS_PER_MESSAGE,
+    Coordinator,
+    EpochTally,
+    pull_messages,
+)
 from herd.errors import HerdInputError
 from herd.services.common import (
     TOKEN_METADATA_KEY,
@@ -78,14 +102,16 @@ from herd.services.common import (
     setup_logging,
 )
 from herd.services.rpc import herd_pb2 as pb
-from herd.switch import N_GROUPS
+from herd.switch import HELD_UNKNOWN, N_GROUPS
 
 log = logging.getLogger("herd.coordinator")
 
 SERVICE = "herd.v1.Coordinator"
 MAX_BATCH = 65536  # reports in one batch; more is a malformed batch
 DEFAULT_MAX_FLOWS = 2_000_000
-SCHEMA_VERSION = 2  # 2: report epochs, closed epochs and their elephants
+SCHEMA_VERSION = 3  # 2: report epochs, closed epochs and their elephants; 3: confirm's pulls
+PULL_ROW = -2  # a journal row of table batches holding a pull's outcome (-1: a flush)
+DEFAULT_PULL_TIMEOUT_MS = 2000.0
 
 
 class _Malformed:
@@ -122,6 +148,9 @@ class _SwitchState:
     acked_seq: int = 0
     params: dict[str, Any] = field(default_factory=dict)
     late_logged: bool = False
+    pulls: int = 0
+    pull_messages: int = 0
+    pull_timeouts: int = 0
 
 
 @dataclass
@@ -175,9 +204,13 @@ class Journal:
                 elephants INTEGER NOT NULL);
             CREATE TABLE IF NOT EXISTS elephants (epoch INTEGER NOT NULL, src INTEGER NOT NULL,
                 dst INTEGER NOT NULL, sport INTEGER NOT NULL, dport INTEGER NOT NULL,
-                proto INTEGER NOT NULL, reports INTEGER NOT NULL, detected_ns INTEGER);
+                proto INTEGER NOT NULL, reports INTEGER NOT NULL, detected_ns INTEGER,
+                early INTEGER);
             CREATE INDEX IF NOT EXISTS elephants_by_epoch ON elephants (epoch);
             """)
+        # Schema 2 had no early column: added (NULL in its rows), nothing else changed.
+        if "early" not in [r[1] for r in self.db.execute("PRAGMA table_info(elephants)")]:
+            self.db.execute("ALTER TABLE elephants ADD COLUMN early INTEGER")
 
     def start_checkpoints(self) -> None:
         self._checkpointer.start()
@@ -230,10 +263,15 @@ class Journal:
              summary["untracked_reports"], summary["epoch"], summary["flows"],
              summary["elephants"]))
         self.db.executemany(
-            "INSERT INTO elephants (epoch, src, dst, sport, dport, proto, reports, detected_ns) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO elephants (epoch, src, dst, sport, dport, proto, reports, detected_ns, "
+            "early) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [(x["epoch"], x["src"], x["dst"], x["sport"], x["dport"], x["proto"],
-              x["reports"], x["detected_ns"]) for x in elephants])
+              x["reports"], x["detected_ns"], int(x["early"])) for x in elephants])
+
+    def add_pull(self, recv_ns: int, record: np.ndarray) -> None:
+        """A pull's outcome (``encode_pull``), in order among the batches."""
+        self.db.execute("INSERT INTO batches (switch, recv_ns, batch) VALUES (?, ?, ?)",
+                        (PULL_ROW, recv_ns, record.astype("<i8").tobytes()))
 
     def add_late(self, late_by_epoch: dict[int, int]) -> None:
         # An epoch closed before any report of it arrived has no row yet: closed_ns 0.
@@ -255,9 +293,9 @@ class Journal:
         where, args = ("WHERE epoch = ?", (epoch,)) if epoch is not None else ("", ())
         return [
             {"epoch": e, "src": s, "dst": d, "sport": sp, "dport": dp, "proto": p,
-             "reports": r, "detected_ns": t}
-            for e, s, d, sp, dp, p, r, t in self.db.execute(
-                "SELECT epoch, src, dst, sport, dport, proto, reports, detected_ns FROM "
+             "reports": r, "detected_ns": t, "early": None if early is None else bool(early)}
+            for e, s, d, sp, dp, p, r, t, early in self.db.execute(
+                "SELECT epoch, src, dst, sport, dport, proto, reports, detected_ns, early FROM "
                 f"elephants {where} ORDER BY epoch, rowid", args)]
 
     def hellos(self) -> Iterator[tuple[int, int, int]]:
@@ -272,6 +310,40 @@ class Journal:
             self._checkpointer.join(5)
         self.db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
         self.db.close()
+
+
+@dataclass
+class PullOutcome:
+    """What one pull of confirm found: the epoch's candidates (flow indices of its tally), each
+    one's held total on every switch (HELD_UNKNOWN where a switch did not say), which switches
+    were asked and which did not answer in time, T, and the time confirmed detections get."""
+
+    epoch: int
+    ts_ns: int
+    T: int  # -1: no T known (no confirmation: the published rule stands)
+    asked: np.ndarray  # bool, per switch
+    timed_out: np.ndarray  # bool, per switch
+    candidates: np.ndarray  # int64
+    totals: np.ndarray  # int64 [switch, candidate]
+
+    def encode(self) -> np.ndarray:
+        """As one int64 array (the journal's row): header, then the columns."""
+        k, n = self.totals.shape
+        head = np.array([self.epoch, self.ts_ns, self.T, k, n], np.int64)
+        return np.concatenate([head, self.asked.astype(np.int64),
+                               self.timed_out.astype(np.int64),
+                               self.candidates.astype(np.int64),
+                               self.totals.astype(np.int64).ravel()])
+
+    @classmethod
+    def decode(cls, raw: bytes) -> PullOutcome:
+        a = np.frombuffer(raw, "<i8").astype(np.int64)
+        epoch, ts, T, k, n = (int(x) for x in a[:5])
+        at = 5
+        asked, at = a[at: at + k].astype(bool), at + k
+        timed_out, at = a[at: at + k].astype(bool), at + k
+        cand, at = a[at: at + n], at + n
+        return cls(epoch, ts, T, asked, timed_out, cand, a[at: at + k * n].reshape(k, n))
 
 
 def _warm_up() -> None:
@@ -289,7 +361,9 @@ class CoordinatorState:
 
     def __init__(self, switch_names: list[str], R: int, journal: Journal,
                  max_flows: int = DEFAULT_MAX_FLOWS, epoch_dir: str | None = None,
-                 epoch_ms: float = 0.0) -> None:
+                 epoch_ms: float = 0.0, confirm_reports: int | None = None,
+                 T: int | None = None, confirm_grace_ms: float | None = None,
+                 confirm_timeout_ms: float = DEFAULT_PULL_TIMEOUT_MS) -> None:
         if len(set(switch_names)) != len(switch_names) or not switch_names:
             raise HerdInputError(f"switch names must be distinct and non-empty: {switch_names}")
         if max_flows < 1:
@@ -302,12 +376,32 @@ class CoordinatorState:
         self.epoch_dir = epoch_dir
         self.coordinator = Coordinator(len(switch_names), R, max_flows)
         self.switches = [_SwitchState(n) for n in self.switch_names]
+        # Confirm (None: off): C, T (given, or as the controllers register it), the grace
+        # after an epoch is seen over (None: W/4) and how long a pull waits for answers.
+        if confirm_reports is not None and confirm_reports < 1:
+            raise HerdInputError(f"--confirm-reports {confirm_reports}: must be >= 1")
+        if T is not None and T < 1:
+            raise HerdInputError(f"--T {T}: must be >= 1")
+        self.confirm_reports = confirm_reports
+        self.T = T
+        self.confirm_grace_ms = confirm_grace_ms
+        self.confirm_timeout_ms = confirm_timeout_ms
+        # Epochs the closing rule closed before their pull: open until it is applied.
+        self.awaiting: dict[int, EpochTally] = {}
+        # Epochs seen over and not pulled yet: when (monotonic ns; 0: at once, overdue) and
+        # the newest report time then (the time confirmed detections get).
+        self.pull_due: dict[int, tuple[int, int]] = {}
+        self.max_ts = 0  # the newest report time seen (the switches' clock)
+        self.pull_cv = threading.Condition()  # wakes the puller (kicks counts the wake-ups)
+        self.kicks = 0
         self.counters: dict[str, int] = {
             "hello_rpcs": 0, "memberships": 0, "l_g_pushes": 0, "report_batches": 0,
             "reports": 0, "duplicates": 0, "untracked_reports": 0, "late_reports": 0,
             "epochs_closed": 0, "flushes": 0, "recovered_reports": 0,
             "recovered_memberships": 0, "journal_commits": 0, "ops": 0, "op_wait_ns": 0,
-            "commit_busy_ns": 0,
+            "commit_busy_ns": 0, "pulls": 0, "pull_messages": 0, "confirm_candidates": 0,
+            "confirmed": 0, "withdrawn": 0, "unknown_held_totals": 0, "pull_timeouts": 0,
+            "reports_after_pull": 0, "recovered_pulls": 0,
         }
         self.journal = journal
         self.lock = threading.Lock()
@@ -315,6 +409,7 @@ class CoordinatorState:
         self._queue: list[_Op] = []
         self._queue_cv = threading.Condition()  # guards _queue and _committing
         self._committing = False
+        self._stopped = False  # set by stop(): ops after it fail (the journal is closing)
         # Closed epochs whose result file is written once their close is committed.
         self._epoch_files: list[dict[str, Any]] = []
         _warm_up()
@@ -330,13 +425,19 @@ class CoordinatorState:
             journal.set_meta("switches", self.switch_names)
             journal.set_meta("R", self.R)
             journal.set_meta("max_flows", max_flows)
+            journal.set_meta("confirm_reports", self.confirm_reports)
             journal.commit()
             return
-        if version != SCHEMA_VERSION:
+        if version not in (2, SCHEMA_VERSION):
             raise HerdInputError(f"{journal.path}: journal schema {version}, expected "
                                  f"{SCHEMA_VERSION}; move it away to start afresh")
+        if version == 2:  # what 3 adds (pull rows, the early column) a 2 lacks, no more
+            journal.begin()
+            journal.set_meta("schema", SCHEMA_VERSION)
+            journal.set_meta("confirm_reports", None)
+            journal.commit()
         for key, mine in (("switches", self.switch_names), ("R", self.R),
-                          ("max_flows", max_flows)):
+                          ("max_flows", max_flows), ("confirm_reports", self.confirm_reports)):
             theirs = journal.get_meta(key)
             if theirs != mine:
                 raise HerdInputError(
@@ -346,7 +447,17 @@ class CoordinatorState:
         for switch, g, seq in journal.hellos():
             self._apply_hello(switch, g, seq, journal_it=False)
             self.counters["recovered_memberships"] += 1
+        for name in self.switch_names:  # T for the pulls (a pull's row holds its own)
+            params = journal.get_meta(f"controller:{name}")
+            if params:
+                self.switches[self.ids[name]].params = params
+                if self.T is None and params.get("T"):
+                    self.T = int(params["T"])
         for switch, recv_ns, raw in journal.batches():
+            if switch == PULL_ROW:
+                self._apply_pull(PullOutcome.decode(raw), recv_ns, journal_it=False)
+                self.counters["recovered_pulls"] += 1
+                continue
             if switch < 0:
                 self._flush(recv_ns, journal_it=False)
                 continue
@@ -355,10 +466,6 @@ class CoordinatorState:
             self.counters["recovered_reports"] += accepted
         # A close committed just before a kill may have missed its file: write what is missing.
         self._write_epoch_files()
-        for name in self.switch_names:
-            params = journal.get_meta(f"controller:{name}")
-            if params:
-                self.switches[self.ids[name]].params = params
         if self.counters["recovered_memberships"] or self.counters["recovered_reports"]:
             log.info("recovered from %s in %.2f s: %d group memberships, %d reports, "
                      "%d epochs closed, %d open", journal.path, time.perf_counter() - t,
@@ -402,10 +509,16 @@ class CoordinatorState:
         ts = np.asarray(batch.ts_ns, dtype=np.int64)[take]
         epoch = (np.asarray(batch.epoch, dtype=np.int64)[take] if len(batch.epoch)
                  else np.zeros(accepted, np.int64))
+        ts = np.where(ts > 0, ts, recv_ns)
+        if self.confirm_reports is not None:
+            pulled = [e for e, t in self.coordinator.open.items() if t.pulled]
+            if pulled:  # counted in a pulled epoch: they change nothing any more
+                self.counters["reports_after_pull"] += int(np.isin(epoch, pulled).sum())
+            self.max_ts = max(self.max_ts, int(ts.max()))
         outcome = self.coordinator.on_reports(
             np.asarray(batch.src, np.uint32)[take], np.asarray(batch.dst, np.uint32)[take],
             np.asarray(batch.sport, np.uint32)[take], np.asarray(batch.dport, np.uint32)[take],
-            np.asarray(batch.proto, np.uint32)[take], epoch, np.where(ts > 0, ts, recv_ns))
+            np.asarray(batch.proto, np.uint32)[take], epoch, ts)
         self.counters["untracked_reports"] += outcome.untracked
         if outcome.late:
             self.counters["late_reports"] += outcome.late
@@ -422,7 +535,21 @@ class CoordinatorState:
         if journal_it:
             self.journal.add_batch(switch, recv_ns, raw)
         self._closed(outcome.closed, recv_ns, journal_it)
+        if self.confirm_reports is not None:
+            # A report of a later epoch says e is over at the switches: pull it after the grace.
+            now = time.monotonic_ns()
+            due = [e for e, t in self.coordinator.open.items()
+                   if e < self.coordinator.newest and not t.pulled and e not in self.pull_due]
+            for e in due:
+                self.pull_due[e] = (now, self.max_ts)
+            if due:
+                self._kick_puller()
         return accepted, duplicates
+
+    def _kick_puller(self) -> None:
+        with self.pull_cv:
+            self.kicks += 1
+            self.pull_cv.notify_all()
 
     def _flush(self, recv_ns: int, journal_it: bool = True) -> list[int]:
         """Close every open epoch; returns them."""
@@ -435,8 +562,16 @@ class CoordinatorState:
 
     def _closed(self, tallies: list[EpochTally], now_ns: int, journal_it: bool) -> None:
         """Closed epochs: final elephants to the journal (not when replaying it: they are
-        there), their files queued for after the commit."""
+        there), their files queued for after the commit. With confirm, an epoch not pulled yet
+        waits for its pull instead (in ``awaiting``, pulled at once)."""
+        overdue = False
         for tally in tallies:
+            if self.confirm_reports is not None and not tally.pulled:
+                self.awaiting[tally.epoch] = tally
+                self.pull_due[tally.epoch] = (0, self.pull_due.get(tally.epoch,
+                                                                  (0, self.max_ts))[1])
+                overdue = True
+                continue
             elephants = tally.elephants(self.R)
             summary = {"epoch": tally.epoch, "open": False, "closed_ns": now_ns,
                        "reports": tally.reports, "untracked_reports": tally.untracked,
@@ -449,6 +584,96 @@ class CoordinatorState:
                                           "replayed": not journal_it})
             log.info("epoch %d closed: %d reports, %d flows, %d elephants", tally.epoch,
                      tally.reports, tally.flows.n, len(elephants))
+        if overdue:
+            self._kick_puller()
+
+    # ---------------------------------------------------------------- confirm's pulls
+
+    def _tally(self, epoch: int) -> EpochTally | None:
+        tally = self.coordinator.open.get(epoch)
+        return tally if tally is not None else self.awaiting.get(epoch)
+
+    def unpulled(self) -> list[int]:
+        """The epochs in memory not pulled yet, in order."""
+        with self.lock:
+            tallies = [*self.coordinator.open.values(), *self.awaiting.values()]
+            return sorted(t.epoch for t in tallies if not t.pulled)
+
+    def due_pulls(self, now_ns: int) -> tuple[list[int], float]:
+        """The epochs to pull now, and the seconds until the next one is due (at most 0.5).
+        The grace: ``--confirm-grace-ms``, else a quarter of the longest epoch W a controller
+        registered."""
+        with self.lock:
+            grace_ms = self.confirm_grace_ms
+            if grace_ms is None:
+                grace_ms = max((int(s.params.get("epoch_us") or 0) for s in self.switches),
+                               default=0) / 4000
+            grace = int(grace_ms * 1e6)
+            due, wait = [], 0.5
+            for e, (at, _) in sorted(self.pull_due.items()):
+                left = 0 if at == 0 else at + grace - now_ns
+                if left <= 0:
+                    due.append(e)
+                else:
+                    wait = min(wait, left / 1e9)
+            return due, wait
+
+    def pull_plan(self, epoch: int) -> tuple[np.ndarray, list[np.ndarray], int, np.ndarray
+                                             ] | None:
+        """What to ask for epoch e: its candidates (flow indices), their 5-tuple columns,
+        the time confirmed detections get, and which switches to ask (the registered ones);
+        None if it needs no pull (pulled already, or unknown)."""
+        with self.lock:
+            tally = self._tally(epoch)
+            _, ts = self.pull_due.get(epoch, (0, self.max_ts))
+            if tally is None or tally.pulled:
+                self.pull_due.pop(epoch, None)
+                return None
+            cand = tally.candidates(self.confirm_reports or 1, self.R)
+            f = tally.flows
+            cols = [f.src[cand], f.dst[cand], f.sport[cand], f.dport[cand], f.proto[cand]]
+            asked = np.array([s.registered for s in self.switches], bool)
+            return cand, cols, ts, asked
+
+    def _apply_pull(self, pull: PullOutcome, now_ns: int, journal_it: bool = True) -> None:
+        """A pull's outcome: the epoch's elephants become its confirmed candidates (with no
+        T known, the published rule stands), the costs and findings are counted, and an epoch
+        the closing rule closed meanwhile closes now."""
+        e = pull.epoch
+        tally = self._tally(e)
+        if tally is None or tally.pulled:
+            return  # the puller holds an epoch while pulling it: only a bug gets here
+        self.pull_due.pop(e, None)
+        n = len(pull.candidates)
+        m = pull_messages(n)
+        if pull.T >= 1:
+            ok = tally.confirm(pull.candidates, pull.totals, pull.T, pull.ts_ns)
+            early = tally.report_count[pull.candidates] >= self.R
+            self.counters["confirmed"] += int(np.count_nonzero(ok))
+            self.counters["withdrawn"] += int(np.count_nonzero(~ok & early))
+        else:
+            tally.pulled = True
+            tally.confirm_ts = tally.detect_ts.copy()
+            log.error("epoch %d: no T known (give --T, or controllers that register it): "
+                      "its elephants are the published rule's", e)
+        c = self.counters
+        c["pulls"] += 1
+        c["confirm_candidates"] += n
+        c["unknown_held_totals"] += int(np.count_nonzero(pull.totals < 0))
+        c["pull_timeouts"] += int(np.count_nonzero(pull.timed_out))
+        for i in np.flatnonzero(pull.asked):
+            sw = self.switches[i]
+            sw.pulls += 1
+            sw.pull_messages += m
+            sw.pull_timeouts += int(pull.timed_out[i])
+            c["pull_messages"] += m
+        if journal_it:
+            self.journal.add_pull(now_ns, pull.encode())
+        log.info("epoch %d pulled: %d candidates, %d unknown totals, %d switches timed out",
+                 e, n, int(np.count_nonzero(pull.totals < 0)),
+                 int(np.count_nonzero(pull.timed_out)))
+        if self.awaiting.pop(e, None) is not None:
+            self._closed([tally], now_ns, journal_it)
 
     def _write_epoch_files(self) -> None:
         """Each closed epoch's results, ``<epoch_dir>/epoch-<e>.json`` (atomic). When the
@@ -491,6 +716,11 @@ class CoordinatorState:
                 self._queue_cv.wait()
             if op.done.is_set():
                 return op
+            if self._stopped:  # e.g. a stream's clean-up after the shutdown's last commit
+                self._queue.remove(op)
+                op.error = RuntimeError("the coordinator has stopped")
+                op.done.set()
+                return op
             self._committing = True
             ops, self._queue = self._queue, []
         try:
@@ -508,6 +738,13 @@ class CoordinatorState:
                 self._committing = False
                 self._queue_cv.notify_all()
         return op
+
+    def stop(self) -> None:
+        """No op after this one (the journal closes next): waits for a commit under way."""
+        with self._queue_cv:
+            self._stopped = True
+            while self._committing:
+                self._queue_cv.wait()
 
     def _process(self, ops: list[_Op]) -> None:
         pushes: list[tuple[int, pb.LgUpdate]] = []
@@ -563,6 +800,8 @@ class CoordinatorState:
             op.result = self._apply_reports(op.switch, op.payload, op.raw, op.recv_ns)
         elif op.kind == "flush":
             op.result = self._flush(op.recv_ns)
+        elif op.kind == "pull":
+            self._apply_pull(op.payload, op.recv_ns)
         elif op.kind == "subscribe":
             q: queue.Queue[pb.LgUpdate | None] = op.payload
             old = self.subscribers.get(op.switch)
@@ -578,11 +817,19 @@ class CoordinatorState:
                 del self.subscribers[op.switch]
         elif op.kind == "register":
             sw = self.switches[op.switch]
+            T = int(op.payload.get("T") or 0) if op.payload else 0
+            if self.confirm_reports is not None and T:
+                if self.T is not None and T != self.T:
+                    # One T decides every pull: a controller with another would mislead it.
+                    op.result = (0, f"T={T} differs from the T={self.T} of this coordinator's "
+                                 "confirm (give every controller the same --T)")
+                    return
+                self.T = T
             sw.registered = True
             if op.payload and op.payload != sw.params:
                 sw.params = op.payload
                 self.journal.set_meta(f"controller:{sw.name}", op.payload)
-            op.result = (sw.acked_seq,)
+            op.result = (sw.acked_seq, None)
         else:
             raise ValueError(f"unknown op {op.kind}")
 
@@ -592,19 +839,25 @@ class CoordinatorState:
         """The elephants of every epoch (or of one): the closed epochs' from the journal,
         then the open ones'."""
         with self.lock:
-            return [*self.journal.closed_elephants(epoch), *self.coordinator.elephants(epoch)]
+            waiting = [x for e in sorted(self.awaiting) if epoch is None or e == epoch
+                       for x in self.awaiting[e].elephants(self.R)]
+            return [*self.journal.closed_elephants(epoch), *waiting,
+                    *self.coordinator.elephants(epoch)]
 
     def epochs(self, epoch: int | None = None) -> list[dict[str, Any]]:
         """A summary of every epoch known (or of one): closed ones, then open ones."""
         with self.lock:
             out = self.journal.closed_epochs(epoch)
-            for e, t in sorted(self.coordinator.open.items()):
+            # Open: still counting, or (confirm) closed and waiting for the pull.
+            for e, t in sorted([*self.coordinator.open.items(), *self.awaiting.items()]):
                 if epoch is None or e == epoch:
+                    n = t.flows.n
+                    elephants = (t.confirm_ts[:n] != NOT_DETECTED if t.pulled
+                                 else t.report_count[:n] >= self.R)
                     out.append({"epoch": e, "open": True, "closed_ns": 0,
                                 "reports": t.reports, "untracked_reports": t.untracked,
-                                "late_reports": 0, "flows": t.flows.n,
-                                "elephants": int(np.count_nonzero(
-                                    t.report_count[: t.flows.n] >= self.R))})
+                                "late_reports": 0, "flows": n, "pulled": t.pulled,
+                                "elephants": int(np.count_nonzero(elephants))})
             return out
 
     def switch_counters(self) -> list[dict[str, Any]]:
@@ -614,7 +867,9 @@ class CoordinatorState:
                 {"name": s.name, "switch_id": i, "registered": s.registered,
                  "subscribed": i in self.subscribers, "hellos": s.hellos,
                  "groups": int(groups[i]), "reports": s.reports, "duplicates": s.duplicates,
-                 "batches": s.batches, "acked_seq": s.acked_seq, "params": s.params}
+                 "batches": s.batches, "acked_seq": s.acked_seq, "params": s.params,
+                 "pulls": s.pulls, "pull_messages": s.pull_messages,
+                 "pull_timeouts": s.pull_timeouts}
                 for i, s in enumerate(self.switches)
             ]
 
@@ -629,14 +884,174 @@ class CoordinatorState:
             c = self.coordinator
             return {
                 "groups": int(np.count_nonzero(c.member_count)),
-                "open_epochs": len(c.open),
+                "open_epochs": len(c.open) + len(self.awaiting),
                 "epochs_seen": c.newest + 1,  # the highest epoch a report carried, + 1
                 "flows": c.open_flows(),
                 "max_flows": self.max_flows,
-                "flow_table_bytes": c.nbytes(),
+                "flow_table_bytes": c.nbytes() + sum(t.nbytes() for t in self.awaiting.values()),
                 "group_state_bytes": c.members.nbytes + c.member_count.nbytes + c.l_g.nbytes,
                 "rss_bytes": rss_bytes(),
             }
+
+
+@dataclass
+class _Pull:
+    """One pull in flight: its request parts and each switch's answers so far."""
+
+    pull_id: int
+    parts: list[pb.PullRequest]
+    asked: list[int]
+    answers: dict[int, dict[int, list[int]]] = field(default_factory=dict)
+
+    def answered(self, switch: int) -> bool:
+        return len(self.answers.get(switch, {})) == len(self.parts)
+
+
+class Puller:
+    """Confirm's pulls: a thread pulls each epoch once it is due (``CoordinatorState.
+    due_pulls``); Flush and shutdown pull the rest (``pull_all``). A pull goes to each asked
+    switch's Pulls stream (queued for a switch whose stream is down, sent when it comes back),
+    waits for every answer up to the timeout, and hands the outcome to the committer."""
+
+    def __init__(self, service: CoordinatorService) -> None:
+        self.service = service
+        self.state = service.state
+        self.cv = threading.Condition()  # guards everything below
+        self.outboxes: dict[int, queue.Queue[pb.PullRequest | None]] = {}
+        self.live: dict[int, _Pull] = {}
+        self.pulling: set[int] = set()  # epochs being pulled
+        self.next_id = 1
+        self.thread = threading.Thread(target=self.loop, daemon=True, name="puller")
+        self.thread.start()
+
+    # ---------------------------------------------------------------- streams
+
+    def attach(self, switch: int) -> queue.Queue[pb.PullRequest | None]:
+        """A new stream of ``switch``: it replaces the old one and gets every pull the
+        switch has not fully answered (the controller gathers a pull's parts per stream)."""
+        q: queue.Queue[pb.PullRequest | None] = queue.Queue()
+        with self.cv:
+            old = self.outboxes.get(switch)
+            if old is not None:
+                old.put(None)
+            self.outboxes[switch] = q
+            for pull in self.live.values():
+                if switch in pull.asked and not pull.answered(switch):
+                    for part in pull.parts:
+                        q.put(part)
+        return q
+
+    def detach(self, switch: int, q: queue.Queue[pb.PullRequest | None]) -> None:
+        with self.cv:
+            if self.outboxes.get(switch) is q:
+                del self.outboxes[switch]
+
+    def answer(self, switch: int, answer: pb.PullAnswer) -> str | None:
+        """Take one answer of ``switch``'s stream; what is wrong with it, None if nothing.
+        An answer to a pull no longer in flight (timed out) is dropped."""
+        with self.cv:
+            pull = self.live.get(answer.pull_id)
+            if pull is None:
+                return None
+            if answer.switch_id != switch or switch not in pull.asked:
+                return f"switch {answer.switch_id} on switch {switch}'s stream"
+            if not 0 <= answer.part < len(pull.parts):
+                return f"part {answer.part} of {len(pull.parts)}"
+            if len(answer.totals) != len(pull.parts[answer.part].src):
+                return (f"{len(answer.totals)} totals for "
+                        f"{len(pull.parts[answer.part].src)} flows")
+            pull.answers.setdefault(switch, {})[answer.part] = list(answer.totals)
+            self.cv.notify_all()
+        return None
+
+    # ---------------------------------------------------------------- pulls
+
+    def loop(self) -> None:
+        while not self.service.stopping.is_set():
+            with self.state.pull_cv:
+                kicks = self.state.kicks
+            due, wait = self.state.due_pulls(time.monotonic_ns())
+            for e in due:
+                try:
+                    self.pull(e)
+                except Exception:  # a bug must not stop the pulls of later epochs
+                    log.exception("pull of epoch %d failed", e)
+            if not due:
+                with self.state.pull_cv:
+                    if self.state.kicks == kicks:
+                        self.state.pull_cv.wait(wait)
+
+    def pull_all(self) -> None:
+        """Pull every epoch in memory not pulled yet (Flush, shutdown)."""
+        for e in self.state.unpulled():
+            self.pull(e)
+
+    def pull(self, epoch: int) -> None:
+        """Pull ``epoch`` unless it is pulled; if it is being pulled, wait for that."""
+        with self.cv:
+            while epoch in self.pulling:
+                self.cv.wait()
+            self.pulling.add(epoch)
+        try:
+            self._pull(epoch)
+        finally:
+            with self.cv:
+                self.pulling.discard(epoch)
+                self.cv.notify_all()
+
+    def _pull(self, epoch: int) -> None:
+        plan = self.state.pull_plan(epoch)
+        if plan is None:
+            return
+        cand, cols, ts, asked = plan
+        k, n = len(asked), len(cand)
+        totals = np.full((k, n), HELD_UNKNOWN, np.int64)
+        timed_out = np.zeros(k, bool)
+        if n == 0:
+            totals[:] = 0  # nothing to ask
+        else:
+            bounds = list(range(0, n, PULL_FLOWS_PER_MESSAGE)) + [n]
+            with self.cv:
+                pull_id, self.next_id = self.next_id, self.next_id + 1
+            parts = [pb.PullRequest(pull_id=pull_id, epoch=epoch, part=i,
+                                    parts=len(bounds) - 1,
+                                    src=cols[0][a:b].tolist(), dst=cols[1][a:b].tolist(),
+                                    sport=cols[2][a:b].tolist(), dport=cols[3][a:b].tolist(),
+                                    proto=cols[4][a:b].tolist())
+                     for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False))]
+            targets = [int(i) for i in np.flatnonzero(asked)]
+            pull = _Pull(pull_id, parts, targets)
+            deadline = time.monotonic() + self.state.confirm_timeout_ms / 1000
+            with self.cv:
+                self.live[pull_id] = pull
+                for i in targets:
+                    q = self.outboxes.get(i)
+                    if q is not None:
+                        for part in parts:
+                            q.put(part)
+                # Stopping (the server is down): nobody can answer; do not wait.
+                while (not all(pull.answered(i) for i in targets)
+                       and not self.service.stopping.is_set()
+                       and (left := deadline - time.monotonic()) > 0):
+                    self.cv.wait(left)
+                del self.live[pull_id]
+            for i in targets:
+                got = pull.answers.get(i, {})
+                for j, part_totals in got.items():
+                    totals[i, bounds[j]: bounds[j + 1]] = part_totals
+                timed_out[i] = len(got) < len(parts)
+            if timed_out.any():
+                log.warning("epoch %d: pull not answered in %g ms by %s: their held totals "
+                            "count as unknown", epoch, self.state.confirm_timeout_ms,
+                            ", ".join(self.state.switch_names[i]
+                                      for i in np.flatnonzero(timed_out)))
+        with self.state.lock:
+            T = self.state.T
+        outcome = PullOutcome(epoch, ts, T if T is not None else -1, asked, timed_out, cand,
+                              totals)
+        op = self.state.submit(_Op("pull", 0, outcome, recv_ns=time.time_ns()))
+        if op.error is not None:
+            raise op.error
 
 
 class CoordinatorService:
@@ -648,6 +1063,7 @@ class CoordinatorService:
         self._token = token.encode() if token else None
         self.rejections = Rejections(log)
         self.stopping = threading.Event()
+        self.puller = Puller(self) if state.confirm_reports is not None else None
 
     # ---------------------------------------------------------------- guards
 
@@ -694,8 +1110,14 @@ class CoordinatorService:
         if req.HasField("params"):
             p = req.params
             params = {"epsilon": p.epsilon, "T": p.T, "s": p.s, "seed": p.seed,
-                      "overflow_policy": p.overflow_policy, "epoch_us": p.epoch_us}
+                      "overflow_policy": p.overflow_policy, "epoch_us": p.epoch_us,
+                      "stages": list(p.stages)}
         op = self.state.submit(_Op("register", sid, params))
+        if op.error is not None:
+            context.abort(grpc.StatusCode.INTERNAL, "register failed")
+        if op.result[1] is not None:
+            self.rejections.reject("bad_params", context.peer(), op.result[1])
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, op.result[1])
         log.info("switch %s registered (id %d) from %s", req.switch_name, sid, context.peer())
         return pb.RegisterReply(switch_id=sid, acked_seq=op.result[0], R=self.state.R)
 
@@ -779,7 +1201,8 @@ class CoordinatorService:
             for e in self.state.elephants(epoch):
                 reply.elephants.add(src=e["src"], dst=e["dst"], sport=e["sport"],
                                     dport=e["dport"], proto=e["proto"], reports=e["reports"],
-                                    detected_ns=e["detected_ns"] or 0, epoch=e["epoch"])
+                                    detected_ns=e["detected_ns"] or 0, epoch=e["epoch"],
+                                    early=e["early"] is not False)  # None: a schema-2 row
             for x in self.state.epochs(epoch):
                 reply.epochs.add(epoch=x["epoch"], open=x["open"], reports=x["reports"],
                                  untracked_reports=x["untracked_reports"],
@@ -790,18 +1213,71 @@ class CoordinatorService:
                                registered=s["registered"], subscribed=s["subscribed"],
                                hellos=s["hellos"], groups=s["groups"], reports=s["reports"],
                                duplicates=s["duplicates"], batches=s["batches"],
-                               acked_seq=s["acked_seq"])
+                               acked_seq=s["acked_seq"], pulls=s["pulls"],
+                               pull_messages=s["pull_messages"],
+                               pull_timeouts=s["pull_timeouts"])
         for k, v in self.counters().items():
             reply.counters[k] = int(v)
         return reply
 
     def Flush(self, request: Any, context: grpc.ServicerContext) -> pb.FlushReply:
         self._request(request, context)
-        op = self.state.submit(_Op("flush", 0, recv_ns=time.time_ns()))
-        if op.error is not None:
+        closed = self.flush()
+        if closed is None:
             context.abort(grpc.StatusCode.INTERNAL, "flush failed")
-        log.info("flush: closed epochs %s", op.result)
-        return pb.FlushReply(closed=op.result)
+        log.info("flush: closed epochs %s", closed)
+        return pb.FlushReply(closed=closed)
+
+    def flush(self) -> list[int] | None:
+        """Close every open epoch; with confirm, each pulled first (an epoch a report
+        opened meanwhile is pulled after, before this returns). None if it failed."""
+        if self.puller is not None:
+            self.puller.pull_all()
+        op = self.state.submit(_Op("flush", 0, recv_ns=time.time_ns()))
+        if self.puller is not None:
+            self.puller.pull_all()
+        return None if op.error is not None else op.result
+
+    def Pulls(self, request_iterator: Iterator[Any],
+              context: grpc.ServicerContext) -> Iterator[pb.PullRequest]:
+        """A controller's pull stream: its first message names its switch; then requests go
+        out as pulls need them and answers come back (read by a thread of their own)."""
+        self._authenticate(context)
+        first = next(request_iterator, None)
+        if first is None:
+            return
+        if isinstance(first, _Malformed):
+            self._malformed(context, first.error)
+        sid = self._check_switch(context, first.switch_id)
+        if self.puller is None:  # no confirm: hold the stream open, idle
+            while context.is_active() and not self.stopping.wait(0.5):
+                pass
+            return
+        outbox = self.puller.attach(sid)
+        peer = context.peer()
+
+        def read_answers() -> None:
+            try:
+                for answer in request_iterator:
+                    problem = ("not a PullAnswer" if isinstance(answer, _Malformed)
+                               else self.puller.answer(sid, answer))
+                    if problem is not None:
+                        self.rejections.reject("malformed", peer, f"pull answer: {problem}")
+            except grpc.RpcError:
+                pass  # the stream ended
+
+        threading.Thread(target=read_answers, daemon=True, name=f"pull-answers-{sid}").start()
+        try:
+            while context.is_active() and not self.stopping.is_set():
+                try:
+                    req = outbox.get(timeout=0.5)
+                except queue.Empty:
+                    continue
+                if req is None:
+                    return
+                yield req
+        finally:
+            self.puller.detach(sid, outbox)
 
     # ---------------------------------------------------------------- results
 
@@ -816,9 +1292,15 @@ class CoordinatorService:
         return out
 
     def params(self) -> dict[str, Any]:
-        return {"R": self.state.R, "switches": self.state.switch_names,
-                "max_flows": self.state.max_flows, "journal": self.state.journal.path,
-                "epoch_ms": self.state.epoch_ms, "epoch_results": self.state.epoch_dir}
+        st = self.state
+        return {"R": st.R, "switches": st.switch_names,
+                "max_flows": st.max_flows, "journal": st.journal.path,
+                "epoch_ms": st.epoch_ms, "epoch_results": st.epoch_dir,
+                "confirm": st.confirm_reports is not None,
+                "confirm_reports": st.confirm_reports, "T": st.T,
+                "confirm_grace_ms": st.confirm_grace_ms,
+                "confirm_timeout_ms": st.confirm_timeout_ms,
+                "pull_flows_per_message": PULL_FLOWS_PER_MESSAGE}
 
     def results(self) -> dict[str, Any]:
         return {
@@ -850,6 +1332,8 @@ class CoordinatorService:
                 s.Query, _deserializer(pb.QueryRequest), pb.QueryReply.SerializeToString),
             "Flush": grpc.unary_unary_rpc_method_handler(
                 s.Flush, _deserializer(pb.FlushRequest), pb.FlushReply.SerializeToString),
+            "Pulls": grpc.stream_stream_rpc_method_handler(
+                s.Pulls, _deserializer(pb.PullAnswer), pb.PullRequest.SerializeToString),
         }
         return grpc.method_handlers_generic_handler(SERVICE, handlers)
 
@@ -912,6 +1396,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epoch-ms", type=float, default=0.0, metavar="W",
                    help="the epoch length of the run in trace ms: recorded in the results "
                    "only (the switches' clocks make the epochs; 0: one epoch)")
+    p.add_argument("--confirm", action="store_true",
+                   help="Herd + confirm: pull each epoch's candidates' held totals from the "
+                   "switches; an elephant iff they sum to >= T")
+    p.add_argument("--confirm-reports", type=int, default=3, metavar="C",
+                   help="with --confirm: reports that make a flow a candidate (default 3)")
+    p.add_argument("--T", type=int, help="with --confirm: the heavy-hitter threshold (default: "
+                   "as the controllers register it; one that registers another is refused)")
+    p.add_argument("--confirm-grace-ms", type=float, metavar="MS",
+                   help="with --confirm: wait this long after an epoch is seen over before "
+                   "pulling it, for its last reports (default W/4, W the switches' epoch)")
+    p.add_argument("--confirm-timeout-ms", type=float, default=DEFAULT_PULL_TIMEOUT_MS,
+                   metavar="MS", help="with --confirm: a switch not answering a pull within "
+                   "this counts as unknown for its candidates (default %(default)g)")
     p.add_argument("--workers", type=int, default=0,
                    help="gRPC worker threads (default 12 per switch + 16)")
     p.add_argument("--ready-file", help="write the bound host:port here once serving")
@@ -938,8 +1435,14 @@ def serve(args: argparse.Namespace) -> int:
         raise HerdInputError(f"--epoch-ms {args.epoch_ms}: must be >= 0")
     epoch_dir = args.epoch_results or (os.path.splitext(os.path.abspath(args.results))[0]
                                        + "-epochs")
+    if args.confirm_grace_ms is not None and not args.confirm_grace_ms >= 0:
+        raise HerdInputError(f"--confirm-grace-ms {args.confirm_grace_ms}: must be >= 0")
+    if not args.confirm_timeout_ms > 0:
+        raise HerdInputError(f"--confirm-timeout-ms {args.confirm_timeout_ms}: must be > 0")
     journal = Journal(journal_path, args.fsync)
-    state = CoordinatorState(names, R, journal, args.max_flows, epoch_dir, args.epoch_ms)
+    state = CoordinatorState(names, R, journal, args.max_flows, epoch_dir, args.epoch_ms,
+                             args.confirm_reports if args.confirm else None, args.T,
+                             args.confirm_grace_ms, args.confirm_timeout_ms)
     journal.start_checkpoints()
     service = CoordinatorService(state, token)
     # Per controller: two streams and up to 8 hellos in flight, each holding a thread.
@@ -958,8 +1461,9 @@ def serve(args: argparse.Namespace) -> int:
         log.warning("listening on %s: the token travels unencrypted beyond loopback", host)
     server.start()
     bound = f"{host}:{port}"
-    log.info("coordinator serving on %s for %d switches, R=%d, journal %s", bound, len(names),
-             R, journal_path)
+    log.info("coordinator serving on %s for %d switches, R=%d, journal %s%s", bound,
+             len(names), R, journal_path,
+             f", confirm C={args.confirm_reports}" if args.confirm else "")
     if args.ready_file:
         from herd.services.common import atomic_write_text
 
@@ -974,11 +1478,17 @@ def serve(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, on_signal)
     stop.wait()
     log.info("stopping: writing %s", args.results)
+    if service.puller is not None:  # while the controllers can still answer
+        service.puller.pull_all()
     service.stopping.set()
     server.stop(grace=1.0).wait(5)
-    # Shutdown closes the open epochs: their elephants are final and written out.
+    # Shutdown closes the open epochs: their elephants are final and written out (with
+    # confirm, any epoch opened since the pulls above is pulled now: unanswered, unknown).
     state.submit(_Op("flush", 0, recv_ns=time.time_ns()))
+    if service.puller is not None:
+        service.puller.pull_all()
     atomic_write_json(args.results, service.results())
+    state.stop()
     journal.close()
     log.info("results written to %s", args.results)
     return 0

@@ -28,10 +28,11 @@ predecessor stopped acknowledging: the switch-to-controller channel never drops 
 Control operations (``op``): table_add / table_modify (table, key, action, params), batch
 (ops: a list of requests, one round trip),
 table_clear (table), table_set_default (table, action, params), register_read (name, index),
-register_write (name, index, value), register_reset (name), reset_tables, stats, start
-(t0_ns, pps), set_epoch_origin (origin_us), epoch_starts, inject_cpu (hex: a raw CPU payload,
-for tests of malformed messages), shutdown. Names are those of
-``herd.services.drivers.base`` (the P4 program's).
+register_write (name, index, value), register_reset (name), reset_tables, held_totals
+(epoch, stages, flows: confirm's pull, every flow's ``herd.switch.held_total`` in one step
+under the data-plane lock), stats, start (t0_ns, pps), set_epoch_origin (origin_us),
+epoch_starts, inject_cpu (hex: a raw CPU payload, for tests of malformed messages), shutdown.
+Names are those of ``herd.services.drivers.base`` (the P4 program's).
 
 Epochs. The switch follows its own clock, the wall clock (CLOCK_REALTIME) in microseconds: a
 packet's epoch is ``clock_epoch(arrival, origin, W)`` (``herd.switch``), W the register
@@ -97,6 +98,7 @@ from herd.switch import (
     REG_PACKETS,
     Switch,
     clock_epoch,
+    held_totals,
     process_packet,
 )
 
@@ -287,6 +289,9 @@ class ModelSwitch:
         _run_packets(sw.regs, sw.group_state, sw.group_tau, sw.group_r, sw.table,
                      sw.epoch_log, e, e, slot, fp, 0, 1, e.copy(), 0, e.copy(),
                      e.copy(), e.copy(), e.copy(), e.copy(), e.copy())
+        rec = np.zeros((1, len(stages) + 1), np.int64)
+        held_totals(sw.table[None], rec, np.zeros(1, np.int64), len(stages), len(stages), 0,
+                    np.zeros((1, 1), np.int64))
 
     # ---------------------------------------------------------------- CPU messages
 
@@ -509,6 +514,42 @@ class ModelSwitch:
         with self.lock:
             self.switch.reset_tables()
             self.table_resets += 1
+
+    def op_held_totals(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Confirm's pull: each flow's held total at the end of ``epoch``
+        (``herd.switch.held_total``; -1 where overwritten), all read in one step under the
+        data-plane lock, so no packet lands between two flows. ``stages`` must be this
+        switch's: the caller hashes nothing, but a controller with other stages would be
+        asking about another layout."""
+        epoch = req.get("epoch")
+        if not isinstance(epoch, int) or not 0 <= epoch < 1 << 32:
+            raise ValueError(f"epoch {epoch!r}: an integer in [0, 2^32)")
+        stages = self._ints(req, "stages")
+        if tuple(stages) != self.switch.stages:
+            raise ValueError(f"stages {tuple(stages)}: this switch has {self.switch.stages}")
+        flows = req.get("flows")
+        if not isinstance(flows, list) or len(flows) > 1 << 20:
+            raise ValueError("flows must be a list of at most 2^20 5-tuples")
+        limits = (1 << 32, 1 << 32, 1 << 16, 1 << 16, 1 << 8)
+        for f in flows:
+            if (not isinstance(f, list) or len(f) != 5
+                    or not all(isinstance(x, int) and 0 <= x < m
+                               for x, m in zip(f, limits, strict=True))):
+                raise ValueError(f"flow {f!r}: (src, dst, sport, dport, proto) in range")
+        n = len(flows)
+        cols = np.array(flows, np.int64).reshape(n, 5).T
+        sw = self.switch
+        slot, fp = flows_slots(cols[0].astype(np.uint32), cols[1].astype(np.uint32),
+                               cols[2].astype(np.uint16), cols[3].astype(np.uint16),
+                               cols[4].astype(np.uint8), sw.stage_offsets, sw.stage_sizes)
+        k = len(sw.stages)
+        rec = np.empty((n, k + 1), np.int64)
+        rec[:, :k] = slot
+        rec[:, k] = fp
+        out = np.zeros((1, n), np.int64)
+        with self.lock:
+            held_totals(sw.table[None], rec, np.arange(n, dtype=np.int64), k, k, epoch, out)
+        return {"totals": [int(x) for x in out[0]]}
 
     def op_inject_cpu(self, req: dict[str, Any]) -> None:
         try:

@@ -29,6 +29,15 @@ constant delay, the mean wall-clock hello -> entry-installed latency converted t
 what ``herd simulate --delay-ms`` can express. At a rate well below the trace's own the delay
 is close to 0.
 
+Confirm (``--confirm``, ``herd.coordinator``). The coordinator runs with ``--confirm`` and the
+controllers with the switches' stages: each epoch's candidates are pulled from the switches
+through the controllers, at the latest when the run is flushed (W = 0: only then). The result
+counts the pull's messages (in ``messages`` and ``pull_messages``, per switch as the
+simulator does), the 24-byte slots (``slot_bytes``), the confirm counters, and splits the
+detection delays into early and confirmed ones (a confirmed detection is timed at the newest
+report time the coordinator had seen when the epoch was seen over); ``simulated_f1`` is the
+simulator with confirm too, and ``simulated_pull_messages`` its pull messages.
+
 Losses. lost_messages = hellos and reports the switches sent (their registers) minus those
 the coordinator holds (distinct group memberships, and reports after the sequence-number
 dedupe). It is 0 unless something was dropped; a double count would make it negative.
@@ -64,6 +73,7 @@ from herd.services.drivers.base import SwitchDriver
 from herd.services.drivers.model import ModelDriver
 from herd.services.results import FIELDS, elephant_detection
 from herd.services.rpc import herd_pb2 as pb
+from herd.switch import SLOT_BYTES, SLOT_BYTES_CONFIRM
 
 STARTUP_TIMEOUT = 60.0
 MAX_K = 64
@@ -233,9 +243,16 @@ class ReplayRun:
             "--listen", self.address, "--switches", ",".join(self.names), "--R", str(self.R),
             "--token-file", str(self.token_file), "--journal", str(self.dir / "journal.sqlite"),
             "--results", str(self.dir / "coordinator-results.json"),
-            "--epoch-ms", repr(float(self.params.epoch_ms)),
+            "--epoch-ms", repr(float(self.params.epoch_ms)), *self.confirm_args(),
             "--ready-file", str(ready), "--log-level", self.log_level], "coordinator")
         self._wait_file(ready, self.coordinator, "coordinator")
+
+    def confirm_args(self) -> list[str]:
+        """The coordinator's confirm options (none without confirm)."""
+        p = self.params
+        if not p.confirm:
+            return []
+        return ["--confirm", "--confirm-reports", str(p.confirm_reports), "--T", str(self.T)]
 
     def start_switch(self, i: int) -> None:
         """Start switch i. One process hosts every switch (its packet loop paces them all:
@@ -264,7 +281,7 @@ class ReplayRun:
             "--switch", self.names[i], "--switch-index", str(i), "--epsilon", repr(p.epsilon),
             "--T", str(self.T), "--s", repr(p.s), "--seed", str(p.seed),
             "--overflow-policy", p.overflow_policy, "--epoch-us", str(self.epoch_us),
-            "--coordinator", self.address,
+            "--stages", ",".join(map(str, p.stages)), "--coordinator", self.address,
             "--token-file", str(self.token_file), *self.driver_args(i),
             "--status-file", str(self.dir / f"{self.names[i]}.controller.json"),
             "--log-level", self.log_level], f"controller-{self.names[i]}")
@@ -430,9 +447,16 @@ class ReplayRun:
         self.flush()  # the run is over: every epoch's elephants are final
         q = self.query(True)
         counters = dict(q.counters)
+        confirm = self.params.confirm
         # The coordinator's elephants (5-tuples) as the trace's (flow, epoch) pairs.
-        detection = elephant_detection(prep, {
-            f: np.array([getattr(x, f) for x in q.elephants], np.int64) for f in FIELDS})
+        columns = {f: np.array([getattr(x, f) for x in q.elephants], np.int64) for f in FIELDS}
+        if confirm:
+            columns["early"] = np.array([x.early for x in q.elephants], np.bool_)
+        detection = elephant_detection(prep, columns)
+        # Confirm's pulls, per switch s1..sk as the coordinator counted them.
+        by_name = {s.name: s for s in q.switches}
+        pulls = np.array([by_name[n].pull_messages if n in by_name else 0 for n in self.names],
+                         np.int64)
         regs = [s["registers"] for s in stats]
         hellos = np.array([r["hellos"] for r in regs], np.int64)
         reports = np.array([r["reports"] for r in regs], np.int64)
@@ -471,8 +495,9 @@ class ReplayRun:
             row["messages"] = row["max_states"] = None
         metrics: dict[str, Any] = {
             **scored,
-            **message_summary(hellos, reports, overflows),
-            **memory_summary(peak, sum(self.params.stages)),
+            **message_summary(hellos, reports, overflows, pulls),
+            **memory_summary(peak, sum(self.params.stages),
+                             SLOT_BYTES_CONFIRM if confirm else SLOT_BYTES),
             "table_writes": int(sum(s["table_writes"] for s in stats)),
             "l_g_pushes": int(counters.get("l_g_pushes", 0)),
             "table_resets": int(sum(s["table_resets"] for s in stats)),
@@ -509,6 +534,10 @@ class ReplayRun:
             "restarts": dict(self.restarts),
             "per_epoch": per_epoch,
         }
+        if confirm:
+            out.update({key: int(counters.get(key, 0)) for key in (
+                "pulls", "confirm_candidates", "confirmed", "withdrawn", "unknown_held_totals",
+                "pull_timeouts", "reports_after_pull")})
         if self.params.epoch_ms > 0:
             origin = self.origin_us * 1000
             firsts = [s["first_arrival_us"] * 1000 for s in stats if s.get("first_arrival_us")]
@@ -532,6 +561,10 @@ class ReplayRun:
                 else constant
             out["simulated_f1"] = sim.f1
             out["f1_difference"] = out["f1"] - sim.f1
+            if confirm:
+                for key in ("pull_messages", "confirm_candidates", "confirmed", "withdrawn",
+                            "unknown_held_totals"):
+                    out[f"simulated_{key}"] = sim.metrics.get(key)
             out["measured_delays"] = sim.metrics.get("measured_delays", 0)
             out["measured_delays_mismatched"] = sim.metrics.get("measured_delays_mismatched", 0)
         return out
@@ -614,7 +647,12 @@ def format_result(d: dict[str, Any]) -> str:
            f"{d['measured_delay_ms']:.4f} ms: {d['simulated_f1_mean_delay']:.4f})"
            if "simulated_f1" in d else ""),
         f"messages={d['messages']} (hellos {d['hellos']}, reports {d['reports']}, overflows "
-        f"{d['overflows']}); lost {d['lost_messages']}",
+        f"{d['overflows']}, pull {d['pull_messages']}); lost {d['lost_messages']}; "
+        f"{d['slot_bytes']} bytes a slot",
+        *([f"confirm: {d['pulls']} pulls, {d['confirm_candidates']} candidates, "
+           f"{d['confirmed']} confirmed, {d['withdrawn']} withdrawn, "
+           f"{d['unknown_held_totals']} held totals unknown, {d['pull_timeouts']} switches "
+           "timed out"] if "pulls" in d else []),
         f"hello -> install latency p50 {ms(d['hello_latency_ms_p50'])}, p99 "
         f"{ms(d['hello_latency_ms_p99'])} (trace-time delay {d['measured_delay_ms']:.4f} ms)",
         f"replayed in {d['seconds']:.2f} s: {d['packets_per_second']:.0f} packets/s, "

@@ -6,6 +6,8 @@ flow index and epoch. :func:`elephant_detection` maps one onto the other, and
 --results``, written at shutdown) the way ``herd simulate`` scores itself: precision,
 recall and F1 over the (flow, epoch) pairs, per epoch too. Elephants whose 5-tuple is not in
 the trace (another trace's, or traffic the trace does not hold) count as false positives.
+With confirm (the results' params say so) each elephant says whether R reports found it
+before the pull (``early``); the detections keep that, for delays split the simulator's way.
 
     herd score --results results.json --trace PCAP [--T T] [--epoch-ms W]
 """
@@ -30,12 +32,15 @@ _FOREIGN = np.int64(1) << 31  # flow indices for pairs not in the trace: never h
 
 
 def elephant_detection(prep: PreparedTrace, columns: dict[str, np.ndarray]) -> Detection:
-    """The detected (flow, epoch) pairs of elephants given as columns (``FIELDS``)."""
+    """The detected (flow, epoch) pairs of elephants given as columns (``FIELDS``, and
+    ``early`` with confirm)."""
     t = prep.trace
     table = FlowTable(max(1, t.flows))
     table.index(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport, t.flow_proto)
+    early = columns.get("early")
     if len(columns["src"]) == 0:
-        return Detection(np.zeros(0, np.int64), np.zeros(0, np.int64))
+        return Detection(np.zeros(0, np.int64), np.zeros(0, np.int64),
+                         early=None if early is None else np.zeros(0, np.bool_))
     idx = table.index(*(np.asarray(columns[f], np.uint32) for f in FIELDS[:5]))
     known = (idx >= 0) & (idx < t.flows)
     # A 5-tuple the trace lacks still is a detection: a distinct index of its own.
@@ -44,7 +49,8 @@ def elephant_detection(prep: PreparedTrace, columns: dict[str, np.ndarray]) -> D
     keys = pair_keys(np.asarray(columns["epoch"], np.int64), flow)
     detect_ts = np.asarray(columns["detected_ns"], np.int64)
     keys, first = np.unique(keys, return_index=True)  # a pair once, at its first detection
-    return Detection(keys, detect_ts[first])
+    return Detection(keys, detect_ts[first],
+                     early=None if early is None else np.asarray(early, np.bool_)[first])
 
 
 def read_results(path: str | Path) -> dict[str, Any]:
@@ -75,7 +81,11 @@ def score_results(prep: PreparedTrace, params: Params, results: dict[str, Any],
                   source: str = "results") -> dict[str, Any]:
     """The coordinator's elephants against the trace's ground truth under ``params`` (T,
     epoch length): the keys of ``herd simulate --json`` that do not need the switches."""
-    detection = elephant_detection(prep, elephant_columns(results["elephants"], source))
+    columns = elephant_columns(results["elephants"], source)
+    if (results.get("params") or {}).get("confirm"):
+        columns["early"] = np.array([bool(x.get("early")) for x in results["elephants"]],
+                                    np.bool_)
+    detection = elephant_detection(prep, columns)
     T = prep.threshold(params)
     E = prep.truth(params, T).epochs
     metrics, per_epoch = score(prep, params, T, params.reports_needed, detection,
@@ -83,8 +93,8 @@ def score_results(prep: PreparedTrace, params: Params, results: dict[str, Any],
     for row in per_epoch:  # not in a results file
         row.pop("messages", None)
         row.pop("max_states", None)
-    metrics.pop("detection_delay_ms_p50", None)  # wall clock against trace time: meaningless
-    metrics.pop("detection_delay_ms_p95", None)
+    for key in [k for k in metrics if "detection_delay" in k]:
+        metrics.pop(key)  # wall clock against trace time: meaningless
     foreign = int(((detection.keys & 0xFFFFFFFF) >= _FOREIGN).sum())
     return {"T": T, **metrics, "not_in_trace": foreign,
             "trace": [str(p) for p in prep.trace.paths], "trace_digest": prep.trace.digest,

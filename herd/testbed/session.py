@@ -3,7 +3,7 @@ either target, controllers and coordinator optional, then the Mininet CLI (``h1 
 ...``, ``h2 tcpdump ...``). Everything is torn down when the CLI exits.
 
     sudo .venv/bin/python -m herd.testbed.session [--k 10] [--target model|bmv2] \
-        [--controllers --trace PCAP --s 0.2 --epsilon 0.1 [--T T]]
+        [--controllers --trace PCAP --s 0.2 --epsilon 0.1 [--T T] [--confirm [--confirm-reports C]]]
 """
 
 from __future__ import annotations
@@ -35,11 +35,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--T", type=int, help="the heavy-hitter threshold (default: the trace's "
                     "99th percentile)")
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--confirm", action="store_true",
+                    help="with --controllers: the coordinator runs Herd + confirm")
+    ap.add_argument("--confirm-reports", type=int, default=3, metavar="C")
     args = ap.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="herd-session-"))
     try:
         require_root_and_mininet()
-        params = Params(s=args.s, epsilon=args.epsilon, T=args.T, k=args.k, seed=args.seed)
+        params = Params(s=args.s, epsilon=args.epsilon, T=args.T, k=args.k, seed=args.seed,
+                        confirm=args.confirm, confirm_reports=args.confirm_reports)
         prep = None
         if args.controllers:
             if not args.trace:

@@ -10,7 +10,13 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from herd.services.drivers.base import GROUP_ACTION, GROUP_TABLE, CpuRecord, SwitchDriver
+from herd.services.drivers.base import (
+    GROUP_ACTION,
+    GROUP_TABLE,
+    CpuRecord,
+    FiveTuple,
+    SwitchDriver,
+)
 from herd.services.model_switch import (
     ACK,
     RECORD_HEAD,
@@ -18,6 +24,10 @@ from herd.services.model_switch import (
     recv_frame,
     send_frame,
 )
+
+# Flows per held_totals request: its JSON frame stays well below the switch's MAX_FRAME (an
+# epoch's totals do not change until epoch + 2, so the parts need not be read in one step).
+HELD_TOTALS_PER_REQUEST = 8192
 
 
 class SwitchError(RuntimeError):
@@ -108,6 +118,20 @@ class ModelDriver(SwitchDriver):
 
     def reset_tables(self) -> None:
         self.request(op="reset_tables")  # one step, atomic with respect to packets
+
+    def held_totals(self, epoch: int, flows: Sequence[FiveTuple],
+                    stages: Sequence[int]) -> list[int]:
+        """Confirm's pull in one round trip (one per HELD_TOTALS_PER_REQUEST flows): the
+        model switch decodes the flows' held totals under its data-plane lock (SwitchError if
+        ``stages`` are not the switch's)."""
+        out: list[int] = []
+        for at in range(0, len(flows), HELD_TOTALS_PER_REQUEST):
+            reply = self.request(op="held_totals", epoch=int(epoch),
+                                 stages=[int(s) for s in stages],
+                                 flows=[[int(x) for x in f]
+                                        for f in flows[at: at + HELD_TOTALS_PER_REQUEST]])
+            out += [int(x) for x in reply["totals"]]
+        return out
 
     def entry_clock(self) -> int | None:
         return None  # the model switch records each write's packet itself

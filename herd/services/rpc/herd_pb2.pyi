@@ -7,20 +7,22 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ControllerParams(_message.Message):
-    __slots__ = ("epsilon", "T", "s", "seed", "overflow_policy", "epoch_us")
+    __slots__ = ("epsilon", "T", "s", "seed", "overflow_policy", "epoch_us", "stages")
     EPSILON_FIELD_NUMBER: _ClassVar[int]
     T_FIELD_NUMBER: _ClassVar[int]
     S_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     OVERFLOW_POLICY_FIELD_NUMBER: _ClassVar[int]
     EPOCH_US_FIELD_NUMBER: _ClassVar[int]
+    STAGES_FIELD_NUMBER: _ClassVar[int]
     epsilon: float
     T: int
     s: float
     seed: int
     overflow_policy: str
     epoch_us: int
-    def __init__(self, epsilon: _Optional[float] = ..., T: _Optional[int] = ..., s: _Optional[float] = ..., seed: _Optional[int] = ..., overflow_policy: _Optional[str] = ..., epoch_us: _Optional[int] = ...) -> None: ...
+    stages: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, epsilon: _Optional[float] = ..., T: _Optional[int] = ..., s: _Optional[float] = ..., seed: _Optional[int] = ..., overflow_policy: _Optional[str] = ..., epoch_us: _Optional[int] = ..., stages: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class RegisterRequest(_message.Message):
     __slots__ = ("switch_name", "params")
@@ -145,7 +147,7 @@ class QueryRequest(_message.Message):
     def __init__(self, elephants: _Optional[bool] = ..., epoch: _Optional[int] = ...) -> None: ...
 
 class Elephant(_message.Message):
-    __slots__ = ("src", "dst", "sport", "dport", "proto", "reports", "detected_ns", "epoch")
+    __slots__ = ("src", "dst", "sport", "dport", "proto", "reports", "detected_ns", "epoch", "early")
     SRC_FIELD_NUMBER: _ClassVar[int]
     DST_FIELD_NUMBER: _ClassVar[int]
     SPORT_FIELD_NUMBER: _ClassVar[int]
@@ -154,6 +156,7 @@ class Elephant(_message.Message):
     REPORTS_FIELD_NUMBER: _ClassVar[int]
     DETECTED_NS_FIELD_NUMBER: _ClassVar[int]
     EPOCH_FIELD_NUMBER: _ClassVar[int]
+    EARLY_FIELD_NUMBER: _ClassVar[int]
     src: int
     dst: int
     sport: int
@@ -162,7 +165,8 @@ class Elephant(_message.Message):
     reports: int
     detected_ns: int
     epoch: int
-    def __init__(self, src: _Optional[int] = ..., dst: _Optional[int] = ..., sport: _Optional[int] = ..., dport: _Optional[int] = ..., proto: _Optional[int] = ..., reports: _Optional[int] = ..., detected_ns: _Optional[int] = ..., epoch: _Optional[int] = ...) -> None: ...
+    early: bool
+    def __init__(self, src: _Optional[int] = ..., dst: _Optional[int] = ..., sport: _Optional[int] = ..., dport: _Optional[int] = ..., proto: _Optional[int] = ..., reports: _Optional[int] = ..., detected_ns: _Optional[int] = ..., epoch: _Optional[int] = ..., early: _Optional[bool] = ...) -> None: ...
 
 class EpochSummary(_message.Message):
     __slots__ = ("epoch", "open", "reports", "untracked_reports", "late_reports", "flows", "elephants", "closed_ns")
@@ -195,7 +199,7 @@ class FlushReply(_message.Message):
     def __init__(self, closed: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class SwitchCounters(_message.Message):
-    __slots__ = ("name", "switch_id", "registered", "subscribed", "hellos", "groups", "reports", "duplicates", "batches", "acked_seq")
+    __slots__ = ("name", "switch_id", "registered", "subscribed", "hellos", "groups", "reports", "duplicates", "batches", "acked_seq", "pulls", "pull_messages", "pull_timeouts")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SWITCH_ID_FIELD_NUMBER: _ClassVar[int]
     REGISTERED_FIELD_NUMBER: _ClassVar[int]
@@ -206,6 +210,9 @@ class SwitchCounters(_message.Message):
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
     BATCHES_FIELD_NUMBER: _ClassVar[int]
     ACKED_SEQ_FIELD_NUMBER: _ClassVar[int]
+    PULLS_FIELD_NUMBER: _ClassVar[int]
+    PULL_MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    PULL_TIMEOUTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     switch_id: int
     registered: bool
@@ -216,7 +223,10 @@ class SwitchCounters(_message.Message):
     duplicates: int
     batches: int
     acked_seq: int
-    def __init__(self, name: _Optional[str] = ..., switch_id: _Optional[int] = ..., registered: _Optional[bool] = ..., subscribed: _Optional[bool] = ..., hellos: _Optional[int] = ..., groups: _Optional[int] = ..., reports: _Optional[int] = ..., duplicates: _Optional[int] = ..., batches: _Optional[int] = ..., acked_seq: _Optional[int] = ...) -> None: ...
+    pulls: int
+    pull_messages: int
+    pull_timeouts: int
+    def __init__(self, name: _Optional[str] = ..., switch_id: _Optional[int] = ..., registered: _Optional[bool] = ..., subscribed: _Optional[bool] = ..., hellos: _Optional[int] = ..., groups: _Optional[int] = ..., reports: _Optional[int] = ..., duplicates: _Optional[int] = ..., batches: _Optional[int] = ..., acked_seq: _Optional[int] = ..., pulls: _Optional[int] = ..., pull_messages: _Optional[int] = ..., pull_timeouts: _Optional[int] = ...) -> None: ...
 
 class QueryReply(_message.Message):
     __slots__ = ("elephants", "switches", "counters", "params_json", "epochs")
@@ -238,3 +248,37 @@ class QueryReply(_message.Message):
     params_json: str
     epochs: _containers.RepeatedCompositeFieldContainer[EpochSummary]
     def __init__(self, elephants: _Optional[_Iterable[_Union[Elephant, _Mapping]]] = ..., switches: _Optional[_Iterable[_Union[SwitchCounters, _Mapping]]] = ..., counters: _Optional[_Mapping[str, int]] = ..., params_json: _Optional[str] = ..., epochs: _Optional[_Iterable[_Union[EpochSummary, _Mapping]]] = ...) -> None: ...
+
+class PullRequest(_message.Message):
+    __slots__ = ("pull_id", "epoch", "part", "parts", "src", "dst", "sport", "dport", "proto")
+    PULL_ID_FIELD_NUMBER: _ClassVar[int]
+    EPOCH_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    PARTS_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    SPORT_FIELD_NUMBER: _ClassVar[int]
+    DPORT_FIELD_NUMBER: _ClassVar[int]
+    PROTO_FIELD_NUMBER: _ClassVar[int]
+    pull_id: int
+    epoch: int
+    part: int
+    parts: int
+    src: _containers.RepeatedScalarFieldContainer[int]
+    dst: _containers.RepeatedScalarFieldContainer[int]
+    sport: _containers.RepeatedScalarFieldContainer[int]
+    dport: _containers.RepeatedScalarFieldContainer[int]
+    proto: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, pull_id: _Optional[int] = ..., epoch: _Optional[int] = ..., part: _Optional[int] = ..., parts: _Optional[int] = ..., src: _Optional[_Iterable[int]] = ..., dst: _Optional[_Iterable[int]] = ..., sport: _Optional[_Iterable[int]] = ..., dport: _Optional[_Iterable[int]] = ..., proto: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class PullAnswer(_message.Message):
+    __slots__ = ("switch_id", "pull_id", "part", "totals")
+    SWITCH_ID_FIELD_NUMBER: _ClassVar[int]
+    PULL_ID_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    TOTALS_FIELD_NUMBER: _ClassVar[int]
+    switch_id: int
+    pull_id: int
+    part: int
+    totals: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, switch_id: _Optional[int] = ..., pull_id: _Optional[int] = ..., part: _Optional[int] = ..., totals: _Optional[_Iterable[int]] = ...) -> None: ...

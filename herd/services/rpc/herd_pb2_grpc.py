@@ -69,6 +69,11 @@ class CoordinatorStub:
                 request_serializer=herd_dot_services_dot_rpc_dot_herd__pb2.FlushRequest.SerializeToString,
                 response_deserializer=herd_dot_services_dot_rpc_dot_herd__pb2.FlushReply.FromString,
                 _registered_method=True)
+        self.Pulls = channel.stream_stream(
+                '/herd.v1.Coordinator/Pulls',
+                request_serializer=herd_dot_services_dot_rpc_dot_herd__pb2.PullAnswer.SerializeToString,
+                response_deserializer=herd_dot_services_dot_rpc_dot_herd__pb2.PullRequest.FromString,
+                _registered_method=True)
 
 
 class CoordinatorServicer:
@@ -130,6 +135,18 @@ class CoordinatorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Pulls(self, request_iterator, context):
+        """Confirm's pull (coordinator --confirm): a controller opens this stream after Register,
+        its first message an answer naming its switch (pull_id 0, no totals). The coordinator
+        sends each pull of an epoch's candidates in parts of at most 100 flows
+        (herd.coordinator.PULL_FLOWS_PER_MESSAGE); the controller reads the held totals of all
+        the parts in one step once it has them, and answers every part with one PullAnswer.
+        Requests not answered when a stream breaks are sent again on the next one.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CoordinatorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -167,6 +184,11 @@ def add_CoordinatorServicer_to_server(servicer, server):
                     servicer.Flush,
                     request_deserializer=herd_dot_services_dot_rpc_dot_herd__pb2.FlushRequest.FromString,
                     response_serializer=herd_dot_services_dot_rpc_dot_herd__pb2.FlushReply.SerializeToString,
+            ),
+            'Pulls': grpc.stream_stream_rpc_method_handler(
+                    servicer.Pulls,
+                    request_deserializer=herd_dot_services_dot_rpc_dot_herd__pb2.PullAnswer.FromString,
+                    response_serializer=herd_dot_services_dot_rpc_dot_herd__pb2.PullRequest.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -358,6 +380,33 @@ class Coordinator:
             '/herd.v1.Coordinator/Flush',
             herd_dot_services_dot_rpc_dot_herd__pb2.FlushRequest.SerializeToString,
             herd_dot_services_dot_rpc_dot_herd__pb2.FlushReply.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Pulls(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/herd.v1.Coordinator/Pulls',
+            herd_dot_services_dot_rpc_dot_herd__pb2.PullAnswer.SerializeToString,
+            herd_dot_services_dot_rpc_dot_herd__pb2.PullRequest.FromString,
             options,
             channel_credentials,
             insecure,
