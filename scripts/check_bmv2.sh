@@ -27,16 +27,21 @@ if grep '^SKIPPED' "$log" | grep -v 'p4-utils' >/dev/null; then
 fi
 
 # Direct injection (one simple_switch per packet): lossless at 1,000 packets/s even with
-# BMv2's logging compiled in (its default build).
+# BMv2's logging compiled in (its default build); with confirm, so that the pull's register
+# reads run too.
 printf 'epsilon,f1score,precision,recall\n0.1\n' > "$out/layout.csv"
 .venv/bin/python -m herd.testbed.harness 0.2 0.1 0 0 "$out/layout.csv" pcap/synth-20k.pcap \
-    topologies/p4app_10_switches_herd.json --target bmv2 --injection direct --pps 1000
+    topologies/p4app_10_switches_herd.json --target bmv2 --injection direct --pps 1000 \
+    --confirm
 .venv/bin/python - "$out/layout.csv" <<'PY'
 import csv, sys
 row = next(csv.DictReader(open(sys.argv[1])))
-print(f"F1 {row['f1score']}, lost packets {row['lost_packets']}, lost messages "
-      f"{row['lost_messages']}")
+print(f"F1 {row['f1score']} (simulated {row['simulated_f1']}), lost packets "
+      f"{row['lost_packets']}, lost messages {row['lost_messages']}, pull messages "
+      f"{row['pull_messages']}, held totals unknown {row['unknown_held_totals']}")
 if row["lost_packets"] != "0" or row["lost_messages"] != "0":
     sys.exit("check_bmv2: the BMv2 harness run lost packets or messages")
+if row["confirm"] != "True" or row["unknown_held_totals"] != "0":
+    sys.exit("check_bmv2: the BMv2 harness run's pulls did not all read their held totals")
 PY
 echo "check_bmv2: BMv2 tests and the BMv2 harness run passed"
