@@ -13,6 +13,10 @@ the trace, its digest, the parameters, the budgets and the tool version:
   communication budget C - Herd tuned (``herd.tuning.tune``, quick search) against the
   baselines at the same budgets (``herd.tuning.tune_baseline``);
 - ``f1_vs_message_budget``: the same within a communication budget C at a fixed S;
+- ``f1_vs_messages``: F1 against the messages of the busiest switch, for Herd, Herd + confirm
+  and the baselines, each tuned within the same budgets as ``f1_vs_message_budget`` (Herd +
+  confirm's 24-byte slots within the same bytes: S x 12 // 24 of them, its pull messages
+  counted; ``tune(modes=(True,))``);
 - ``per_epoch`` (with ``--epoch-ms``): Herd's F1 and messages in each epoch over the trace's
   time, at the base parameters, beside the heavy hitters each epoch holds.
 
@@ -41,11 +45,13 @@ from herd.baselines import distinct_flows_per_switch, groups_per_switch
 from herd.errors import HerdInputError
 from herd.params import Params
 from herd.prepared import PreparedTrace
+from herd.switch import SLOT_BYTES, SLOT_BYTES_CONFIRM
 from herd.tuning import (
     DEFAULT_HEADROOM,
     Config,
     Evaluator,
     Point,
+    budget_slots,
     default_workers,
     message_limit,
     split_trace,
@@ -61,8 +67,11 @@ BUDGET_POINTS = 5
 AUTO_SEEDS_PACKETS = 2_000_000
 
 ALGORITHMS = ("herd", "strawman", "sampling", "reporting")
+CONFIRM = "herd+confirm"  # Herd + confirm: a curve of its own, beside ALGORITHMS
+HERDS = ("herd", CONFIRM)
 STYLE = {
     "herd": {"color": "C0", "marker": "o", "label": "Herd"},
+    CONFIRM: {"color": "C4", "marker": "P", "label": "Herd + confirm"},
     "strawman": {"color": "C3", "marker": "s", "label": "strawman"},
     "sampling": {"color": "C2", "marker": "^", "label": "prob. sampling"},
     "reporting": {"color": "C1", "marker": "D", "label": "prob. reporting"},
@@ -162,16 +171,19 @@ def _point_row(figure: str, x_name: str, x: float, algorithm: str, p: Point | No
         row.update(extra)
         return row
     c = p.config
+    herd = algorithm in HERDS
     row.update(
         fits=p.feasible, f1score=p.f1, precision=p.precision, recall=p.recall,
         f1score_std=p.f1_std, max_states=p.max_states, max_messages=p.max_messages,
-        messages=float(np.mean([r.messages for r in p.runs])),
+        messages=p.total_messages,
         R=p.R if p.runs[0].r_free else None,  # strawman and sampling have no R
-        s=c.s if algorithm == "herd" else None,
-        epsilon=c.epsilon if algorithm in ("herd", "reporting") else None,
+        C=p.C, pull_messages=p.pull_messages if c.confirm else None,
+        s=c.s if herd else None,
+        epsilon=c.epsilon if herd or algorithm == "reporting" else None,
         q=c.q if algorithm == "sampling" else None,
-        stages="/".join(map(str, c.stages)) if algorithm == "herd" else None,
-        overflow_policy=c.overflow_policy if algorithm == "herd" else None,
+        stages="/".join(map(str, c.stages)) if herd else None,
+        overflow_policy=c.overflow_policy if herd else None,
+        table_bytes=c.table_bytes if herd else None,
     )
     row.update(extra)
     return row
@@ -238,14 +250,9 @@ def _budget_rows(prep: PreparedTrace, plan: Plan, figure: str, memory: int, mess
     extra = {"memory_budget": memory, "message_budget": messages}
     rows = []
     if "herd" in algorithms:
-        try:
-            r = tune(prep, plan.base, memory, messages, seeds=plan.seeds,
-                     headroom=plan.headroom, workers=1, quick=True, near=near,
-                     toward=toward, cache=herd_cache)
-            rows.append(_point_row(figure, figure, x, "herd", r.best, **extra))
-            near = (r.params.s, r.params.epsilon)
-        except HerdInputError as e:
-            rows.append(_point_row(figure, figure, x, "herd", None, note=str(e), **extra))
+        row, near = _tuned_row(prep, plan, figure, memory, messages, False, herd_cache, near,
+                               toward)
+        rows.append(row)
     for alg in algorithms:
         if alg == "herd":
             continue
@@ -259,6 +266,38 @@ def _budget_rows(prep: PreparedTrace, plan: Plan, figure: str, memory: int, mess
                           headroom=plan.headroom, ev=ev)
         rows.append(_point_row(figure, figure, x, alg, p, **extra))
     return rows, near
+
+
+def _tuned_row(prep: PreparedTrace, plan: Plan, figure: str, memory: int, messages: int,
+               confirm: bool, cache: dict[Any, Any] | None, near: tuple[float, float] | None,
+               toward: int) -> tuple[dict[str, Any], tuple[float, float] | None]:
+    """Herd (or Herd + confirm) tuned within (memory, messages) by the quick search, and
+    where the search ended, to start the next budget's from."""
+    x = memory if figure == "memory" else messages
+    alg = CONFIRM if confirm else "herd"
+    extra = {"memory_budget": memory, "message_budget": messages,
+             "slot_bytes": SLOT_BYTES_CONFIRM if confirm else SLOT_BYTES,
+             "budget_slots": budget_slots(memory, confirm)}
+    try:
+        r = tune(prep, plan.base, memory, messages, seeds=plan.seeds, headroom=plan.headroom,
+                 workers=1, quick=True, near=near, toward=toward, modes=(confirm,),
+                 cache=cache)
+    except HerdInputError as e:
+        return _point_row(figure, figure, x, alg, None, note=str(e), **extra), near
+    return _point_row(figure, figure, x, alg, r.best, **extra), (r.params.s, r.params.epsilon)
+
+
+def job_confirm(prep: PreparedTrace, plan: Plan) -> list[dict[str, Any]]:
+    """Herd + confirm at the communication-budget figure's budgets (one table size, the
+    runs shared through one cache), from the largest budget down as Herd's own."""
+    cache: dict[Any, Any] = {}
+    rows: list[dict[str, Any]] = []
+    near = None
+    for c in sorted(plan.message_budgets, reverse=True):
+        row, near = _tuned_row(prep, plan, "messages", plan.fixed_memory, c, True, cache, near,
+                               toward=1)
+        rows.append(row)
+    return rows
 
 
 def job_memory(prep: PreparedTrace, plan: Plan) -> list[dict[str, Any]]:
@@ -304,7 +343,7 @@ _CTX: dict[str, Any] = {}
 def _run_job(job: tuple[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
     name, args = job
     fn = {"epsilon": job_epsilon, "s": job_s, "memory": job_memory,
-          "messages": job_messages}[name]
+          "messages": job_messages, "confirm": job_confirm}[name]
     return fn(_CTX["prep"], _CTX["plan"], *args)
 
 
@@ -318,6 +357,7 @@ def _warm_up(prep: PreparedTrace, plan: Plan) -> None:
     small = PreparedTrace(split_trace(t, 0, min(t.packets, 2000)))
     for alg in ALGORITHMS:
         simulate(small, plan.base.with_(algorithm=alg, T=1))
+    simulate(small, plan.base.with_(T=1, confirm=True, confirm_reports=1))
     for i in range(plan.seeds):
         p = plan.base.with_(seed=plan.base.seed + i)
         prep.ingress(p.k, p.p, p.seed)
@@ -329,7 +369,7 @@ def compute(prep: PreparedTrace, plan: Plan, workers: int = 1,
     """Run every job (in ``workers`` forked processes) and return all rows."""
     # longest first, so that two workers finish at about the same time
     jobs: list[tuple[str, tuple[Any, ...]]] = [
-        ("messages", ()), ("memory", ()), ("epsilon", ()), ("s", ())]
+        ("messages", ()), ("memory", ()), ("confirm", ()), ("epsilon", ()), ("s", ())]
     _warm_up(prep, plan)
     _CTX.update(prep=prep, plan=plan)
     rows: list[dict[str, Any]] = []
@@ -571,6 +611,60 @@ def _budget_figure(out: Path, prep: PreparedTrace, plan: Plan, rows: list[dict[s
     return [png, csv_path]
 
 
+MESSAGES_COLUMNS = ("algorithm", "max_messages_per_switch", "message_budget", "fits", "f1score",
+                    "precision", "recall", "f1score_std", "messages", "pull_messages",
+                    "max_states_per_switch", "memory_budget", "budget_slots", "slot_bytes",
+                    "table_bytes", "s", "epsilon", "R", "C", "stages", "overflow_policy", "q",
+                    "note")
+
+
+def messages_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The rows of ``f1_vs_messages``: every algorithm at the communication budgets, Herd +
+    confirm beside Herd, in budget order."""
+    out = []
+    for alg in (*HERDS, *ALGORITHMS[1:]):
+        for r in _sorted(rows, "messages", alg):
+            out.append({**r, "max_messages_per_switch": r.get("max_messages"),
+                        "max_states_per_switch": r.get("max_states")})
+    return out
+
+
+def _messages_figure(out: Path, prep: PreparedTrace, plan: Plan,
+                     rows: list[dict[str, Any]]) -> list[Path]:
+    """F1 against the busiest switch's messages: what each algorithm buys with them."""
+    from herd.fileio import atomic_write
+
+    table = messages_rows(rows)
+    csv_path = out / "f1_vs_messages.csv"
+    atomic_write(csv_path, _csv(MESSAGES_COLUMNS, table))
+    h = f"; messages kept within {1 - plan.headroom:.0%} of each budget" if plan.headroom else ""
+    fixed = (f"S = {plan.fixed_memory:,} slots of {SLOT_BYTES} bytes per switch "
+             f"({plan.fixed_memory * SLOT_BYTES:,} bytes; Herd + confirm: "
+             f"{budget_slots(plan.fixed_memory, True):,} slots of {SLOT_BYTES_CONFIRM} bytes)"
+             f"; budgets C = {', '.join(f'{c:,}' for c in plan.message_budgets)}{h}; "
+             "Herd tuned (s, eps, R), + confirm also C, pulls counted")
+    fig, ax = _figure("F1 against the messages of the busiest switch",
+                      f"{_subtitle(prep, plan)}\n{fixed}")
+    for alg in (*HERDS, *ALGORITHMS[1:]):
+        data = sorted((r for r in table if r["algorithm"] == alg and r.get("fits")),
+                      key=lambda r: r["max_messages"])
+        if not data:
+            continue
+        st = STYLE[alg]
+        ax.plot([r["max_messages"] for r in data], [r["f1score"] for r in data],
+                st["marker"] + "-", color=st["color"], label=st["label"], markersize=5)
+    ax.axvline(plan.hellos, color="grey", linestyle=":", linewidth=1,
+               label=f"Herd's hellos ({plan.hellos})")
+    ax.set_xscale("log")
+    ax.set_xlabel("messages of the busiest switch (worst seed)")
+    ax.set_ylabel("F1")
+    ax.set_ylim(0, 1.05)
+    ax.legend(fontsize=8, loc="lower right")
+    png = out / "f1_vs_messages.png"
+    _save(fig, png)
+    return [png, csv_path]
+
+
 def _epoch_figure(out: Path, prep: PreparedTrace, plan: Plan) -> list[Path]:
     """F1 and messages per epoch over time, Herd at the base parameters (one seed)."""
     from herd.evaluate import simulate
@@ -637,6 +731,7 @@ def make_figures(prep: PreparedTrace, out: str | Path, plan: Plan, *, workers: i
     written += _cost_figure(out, prep, plan, rows, "s")
     written += _budget_figure(out, prep, plan, rows, "memory")
     written += _budget_figure(out, prep, plan, rows, "messages")
+    written += _messages_figure(out, prep, plan, rows)
     if plan.base.epoch_ms:
         written += _epoch_figure(out, prep, plan)
     meta = {
@@ -705,6 +800,9 @@ def cmd_figures(args: argparse.Namespace) -> int:
     if base.algorithm != "herd":
         raise HerdInputError(f"--algorithm {base.algorithm}: the figures run every algorithm; "
                              "leave --algorithm out")
+    if base.confirm or args.confirm_reports is not None:
+        raise HerdInputError("--confirm: the figures run Herd with and without confirm (C "
+                             "tuned per budget); leave --confirm and --confirm-reports out")
     interactive = sys.stderr.isatty()
     prep = PreparedTrace(load_trace(args.trace, progress=interactive))
     plan = make_plan(prep, base, seeds=args.seeds, epsilons=args.epsilons,

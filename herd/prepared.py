@@ -186,6 +186,13 @@ class Detection:
     # Herd + confirm: per detected pair, whether R reports found it before the pull (else
     # the pull did). None without confirm.
     early: np.ndarray | None = None
+    # Herd + confirm, for choosing C after a run (herd.tuning), as reports_* serve R: per
+    # report count n, how many heavy and other pairs the pulls confirmed, and per pull how
+    # many of the epoch's pairs had n reports (whom a pull at any C asks). Right for every
+    # C' >= min(C, R) of the run, so run with C = 1. None without confirm.
+    confirmed_heavy: np.ndarray | None = None
+    confirmed_other: np.ndarray | None = None
+    pulled: list[np.ndarray] | None = None
 
 
 class ReportTally:
@@ -201,6 +208,10 @@ class ReportTally:
         self.confirm = False
         self.hist_heavy = np.zeros(1, np.int64)
         self.hist_other = np.zeros(1, np.int64)
+        # confirm only (Detection.confirmed_*, pulled)
+        self.confirmed_heavy = np.zeros(1, np.int64)
+        self.confirmed_other = np.zeros(1, np.int64)
+        self.pulled: list[np.ndarray] = []
 
     def add(self, keys: np.ndarray, counts: np.ndarray, detect_ts: np.ndarray,
             detected: np.ndarray | None = None) -> None:
@@ -213,6 +224,10 @@ class ReportTally:
         is_heavy = np.isin(keys, self.heavy, assume_unique=True)
         self.hist_heavy = _add_hist(self.hist_heavy, counts[is_heavy])
         self.hist_other = _add_hist(self.hist_other, counts[~is_heavy])
+        if detected is not None:  # a pull: what it confirmed and whom it could ask
+            self.confirmed_heavy = _add_hist(self.confirmed_heavy, counts[detected & is_heavy])
+            self.confirmed_other = _add_hist(self.confirmed_other, counts[detected & ~is_heavy])
+            self.pulled.append(np.bincount(counts) if len(counts) else np.zeros(1, np.int64))
 
     def detection(self) -> Detection:
         def joined(i: int, dtype: type) -> np.ndarray:
@@ -223,8 +238,11 @@ class ReportTally:
         order = np.argsort(keys, kind="stable")
         heavy = self.hist_heavy.copy()
         heavy[0] = len(self.heavy) - heavy[1:].sum()  # heavy pairs without a report
-        return Detection(keys[order], ts[order], heavy, self.hist_other.copy(),
-                         early[order] if self.confirm else None)
+        if not self.confirm:
+            return Detection(keys[order], ts[order], heavy, self.hist_other.copy())
+        return Detection(keys[order], ts[order], heavy, self.hist_other.copy(), early[order],
+                         self.confirmed_heavy.copy(), self.confirmed_other.copy(),
+                         list(self.pulled))
 
 
 def _add_hist(hist: np.ndarray, values: np.ndarray) -> np.ndarray:

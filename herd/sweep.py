@@ -1,8 +1,10 @@
 """Parameter sweeps: simulate over a list of values (and seeds), write CSV and a plot.
 
 The CSV starts with ``<parameter>,f1score,precision,recall`` (the layout earlier Herd
-testbeds used), then messages, memory, T, R, seeds and the trace digest. A JSON file beside
-it (same name, ``.json``) records every run's full result and the tool version.
+testbeds used), then messages, memory, T, R, seeds and the trace digest, and confirm's
+columns (``--confirm``: its pull messages, candidates, confirmed and withdrawn flows, the
+bytes a slot and a table take, C). A JSON file beside it (same name, ``.json``) records
+every run's full result and the tool version.
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ SWEEP_PARAMS = {
     "k": "k",
     "percentile": "percentile",
     "q": "q",
+    "confirm": "confirm",
+    "confirm_reports": "confirm_reports",
 }
-INT_PARAMS = {"R", "k"}
+INT_PARAMS = {"R", "k", "confirm_reports"}
+BOOL_PARAMS = {"confirm"}  # swept as 0 (off) and 1 (on)
 
 METRIC_COLUMNS = ("f1score", "precision", "recall")
 EXTRA_COLUMNS = (
@@ -47,9 +52,17 @@ EXTRA_COLUMNS = (
     "messages", "max_messages_per_switch", "hellos", "reports", "overflows",
     "max_states", "detected", "heavy_hitters", "T", "R", "epochs",
     "max_messages_per_switch_epoch",
+    "pull_messages", "confirm_candidates", "confirmed", "withdrawn", "slot_bytes",
+    "table_bytes_per_switch",
 )
+# Mean over the seeds where a run has them (the confirm counts only with --confirm).
+MEAN_COLUMNS = ("messages", "max_messages_per_switch", "hellos", "reports", "overflows",
+                "max_states", "detected", "heavy_hitters", "max_messages_per_switch_epoch",
+                "pull_messages", "confirm_candidates", "confirmed", "withdrawn", "slot_bytes",
+                "table_bytes_per_switch")
 CONTEXT_COLUMNS = ("algorithm", "s", "epsilon", "k", "p", "stages", "delay_ms", "epoch_ms",
-                   "seeds", "trace", "trace_digest", "herd_version")
+                   "confirm", "confirm_reports", "seeds", "trace", "trace_digest",
+                   "herd_version")
 
 
 def parse_values(param: str, text: str) -> list[float]:
@@ -64,10 +77,12 @@ def parse_values(param: str, text: str) -> list[float]:
             v = float(item)
         except ValueError:
             raise HerdInputError(f"--values: {item!r} is not a number") from None
-        if param in INT_PARAMS:
+        if param in INT_PARAMS or param in BOOL_PARAMS:
             if v != int(v):
                 raise HerdInputError(f"--values: {param} takes whole numbers, got {item}")
             v = int(v)
+        if param in BOOL_PARAMS and v not in (0, 1):
+            raise HerdInputError(f"--values: {param} takes 0 (off) or 1 (on), got {item}")
         values.append(v)
     if not values:
         raise HerdInputError("--values: no values given")
@@ -95,7 +110,8 @@ def read_layout(path: str | os.PathLike) -> tuple[str, list[float]]:
 
 
 def params_for(base: Params, param: str, value: float, seed: int) -> Params:
-    return base.with_(**{SWEEP_PARAMS[param]: value, "seed": seed})
+    v: Any = bool(value) if param in BOOL_PARAMS else value
+    return base.with_(**{SWEEP_PARAMS[param]: v, "seed": seed})
 
 
 def run_sweep(
@@ -105,6 +121,8 @@ def run_sweep(
     """One row per value: mean (and std over seeds) of the metrics, plus the runs."""
     if seeds < 1:
         raise HerdInputError(f"--seeds {seeds}: must be >= 1")
+    if param == "confirm_reports" and not base.confirm:
+        raise HerdInputError("--param confirm_reports: C only matters with --confirm")
     rows = []
     total = len(values) * seeds
     done = 0
@@ -120,8 +138,9 @@ def run_sweep(
 
 
 def summarise(param: str, value: float, runs: Sequence[SimulationResult]) -> dict[str, Any]:
-    def mean(key: str) -> float:
-        return float(np.mean([r.metrics[key] for r in runs]))
+    def mean(key: str) -> float | None:
+        values = [r.metrics[key] for r in runs if key in r.metrics]
+        return float(np.mean(values)) if values else None
 
     def std(key: str) -> float:
         return float(np.std([r.metrics[key] for r in runs]))
@@ -133,13 +152,13 @@ def summarise(param: str, value: float, runs: Sequence[SimulationResult]) -> dic
         "f1score": mean("f1"), "precision": mean("precision"), "recall": mean("recall"),
         "f1score_std": std("f1"), "precision_std": std("precision"), "recall_std": std("recall"),
     }
-    for key in ("messages", "max_messages_per_switch", "hellos", "reports", "overflows",
-                "max_states", "detected", "heavy_hitters", "max_messages_per_switch_epoch"):
+    for key in MEAN_COLUMNS:
         row[key] = mean(key)
     row.update({
         "T": first.T, "R": first.R, "algorithm": p.algorithm, "s": p.s, "epsilon": p.epsilon,
         "k": p.k, "p": p.p, "stages": "/".join(map(str, p.stages)), "delay_ms": p.delay_ms,
-        "epoch_ms": p.epoch_ms, "epochs": first.metrics["epochs"],
+        "epoch_ms": p.epoch_ms, "epochs": first.metrics["epochs"], "confirm": p.confirm,
+        "confirm_reports": p.confirm_reports if p.confirm else None,
         "seeds": ";".join(str(r.params.seed) for r in runs),
         "trace": first.trace_path, "trace_digest": first.trace_digest, "herd_version": __version__,
     })
@@ -158,6 +177,8 @@ def csv_text(param: str, rows: Sequence[dict[str, Any]]) -> str:
 
 
 def _fmt(v: Any) -> str:
+    if v is None:  # a column this run has not (confirm's without --confirm)
+        return ""
     if isinstance(v, float):
         if math.isfinite(v) and v == int(v) and abs(v) < 1e15:
             return str(int(v)) if not isinstance(v, bool) else str(v)
@@ -214,6 +235,8 @@ def sweep_title(trace_path: str, param: str, rows: Sequence[dict[str, Any]]) -> 
              "stages": r["stages"], "delay_ms": r["delay_ms"]}
     if r.get("epoch_ms"):
         fixed["epoch_ms"] = r["epoch_ms"]
+    if r.get("confirm") and param != "confirm":
+        fixed["confirm C"] = r["confirm_reports"]
     fixed.pop(SWEEP_PARAMS.get(param, param), None)
     fixed_text = ", ".join(f"{k}={v}" for k, v in fixed.items())
     R_text = "R=round(1/epsilon)" if param == "epsilon" else f"R={r['R']}"
