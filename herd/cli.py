@@ -13,7 +13,7 @@ from typing import Any, NoReturn
 from herd import __version__
 from herd.errors import HerdInputError
 from herd.fileio import json_default
-from herd.params import ALGORITHMS, Params, load_params_file
+from herd.params import ALGORITHMS, DEFAULT_CONFIRM_REPORTS, Params, load_params_file
 
 
 def _stages(text: str) -> tuple[int, ...]:
@@ -82,7 +82,8 @@ def add_param_arguments(p: argparse.ArgumentParser) -> None:
                    "flows with >= C reports; an elephant iff they sum to >= T (costs: pull "
                    "messages, 24-byte slots instead of 12)")
     g.add_argument("--confirm-reports", dest="confirm_reports", type=int, metavar="C",
-                   help="reports that make a flow a confirm candidate (default 3)")
+                   help="reports that make a flow a confirm candidate (default "
+                   f"{DEFAULT_CONFIRM_REPORTS})")
 
 
 PARAM_FIELDS = ("s", "epsilon", "R", "percentile", "T", "k", "p", "stages", "delay_ms",
@@ -313,7 +314,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
     sw = sub.add_parser("sweep", help="simulate over a list of parameter values: CSV and plot")
     sw.add_argument("--trace", required=True)
-    sw.add_argument("--param", help="epsilon, sampling_probability, R, delay_ms, p, k, ...")
+    sw.add_argument("--param", help="epsilon, sampling_probability, R, delay_ms, p, k, "
+                    "confirm, confirm_reports, ...")
     sw.add_argument("--values", help="comma-separated values")
     sw.add_argument("--layout", help="a layout CSV (<param>,f1score,precision,recall + values)")
     sw.add_argument("--seeds", type=int, default=1, help="seeds per value (mean and spread)")

@@ -93,6 +93,7 @@ from herd.coordinator import (
     pull_messages,
 )
 from herd.errors import HerdInputError
+from herd.params import DEFAULT_CONFIRM_REPORTS
 from herd.services.common import (
     TOKEN_METADATA_KEY,
     Rejections,
@@ -1399,8 +1400,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--confirm", action="store_true",
                    help="Herd + confirm: pull each epoch's candidates' held totals from the "
                    "switches; an elephant iff they sum to >= T")
-    p.add_argument("--confirm-reports", type=int, default=3, metavar="C",
-                   help="with --confirm: reports that make a flow a candidate (default 3)")
+    p.add_argument("--confirm-reports", type=int, default=DEFAULT_CONFIRM_REPORTS, metavar="C",
+                   help="with --confirm: reports that make a flow a candidate (default "
+                   f"{DEFAULT_CONFIRM_REPORTS})")
     p.add_argument("--T", type=int, help="with --confirm: the heavy-hitter threshold (default: "
                    "as the controllers register it; one that registers another is refused)")
     p.add_argument("--confirm-grace-ms", type=float, metavar="MS",

@@ -83,7 +83,7 @@ from herd import __version__
 from herd.errors import HerdInputError
 from herd.fileio import atomic_write
 from herd.loadbalancer import lb_seed
-from herd.params import Params
+from herd.params import DEFAULT_CONFIRM_REPORTS, Params
 from herd.prepared import PreparedTrace
 from herd.prng import probability_threshold
 from herd.services.drivers.base import SwitchDriver
@@ -742,8 +742,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--confirm", action="store_true",
                     help="Herd + confirm: pull each epoch's candidates' held totals from the "
                     "switches; an elephant iff they sum to >= T (24-byte slots, pull messages)")
-    ap.add_argument("--confirm-reports", type=int, default=3, metavar="C",
-                    help="with --confirm: reports that make a flow a candidate (default 3)")
+    ap.add_argument("--confirm-reports", type=int, default=DEFAULT_CONFIRM_REPORTS, metavar="C",
+                    help="with --confirm: reports that make a flow a candidate (default "
+                    f"{DEFAULT_CONFIRM_REPORTS})")
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
 
 
