@@ -71,7 +71,13 @@ from herd.switch import (
     REG_SAMPLE_THRESHOLD,
     SLOT_BYTES,
     SLOT_BYTES_CONFIRM,
+    SLOT_COUNT,
+    SLOT_EPOCH,
     SLOT_FIELDS,
+    SLOT_FP,
+    SLOT_PREV_FP,
+    SLOT_PREV_TOTAL,
+    SLOT_TOTAL,
     held_totals,
     install_group,
     reset_tables,
@@ -153,7 +159,7 @@ def _apply(e: int, q_sw: np.ndarray, q_g: np.ndarray, q_l: np.ndarray, regs: np.
     """Carry out the pending action e: a table reset, or an l_g for a switch's controller."""
     sw = q_sw[e]
     if q_l[e] == RESET:
-        reset_tables(regs[sw], table[sw])
+        reset_tables(regs[sw], table[:, sw])
         reset_pending[sw] = False
         st[ST_RESETS] += 1
         return
@@ -192,6 +198,8 @@ def _herd_chunk(
     pull the epoch that ended."""
     k = regs.shape[0]
     n_groups = group_state.shape[1]
+    fps, counts, epochs = table[SLOT_FP], table[SLOT_COUNT], table[SLOT_EPOCH]
+    totals, prev_fps, prev_totals = table[SLOT_TOTAL], table[SLOT_PREV_FP], table[SLOT_PREV_TOTAL]
     packed = rec.shape[1] == stages + 2  # group and ingress switches in one word
     measured = len(eff_start) > 1
     given = len(given_ingress) > 0
@@ -258,8 +266,9 @@ def _herd_chunk(
                 nxt += 1
             sep_next[sw] = nxt
             e_sw = switch_epoch[sw]
-        ev, c = switch_packet(regs, group_state, group_tau, group_r, table, epoch_log, sw, g,
-                              rec, f, stages, rec[f, stages + REC_FP], e_sw)
+        ev, c = switch_packet(regs, group_state, group_tau, group_r, fps, counts, epochs, totals,
+                              prev_fps, prev_totals, epoch_log, sw, g, rec, f, stages,
+                              rec[f, stages + REC_FP], e_sw)
         occ = regs[sw, REG_OCCUPIED]
         if occ > epoch_states[cur]:
             epoch_states[cur] = occ
@@ -412,7 +421,7 @@ class _Run:
         self.group_state = np.zeros((k, N_GROUPS), dtype=np.uint8)
         self.group_tau = np.zeros((k, N_GROUPS), dtype=np.uint32)
         self.group_r = np.zeros((k, N_GROUPS), dtype=np.uint32)
-        self.table = np.zeros((k, SLOT_FIELDS, slots), dtype=np.uint32)
+        self.table = np.zeros((SLOT_FIELDS, k, slots), dtype=np.uint32)  # table[SLOT_*, sw]
         self.epoch_log = np.zeros((k, EPOCH_LOG), dtype=np.uint64)
         self.members = np.zeros((N_GROUPS, k), dtype=np.bool_)
         self.member_count = np.zeros(N_GROUPS, dtype=np.int32)
