@@ -294,6 +294,10 @@ def held_totals(tables: np.ndarray, rec: np.ndarray, flows: np.ndarray, stages: 
     """``held_total`` of many flows on many switches (``tables[SLOT_*, sw]``): ``out[sw, i]``
     for flow ``flows[i]``, whose stage slots are ``rec[f, :stages]`` and fingerprint
     ``rec[f, fp_column]``."""
+    # Compiled code checks no bounds: a table of another shape would write anywhere.
+    if tables.shape[0] != SLOT_FIELDS or out.shape[0] != tables.shape[1] \
+            or out.shape[1] != len(flows):
+        raise ValueError("held_totals: tables[SLOT_*, switch, slot] and out[switch, flow]")
     for sw in range(tables.shape[1]):
         for i in range(len(flows)):
             f = flows[i]

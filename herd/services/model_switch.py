@@ -290,7 +290,7 @@ class ModelSwitch:
                      sw.epoch_log, e, e, slot, fp, 0, 1, e.copy(), 0, e.copy(),
                      e.copy(), e.copy(), e.copy(), e.copy(), e.copy())
         rec = np.zeros((1, len(stages) + 1), np.int64)
-        held_totals(sw.table[None], rec, np.zeros(1, np.int64), len(stages), len(stages), 0,
+        held_totals(sw.table[:, None], rec, np.zeros(1, np.int64), len(stages), len(stages), 0,
                     np.zeros((1, 1), np.int64))
 
     # ---------------------------------------------------------------- CPU messages
@@ -548,7 +548,7 @@ class ModelSwitch:
         rec[:, k] = fp
         out = np.zeros((1, n), np.int64)
         with self.lock:
-            held_totals(sw.table[None], rec, np.arange(n, dtype=np.int64), k, k, epoch, out)
+            held_totals(sw.table[:, None], rec, np.arange(n, dtype=np.int64), k, k, epoch, out)
         return {"totals": [int(x) for x in out[0]]}
 
     def op_inject_cpu(self, req: dict[str, Any]) -> None:
