@@ -3,6 +3,7 @@ the services and the testbed harness; saved next to every result."""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
@@ -17,6 +18,17 @@ DEFAULT_STAGES = (4096, 2048, 1024)
 # (evaluation/confirm/), and a smaller pull than C = 1.
 DEFAULT_CONFIRM_REPORTS = 2
 ALGORITHMS = ("herd", "strawman", "sampling", "reporting")
+
+
+def add_confirm_arguments(p: argparse.ArgumentParser) -> None:
+    """``--confirm`` and ``--confirm-reports`` as the services and the testbed take them
+    (``herd simulate`` and friends take them among the other parameters)."""
+    p.add_argument("--confirm", action="store_true",
+                   help="Herd + confirm: pull each epoch's candidates' held totals from the "
+                   "switches; an elephant iff they sum to >= T (24-byte slots, pull messages)")
+    p.add_argument("--confirm-reports", type=int, default=DEFAULT_CONFIRM_REPORTS, metavar="C",
+                   help="with --confirm: reports that make a flow a candidate (default "
+                   f"{DEFAULT_CONFIRM_REPORTS})")
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -640,7 +643,6 @@ def test_model_switch_follows_its_clock_across_epochs(tmp_path: Path) -> None:
     cross five epochs; the tables empty lazily (old slots keep their fingerprints, read as
     empty), every epoch start is recorded, CPU messages carry their epoch, and the registers
     and tables equal ``herd.switch.Switch`` fed the same packets in the same epochs."""
-    import threading
 
     from herd.messages import CpuMessage
     from herd.prng import probability_threshold
@@ -790,7 +792,6 @@ def test_one_thread_paces_several_switches_each_as_if_alone(tmp_path: Path) -> N
     """``run_switches``: two switches fed by one thread on one global schedule end exactly
     as ``herd.switch.Switch`` fed each one's packets alone: same CPU messages (in order, with
     their packets' times), same registers; each is done with all its packets."""
-    import threading
 
     from herd.services.model_switch import RECORD_HEAD, ArraySource, ModelSwitch, run_switches
     from herd.switch import REG_HOLD_START, REG_PRNG, REG_SAMPLE_THRESHOLD, Switch, SwitchConfig
@@ -919,7 +920,6 @@ def test_one_process_hosts_several_switches_each_on_its_socket(procs: Procs,
 def test_coordinator_pushes_a_changed_l_g_to_the_other_members_only(tmp_path: Path) -> None:
     """A hello that changes l_g: the asker learns it from its answer, every other member gets
     a push, the asker's stream carries nothing more; l_g_pushes still counts the others."""
-    import queue
 
     from herd.services.coordinator_service import CoordinatorState, Journal, _Op
 
@@ -971,7 +971,6 @@ def test_group_commit_returns_a_committed_op_without_waiting_for_the_next_round(
     """``CoordinatorState.submit``: ops queued during a commit go together in the next round,
     led by one of their callers; a caller whose op that round committed returns even while a
     third round (led by a later caller) is still under way; every op is committed once."""
-    import threading
 
     from herd.services.coordinator_service import CoordinatorState, Journal, _Op
 
@@ -1074,8 +1073,6 @@ class FakePulls:
     answers go out when the test says."""
 
     def __init__(self, client: CoordinatorClient, switch_id: int) -> None:
-        import queue
-        import threading
 
         self.switch_id = switch_id
         self._answers: queue.Queue[pb.PullAnswer | None] = queue.Queue()
@@ -1205,11 +1202,11 @@ def test_confirm_a_switch_that_never_answers_counts_as_unknown_not_a_hang(
         "--confirm", "--T", "50", "--confirm-timeout-ms", "300"])
     s1, s2 = _register(co, "s1", 50), _register(co, "s2", 50)
     p1, p2 = FakePulls(co.client, s1), FakePulls(co.client, s2)
-    import threading
 
     def answer_all() -> None:  # s1's controller answers at once: 30 and 40
-        for r in iter(lambda: p1.requests.get(timeout=60), None):
-            p1.answer(r, {FLOW_A: 30, FLOW_B: 40})
+        with contextlib.suppress(queue.Empty):  # no more pulls: the test is over
+            for r in iter(lambda: p1.requests.get(timeout=60), None):
+                p1.answer(r, {FLOW_A: 30, FLOW_B: 40})
 
     threading.Thread(target=answer_all, daemon=True).start()
     _send(co, s1, [1, 2, 3, 4, 5, 6], [FLOW_A] * 3 + [FLOW_B] * 3, 0, ts=100)

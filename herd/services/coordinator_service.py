@@ -93,7 +93,7 @@ from herd.coordinator import (
     pull_messages,
 )
 from herd.errors import HerdInputError
-from herd.params import DEFAULT_CONFIRM_REPORTS
+from herd.params import add_confirm_arguments
 from herd.services.common import (
     TOKEN_METADATA_KEY,
     Rejections,
@@ -1397,12 +1397,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epoch-ms", type=float, default=0.0, metavar="W",
                    help="the epoch length of the run in trace ms: recorded in the results "
                    "only (the switches' clocks make the epochs; 0: one epoch)")
-    p.add_argument("--confirm", action="store_true",
-                   help="Herd + confirm: pull each epoch's candidates' held totals from the "
-                   "switches; an elephant iff they sum to >= T")
-    p.add_argument("--confirm-reports", type=int, default=DEFAULT_CONFIRM_REPORTS, metavar="C",
-                   help="with --confirm: reports that make a flow a candidate (default "
-                   f"{DEFAULT_CONFIRM_REPORTS})")
+    add_confirm_arguments(p)
     p.add_argument("--T", type=int, help="with --confirm: the heavy-hitter threshold (default: "
                    "as the controllers register it; one that registers another is refused)")
     p.add_argument("--confirm-grace-ms", type=float, metavar="MS",

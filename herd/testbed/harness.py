@@ -83,7 +83,7 @@ from herd import __version__
 from herd.errors import HerdInputError
 from herd.fileio import atomic_write
 from herd.loadbalancer import lb_seed
-from herd.params import DEFAULT_CONFIRM_REPORTS, Params
+from herd.params import Params, add_confirm_arguments
 from herd.prepared import PreparedTrace
 from herd.prng import probability_threshold
 from herd.services.drivers.base import SwitchDriver
@@ -739,12 +739,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--stages", type=lambda t: [int(x) for x in t.split(",")],
                     default=[4096, 2048, 1024])
-    ap.add_argument("--confirm", action="store_true",
-                    help="Herd + confirm: pull each epoch's candidates' held totals from the "
-                    "switches; an elephant iff they sum to >= T (24-byte slots, pull messages)")
-    ap.add_argument("--confirm-reports", type=int, default=DEFAULT_CONFIRM_REPORTS, metavar="C",
-                    help="with --confirm: reports that make a flow a candidate (default "
-                    f"{DEFAULT_CONFIRM_REPORTS})")
+    add_confirm_arguments(ap)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
 
 

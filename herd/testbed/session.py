@@ -15,7 +15,7 @@ import tempfile
 from pathlib import Path
 
 from herd.errors import HerdInputError
-from herd.params import DEFAULT_CONFIRM_REPORTS, Params
+from herd.params import Params, add_confirm_arguments
 from herd.prepared import PreparedTrace
 from herd.testbed.harness import Bmv2TestbedRun, Testbed, TestbedRun
 from herd.testbed.network import require_root_and_mininet
@@ -35,9 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--T", type=int, help="the heavy-hitter threshold (default: the trace's "
                     "99th percentile)")
     ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--confirm", action="store_true",
-                    help="with --controllers: the coordinator runs Herd + confirm")
-    ap.add_argument("--confirm-reports", type=int, default=DEFAULT_CONFIRM_REPORTS, metavar="C")
+    add_confirm_arguments(ap)  # with --controllers: the coordinator's
     args = ap.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="herd-session-"))
     try:
