@@ -202,15 +202,28 @@ def cmd_simulate(args: argparse.Namespace) -> int:
             print(f"epochs={d['epochs']} of {params.epoch_ms:g} ms; heavy hitters and "
                   f"detections are (flow, epoch) pairs, F1 micro-averaged{spread}")
         print(f"F1={d['f1']:.4f} precision={d['precision']:.4f} recall={d['recall']:.4f}")
+        pulls = f", confirm's pulls {d['pull_messages']}" if params.confirm else ""
         print(f"messages={d['messages']} (hellos {d['hellos']}, reports {d['reports']}, "
-              f"overflows {d['overflows']}), max per switch {d['max_messages_per_switch']}")
-        print(f"max states per switch={d['max_states']} of {d['slots_per_switch']} slots")
+              f"overflows {d['overflows']}{pulls}), max per switch "
+              f"{d['max_messages_per_switch']}")
+        print(f"max states per switch={d['max_states']} of {d['slots_per_switch']} slots "
+              f"({d['slot_bytes']} bytes a slot: {d['table_bytes_per_switch']} bytes a switch)")
+        if params.confirm:
+            print(f"confirm (C={params.confirm_reports}): {d['confirm_candidates']} candidates "
+                  f"pulled, {d['confirmed']} confirmed, {d['withdrawn']} early detections "
+                  f"withdrawn, {d['unknown_held_totals']} held totals unknown; detection delay "
+                  f"p50 early {_ms(d.get('early_detection_delay_ms_p50'))}, confirmed "
+                  f"{_ms(d.get('confirmed_detection_delay_ms_p50'))}")
         if delays is not None:
             print(f"measured timing: {d['measured_delays']} entry writes used "
                   f"({d['measured_delays_mismatched']} rows did not match this trace), "
                   f"{d['measured_epoch_starts']} switch epoch starts")
         print(f"simulated in {d['seconds']:.3f} s")
     return 0
+
+
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f} ms"
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
