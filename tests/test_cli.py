@@ -44,6 +44,22 @@ def test_simulate_json_has_the_promised_keys(small_trace: Path, capsys) -> None:
     assert 0.0 <= d["f1"] <= 1.0
 
 
+def test_simulate_confirm_shows_its_costs(small_trace: Path, capsys) -> None:
+    code, out, _ = run(capsys, "simulate", "--trace", str(small_trace), "--confirm",
+                       "--confirm-reports", "1", "--json")
+    assert code == 0
+    d = json.loads(out)
+    assert d["params"]["confirm"] is True and d["params"]["confirm_reports"] == 1
+    assert d["slot_bytes"] == 24 and d["pull_messages"] > 0 and d["confirm_candidates"] > 0
+    code, text, _ = run(capsys, "simulate", "--trace", str(small_trace), "--confirm",
+                        "--confirm-reports", "1")
+    assert f"confirm's pulls {d['pull_messages']}" in text
+    assert "24 bytes a slot" in text and f"{d['confirm_candidates']} candidates pulled" in text
+    code, _, err = run(capsys, "simulate", "--trace", str(small_trace), "--confirm",
+                       "--confirm-reports", "0")
+    assert code == 2 and err.count("\n") == 1 and "confirm_reports=0" in err
+
+
 def test_sweep_writes_csv_record_and_plot(small_trace: Path, tmp_path: Path, capsys) -> None:
     out_csv, png = tmp_path / "s.csv", tmp_path / "s.png"
     code, out, _ = run(capsys, "sweep", "--trace", str(small_trace), "--param", "epsilon",
