@@ -88,6 +88,8 @@ def main() -> None:
     ap.add_argument("--trace", help="use this capture instead of a synthetic one")
     ap.add_argument("--reference-packets", type=int, default=1_000_000)
     ap.add_argument("--rss", help="comma-separated trace lengths for the peak-RSS check")
+    ap.add_argument("--confirm", action="store_true",
+                    help="also time the kernel with confirm on (its pulls at each epoch's end)")
     args = ap.parse_args()
 
     path = bench_trace(args.packets, args.trace)
@@ -96,6 +98,8 @@ def main() -> None:
     params = Params(epoch_ms=args.epoch_ms)
     rates = kernel_rates(prep, params, args.runs)
     median = statistics.median(rates)
+    confirm_median = statistics.median(kernel_rates(prep, params.with_(confirm=True), args.runs)) \
+        if args.confirm else None
     ref = reference_rate(prep, params, args.reference_packets)
     print(f"plain Python reference: {ref / 1e6:.3f} M packets/s", file=sys.stderr)
     e2e = end_to_end(path, args.epoch_ms, args.runs)
@@ -108,6 +112,8 @@ def main() -> None:
         "reference_python_packets_per_second": round(ref),
         "reference_packets": min(args.reference_packets, prep.trace.packets),
         "speedup_vs_reference_python": round(median / ref, 1),
+        **({"kernel_confirm_packets_per_second_median": round(confirm_median),
+            "confirm_vs_off": round(confirm_median / median, 3)} if confirm_median else {}),
         "end_to_end_seconds_median": round(statistics.median(e2e), 2),
     }
     if args.rss:
