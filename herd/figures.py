@@ -45,7 +45,7 @@ from herd.baselines import distinct_flows_per_switch, groups_per_switch
 from herd.errors import HerdInputError
 from herd.params import Params
 from herd.prepared import PreparedTrace
-from herd.switch import SLOT_BYTES, SLOT_BYTES_CONFIRM
+from herd.switch import SLOT_BYTES, SLOT_BYTES_CONFIRM, slot_bytes
 from herd.tuning import (
     DEFAULT_HEADROOM,
     Config,
@@ -276,7 +276,7 @@ def _tuned_row(prep: PreparedTrace, plan: Plan, figure: str, memory: int, messag
     x = memory if figure == "memory" else messages
     alg = CONFIRM if confirm else "herd"
     extra = {"memory_budget": memory, "message_budget": messages,
-             "slot_bytes": SLOT_BYTES_CONFIRM if confirm else SLOT_BYTES,
+             "slot_bytes": slot_bytes(confirm),
              "budget_slots": budget_slots(memory, confirm)}
     try:
         r = tune(prep, plan.base, memory, messages, seeds=plan.seeds, headroom=plan.headroom,

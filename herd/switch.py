@@ -75,6 +75,13 @@ SLOT_FIELDS = 6
 SLOT_BYTES = 12
 SLOT_BYTES_CONFIRM = 24
 
+
+
+def slot_bytes(confirm: bool) -> int:
+    """Bytes of one table slot: the published layout, or confirm's."""
+    return SLOT_BYTES_CONFIRM if confirm else SLOT_BYTES
+
+
 # ``held_total`` of a flow whose slots were overwritten two epochs on.
 HELD_UNKNOWN = -1
 

@@ -83,7 +83,7 @@ from herd.coordinator import pull_messages
 from herd.errors import HerdInputError
 from herd.evaluate import PreparedTrace, SimulationResult, simulate
 from herd.params import Params
-from herd.switch import SLOT_BYTES, SLOT_BYTES_CONFIRM
+from herd.switch import SLOT_BYTES, SLOT_BYTES_CONFIRM, slot_bytes
 from herd.trace import Trace
 
 MAX_TABLE_SLOTS = 1 << 26  # Params' own limit on the slots of a table
@@ -143,11 +143,6 @@ def epsilon_lattice(T: int, k: int, localities: Sequence[int] | None = None) -> 
 
 # ------------------------------------------------------------------------------------------
 # one run, reduced to what the search needs
-
-
-def slot_bytes(confirm: bool) -> int:
-    """Bytes of one table slot: the published layout, or confirm's."""
-    return SLOT_BYTES_CONFIRM if confirm else SLOT_BYTES
 
 
 def budget_slots(memory: int, confirm: bool) -> int:

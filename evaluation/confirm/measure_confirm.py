@@ -44,7 +44,7 @@ from herd.coordinator import pull_messages  # noqa: E402
 from herd.evaluate import PreparedTrace, SimulationResult, simulate  # noqa: E402
 from herd.groundtruth import epoch_ns_of, packet_epochs  # noqa: E402
 from herd.params import Params  # noqa: E402
-from herd.switch import SLOT_BYTES  # noqa: E402
+from herd.switch import SLOT_BYTES, slot_bytes  # noqa: E402
 from herd.synth import write_synthetic_pcap  # noqa: E402
 from herd.trace import Trace, load_trace  # noqa: E402
 from herd.tuning import (  # noqa: E402
@@ -53,7 +53,6 @@ from herd.tuning import (  # noqa: E402
     make_point,
     point_params,
     run_config,
-    slot_bytes,
     split_trace,
     tune,
 )

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 from herd.errors import HerdInputError
 from herd.fileio import atomic_write, atomic_write_json, json_default  # noqa: F401
@@ -80,6 +83,23 @@ class Rejections:
         if first:
             self._log.warning("rejected %s from %s: %s (logged once per peer and kind; "
                               "further ones are only counted)", kind, host, detail)
+
+
+T = TypeVar("T")
+
+
+def drain(q: queue.Queue[T | None], running: Callable[[], bool],
+          poll_s: float = 0.5) -> Iterator[T]:
+    """The items put on ``q`` until a None, while ``running()`` (looked at every ``poll_s``):
+    what a server or client stream sends."""
+    while running():
+        try:
+            item = q.get(timeout=poll_s)
+        except queue.Empty:
+            continue
+        if item is None:
+            return
+        yield item
 
 
 def setup_logging(level: str = "INFO", name: str = "herd") -> None:

@@ -57,6 +57,7 @@ from herd.services.common import (
     TOKEN_METADATA_KEY,
     Rejections,
     atomic_write_json,
+    drain,
     load_token,
     setup_logging,
 )
@@ -523,7 +524,8 @@ class ControllerService:
             answers: queue.Queue[pb.PullAnswer | None] = queue.Queue()
             answers.put(pb.PullAnswer(switch_id=self.switch_id))
             parts: dict[int, dict[int, pb.PullRequest]] = {}
-            call = self.coord.pulls(self._pull_answers(answers), metadata=self.coord.metadata)
+            call = self.coord.pulls(drain(answers, lambda: not self.stop.is_set(), 0.2),
+                                    metadata=self.coord.metadata)
             try:
                 for req in call:
                     if not 0 <= req.part < req.parts:
@@ -545,17 +547,6 @@ class ControllerService:
                     log.info("%s: pull stream ended (%s)", self.name, e.code().name)
             finally:
                 answers.put(None)  # ends the answer generator
-
-    def _pull_answers(self, answers: queue.Queue[pb.PullAnswer | None]
-                      ) -> Iterator[pb.PullAnswer]:
-        while not self.stop.is_set():
-            try:
-                answer = answers.get(timeout=0.2)
-            except queue.Empty:
-                continue
-            if answer is None:
-                return
-            yield answer
 
     def answer_pull(self, reqs: list[pb.PullRequest]) -> list[pb.PullAnswer]:
         """The answers to one pull (its parts, in order): the held totals of its flows at

@@ -98,6 +98,7 @@ from herd.services.common import (
     TOKEN_METADATA_KEY,
     Rejections,
     atomic_write_json,
+    drain,
     load_token,
     rss_bytes,
     setup_logging,
@@ -1138,14 +1139,7 @@ class CoordinatorService:
         q: queue.Queue[pb.LgUpdate | None] = queue.Queue()
         self.state.submit(_Op("subscribe", sid, q))
         try:
-            while context.is_active() and not self.stopping.is_set():
-                try:
-                    update = q.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                if update is None:
-                    return
-                yield update
+            yield from drain(q, lambda: context.is_active() and not self.stopping.is_set())
         finally:
             self.state.submit(_Op("unsubscribe", sid, q))
 
@@ -1269,14 +1263,7 @@ class CoordinatorService:
 
         threading.Thread(target=read_answers, daemon=True, name=f"pull-answers-{sid}").start()
         try:
-            while context.is_active() and not self.stopping.is_set():
-                try:
-                    req = outbox.get(timeout=0.5)
-                except queue.Empty:
-                    continue
-                if req is None:
-                    return
-                yield req
+            yield from drain(outbox, lambda: context.is_active() and not self.stopping.is_set())
         finally:
             self.puller.detach(sid, outbox)
 

@@ -85,6 +85,7 @@ from herd.services.drivers.base import (
     REG_STAGE_PREV_FP,
     REG_STAGE_PREV_TOTAL,
     REG_STAGE_TOTAL,
+    decode_held_totals,
 )
 from herd.switch import (
     EV_HELLO,
@@ -98,7 +99,6 @@ from herd.switch import (
     REG_PACKETS,
     Switch,
     clock_epoch,
-    held_totals,
     process_packet,
 )
 
@@ -289,9 +289,7 @@ class ModelSwitch:
         _run_packets(sw.regs, sw.group_state, sw.group_tau, sw.group_r, sw.table,
                      sw.epoch_log, e, e, slot, fp, 0, 1, e.copy(), 0, e.copy(),
                      e.copy(), e.copy(), e.copy(), e.copy(), e.copy())
-        rec = np.zeros((1, len(stages) + 1), np.int64)
-        held_totals(sw.table[:, None], rec, np.zeros(1, np.int64), len(stages), len(stages), 0,
-                    np.zeros((1, 1), np.int64))
+        decode_held_totals(sw.table, [(0, 0, 0, 0, 0)], stages, 0)
 
     # ---------------------------------------------------------------- CPU messages
 
@@ -536,20 +534,8 @@ class ModelSwitch:
                     or not all(isinstance(x, int) and 0 <= x < m
                                for x, m in zip(f, limits, strict=True))):
                 raise ValueError(f"flow {f!r}: (src, dst, sport, dport, proto) in range")
-        n = len(flows)
-        cols = np.array(flows, np.int64).reshape(n, 5).T
-        sw = self.switch
-        slot, fp = flows_slots(cols[0].astype(np.uint32), cols[1].astype(np.uint32),
-                               cols[2].astype(np.uint16), cols[3].astype(np.uint16),
-                               cols[4].astype(np.uint8), sw.stage_offsets, sw.stage_sizes)
-        k = len(sw.stages)
-        rec = np.empty((n, k + 1), np.int64)
-        rec[:, :k] = slot
-        rec[:, k] = fp
-        out = np.zeros((1, n), np.int64)
         with self.lock:
-            held_totals(sw.table[:, None], rec, np.arange(n, dtype=np.int64), k, k, epoch, out)
-        return {"totals": [int(x) for x in out[0]]}
+            return {"totals": decode_held_totals(self.switch.table, flows, stages, epoch)}
 
     def op_inject_cpu(self, req: dict[str, Any]) -> None:
         try:

@@ -73,7 +73,7 @@ from herd.services.drivers.base import SwitchDriver
 from herd.services.drivers.model import ModelDriver
 from herd.services.results import FIELDS, elephant_detection
 from herd.services.rpc import herd_pb2 as pb
-from herd.switch import SLOT_BYTES, SLOT_BYTES_CONFIRM
+from herd.switch import slot_bytes
 
 STARTUP_TIMEOUT = 60.0
 MAX_K = 64
@@ -497,7 +497,7 @@ class ReplayRun:
             **scored,
             **message_summary(hellos, reports, overflows, pulls),
             **memory_summary(peak, sum(self.params.stages),
-                             SLOT_BYTES_CONFIRM if confirm else SLOT_BYTES),
+                             slot_bytes(confirm)),
             "table_writes": int(sum(s["table_writes"] for s in stats)),
             "l_g_pushes": int(counters.get("l_g_pushes", 0)),
             "table_resets": int(sum(s["table_resets"] for s in stats)),

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from herd.hashing import flow_slots
+from herd.hashing import flows_slots
 from herd.switch import (
     EPOCH_LOG,
     REG_EPOCH,
@@ -34,7 +34,7 @@ from herd.switch import (
     SLOT_PREV_TOTAL,
     SLOT_TOTAL,
     epoch_starts,
-    held_total,
+    held_totals,
     stage_layout,
 )
 
@@ -158,8 +158,7 @@ class SwitchDriver(ABC):
         ``prev`` before its tag changed, so its ``prev`` words are read again after (and its
         tag once more: a slot taken yet again reads as unknown). Drivers that can read a
         register array in one step override ``read_cells``."""
-        slots = flows_stage_slots(flows, stages)
-        index = np.unique(slots)
+        index = np.unique(flows_stage_slots(flows, stages))
         table = np.zeros((SLOT_FIELDS, int(index.max(initial=0)) + 1), np.uint32)
 
         def read(name: str, field: int, which: np.ndarray) -> None:
@@ -180,7 +179,7 @@ class SwitchDriver(ABC):
             # A slot taken yet again (a still later epoch) may hold another epoch's prev
             # words now: its tag, read once more, makes it unknown.
             read(REG_STAGE_EPOCH, SLOT_EPOCH, moved)
-        return decode_held_totals(table, flows, slots, stages, epoch)
+        return decode_held_totals(table, flows, stages, epoch)
 
     def read_cells(self, name: str, which: np.ndarray) -> np.ndarray:
         """Cells ``which`` of a register array, one read a cell; drivers that read a whole
@@ -196,23 +195,31 @@ class SwitchDriver(ABC):
         self.register_write(REG_HERD, REG_OCCUPIED, 0)
 
 
+def hash_flows(flows: Sequence[FiveTuple], stages: Sequence[int]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Each flow's slot in every stage (rows) and its fingerprint, as the switch hashes them
+    (``herd.hashing.flows_slots``)."""
+    cols = np.asarray(flows, np.int64).reshape(-1, 5).T
+    offsets, sizes = stage_layout(stages)
+    return flows_slots(cols[0].astype(np.uint32), cols[1].astype(np.uint32),
+                       cols[2].astype(np.uint16), cols[3].astype(np.uint16),
+                       cols[4].astype(np.uint8), offsets, sizes)
+
+
 def flows_stage_slots(flows: Sequence[FiveTuple], stages: Sequence[int]) -> np.ndarray:
     """Each flow's slot in every stage (rows), as the switch hashes it."""
-    offsets, sizes = stage_layout(stages)
-    out = np.zeros((len(flows), len(sizes)), np.int64)
-    for row, flow in zip(out, flows, strict=True):
-        flow_slots(*flow, offsets, sizes, row)
-    return out
+    return hash_flows(flows, stages)[0]
 
 
-def decode_held_totals(table: np.ndarray, flows: Sequence[FiveTuple], slots: np.ndarray,
-                       stages: Sequence[int], epoch: int) -> list[int]:
+def decode_held_totals(table: np.ndarray, flows: Sequence[FiveTuple], stages: Sequence[int],
+                       epoch: int) -> list[int]:
     """``herd.switch.held_total`` of each flow over ``table`` (the switch's slot words as read,
     ``table[SLOT_*, slot]``; only the flows' slots need be filled)."""
-    offsets, sizes = stage_layout(stages)
-    scratch = np.zeros(len(sizes), np.int64)
-    out = []
-    for flow, row in zip(flows, slots, strict=True):
-        fp = flow_slots(*flow, offsets, sizes, scratch)
-        out.append(int(held_total(table, row, fp, epoch)))
-    return out
+    slots, fps = hash_flows(flows, stages)
+    n, k = slots.shape
+    rec = np.empty((n, k + 1), np.int64)  # held_totals' per-flow rows: slots, fingerprint
+    rec[:, :k] = slots
+    rec[:, k] = fps
+    out = np.zeros((1, n), np.int64)
+    held_totals(table[:, None], rec, np.arange(n, dtype=np.int64), k, k, epoch, out)
+    return [int(x) for x in out[0]]
