@@ -17,6 +17,16 @@ def _private_trace_cache(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("HERD_CACHE_DIR", str(tmp_path_factory.mktemp("herd-cache")))
 
 
+@pytest.fixture(autouse=True)
+def _private_results_db(tmp_path_factory: pytest.TempPathFactory,
+                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # Runs are recorded by default: a test (and its subprocesses, which inherit the
+    # environment) must never write the user's real results database.
+    data = tmp_path_factory.mktemp("herd-data")
+    monkeypatch.setenv("XDG_DATA_HOME", str(data))
+    monkeypatch.setenv("HERD_DB", str(data / "runs.sqlite"))
+
+
 Packet = tuple[float, str, str, int, int, str]  # (time s, src, dst, sport, dport, "tcp"/"udp")
 
 
