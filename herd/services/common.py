@@ -13,6 +13,7 @@ from typing import TypeVar
 
 from herd.errors import HerdInputError
 from herd.fileio import atomic_write, atomic_write_json, json_default  # noqa: F401
+from herd.services.security import check_token
 
 TOKEN_ENV = "HERD_TOKEN"
 TOKEN_METADATA_KEY = "x-herd-token"
@@ -21,7 +22,8 @@ DEFAULT_COORDINATOR = "127.0.0.1:50051"
 
 def load_token(token_file: str | None, required: bool = True) -> str | None:
     """The shared token: from ``token_file`` if given, else $HERD_TOKEN. Surrounding
-    whitespace (a trailing newline) is not part of it."""
+    whitespace (a trailing newline) is not part of it. Shorter than MIN_TOKEN_BYTES bytes
+    is refused (a short bearer secret is guessable)."""
     if token_file:
         try:
             token = Path(token_file).read_text().strip()
@@ -30,10 +32,10 @@ def load_token(token_file: str | None, required: bool = True) -> str | None:
                 f"{token_file}: cannot read the token file ({e.strerror})") from None
         if not token:
             raise HerdInputError(f"{token_file}: the token file is empty")
-        return token
+        return check_token(token, f"--token-file {token_file}")
     token = os.environ.get(TOKEN_ENV, "").strip()
     if token:
-        return token
+        return check_token(token, f"${TOKEN_ENV}")
     if required:
         raise HerdInputError(f"no token: give --token-file FILE or set {TOKEN_ENV}")
     return None

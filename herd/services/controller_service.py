@@ -73,6 +73,7 @@ from herd.services.drivers.base import (
     SwitchDriver,
 )
 from herd.services.rpc import herd_pb2 as pb
+from herd.services.security import add_tls_arguments, grpc_channel
 from herd.switch import (
     HELD_UNKNOWN,
     REG_EPOCH,
@@ -101,14 +102,17 @@ class CoordinatorClient:
     """Typed calls to the coordinator with the token attached (stubs built on the message
     classes of herd_pb2; the generated herd_pb2_grpc offers the same)."""
 
-    def __init__(self, address: str, token: str | None) -> None:
+    def __init__(self, address: str, token: str | None, ca_file: str | None = None,
+                 server_name: str | None = None) -> None:
+        """TLS verified against ``ca_file`` when given (``server_name``: the name the
+        certificate must carry, when not the host of ``address``), else in clear."""
         self.address = address
-        self.channel = grpc.insecure_channel(address, options=[
+        self.channel = grpc_channel(address, ca_file, options=[
             ("grpc.max_receive_message_length", 64 << 20),
             # Reconnect quickly after a coordinator restart.
             ("grpc.initial_reconnect_backoff_ms", 50),
             ("grpc.max_reconnect_backoff_ms", 1000),
-        ])
+        ], server_name=server_name)
         self.metadata = ((TOKEN_METADATA_KEY, token),) if token else ()
         ch = self.channel
         self.register = ch.unary_unary(SERVICE + "Register", pb.RegisterRequest.SerializeToString,
@@ -704,6 +708,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "their slots with them; default %(default)s)")
     p.add_argument("--coordinator", default=DEFAULT_COORDINATOR, help="host:port")
     p.add_argument("--token-file", help="the shared token (else $HERD_TOKEN)")
+    add_tls_arguments(p, server=False)
     p.add_argument("--driver", choices=DRIVERS, default="model")
     p.add_argument("--topology", metavar="FILE",
                    help="p4run's topology database (topology.json): the bmv2 driver, the "
@@ -753,10 +758,11 @@ def serve(args: argparse.Namespace) -> int:
     options: dict[str, Any] = {}
     if args.driver == "bmv2":
         options = {"cpu_interface": args.cpu_interface, "json_path": args.p4_json}
+    # Before waiting for the switch: a bad --tls-ca is an error now, not after the wait.
+    client = CoordinatorClient(args.coordinator, token, args.tls_ca, args.tls_server_name)
     deadline = time.monotonic() + args.switch_timeout
     driver = _open_driver_when_up(args, options, deadline)
-    service = ControllerService(args.switch, index, lc, driver,
-                                CoordinatorClient(args.coordinator, token), args.fresh,
+    service = ControllerService(args.switch, index, lc, driver, client, args.fresh,
                                 args.status_file, stages)
 
     def on_signal(signum: int, frame: Any) -> None:

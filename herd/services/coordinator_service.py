@@ -104,6 +104,12 @@ from herd.services.common import (
     setup_logging,
 )
 from herd.services.rpc import herd_pb2 as pb
+from herd.services.security import (
+    add_tls_arguments,
+    address_host,
+    check_bind,
+    grpc_server_credentials,
+)
 from herd.switch import HELD_UNKNOWN, N_GROUPS
 
 log = logging.getLogger("herd.coordinator")
@@ -1370,6 +1376,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--token-file", help=f"the shared token (else ${'HERD_TOKEN'})")
     p.add_argument("--no-auth", action="store_true",
                    help="accept every client (tests on a private machine only)")
+    add_tls_arguments(p, server=True)
     p.add_argument("--journal", help="SQLite journal (default: coordinator-journal.sqlite in "
                    "the directory of --results, else the current directory)")
     p.add_argument("--fsync", action="store_true", help="flush every commit to disk")
@@ -1411,6 +1418,10 @@ def serve(args: argparse.Namespace) -> int:
     token = None if args.no_auth else load_token(args.token_file)
     if args.no_auth:
         log.warning("--no-auth: every client is accepted")
+    # TLS files and the loopback rule are checked before anything is opened or bound.
+    credentials = grpc_server_credentials(args)
+    check_bind(f"--listen {args.listen}", address_host(args.listen), credentials is not None,
+               args.insecure)
     journal_path = args.journal or os.path.join(
         os.path.dirname(os.path.abspath(args.results)), "coordinator-journal.sqlite")
     if args.max_flows < 1:
@@ -1438,15 +1449,16 @@ def serve(args: argparse.Namespace) -> int:
                          options=[("grpc.max_receive_message_length", 16 << 20)])
     server.add_generic_rpc_handlers((service.handler(),))
     host = args.listen.rsplit(":", 1)[0]
-    port = server.add_insecure_port(args.listen)
+    if credentials is not None:
+        port = server.add_secure_port(args.listen, credentials)
+    else:
+        port = server.add_insecure_port(args.listen)
     if port == 0:
         raise HerdInputError(f"--listen {args.listen}: cannot bind")
-    if host not in ("127.0.0.1", "localhost", "[::1]", "::1"):
-        log.warning("listening on %s: the token travels unencrypted beyond loopback", host)
     server.start()
     bound = f"{host}:{port}"
-    log.info("coordinator serving on %s for %d switches, R=%d, journal %s%s", bound,
-             len(names), R, journal_path,
+    log.info("coordinator serving on %s%s for %d switches, R=%d, journal %s%s", bound,
+             " (TLS)" if credentials is not None else "", len(names), R, journal_path,
              f", confirm C={args.confirm_reports}" if args.confirm else "")
     if args.ready_file:
         from herd.services.common import atomic_write_text
