@@ -109,6 +109,7 @@ from herd.services.security import (
     address_host,
     check_bind,
     grpc_server_credentials,
+    server_ssl_context,
 )
 from herd.switch import HELD_UNKNOWN, N_GROUPS
 
@@ -159,6 +160,7 @@ class _SwitchState:
     pulls: int = 0
     pull_messages: int = 0
     pull_timeouts: int = 0
+    last_seen_ns: int = 0  # wall clock of its last hello or report batch (0: never)
 
 
 @dataclass
@@ -488,6 +490,8 @@ class CoordinatorState:
         answer = self.coordinator.on_hello(g, switch)
         sw = self.switches[switch]
         sw.hellos += 1
+        if journal_it:  # a recovered hello has no time of its own
+            sw.last_seen_ns = time.time_ns()
         self.counters["hello_rpcs"] += 1
         if new_member:
             self.counters["memberships"] += 1
@@ -503,6 +507,7 @@ class CoordinatorState:
                        journal_it: bool = True) -> tuple[int, int]:
         """Count the batch's reports not held yet; returns (accepted, duplicates)."""
         sw = self.switches[switch]
+        sw.last_seen_ns = max(sw.last_seen_ns, recv_ns)  # recovered batches: when received
         seq = np.asarray(batch.seq, dtype=np.uint64)
         new = seq > np.uint64(sw.acked_seq)
         accepted = int(np.count_nonzero(new))
@@ -877,7 +882,7 @@ class CoordinatorState:
                  "groups": int(groups[i]), "reports": s.reports, "duplicates": s.duplicates,
                  "batches": s.batches, "acked_seq": s.acked_seq, "params": s.params,
                  "pulls": s.pulls, "pull_messages": s.pull_messages,
-                 "pull_timeouts": s.pull_timeouts}
+                 "pull_timeouts": s.pull_timeouts, "last_seen_ns": s.last_seen_ns}
                 for i, s in enumerate(self.switches)
             ]
 
@@ -1403,11 +1408,18 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=0,
                    help="gRPC worker threads (default 12 per switch + 16)")
     p.add_argument("--ready-file", help="write the bound host:port here once serving")
+    p.add_argument("--http", metavar="HOST:PORT",
+                   help="also serve the live view (web page and JSON API, herd.services.web) "
+                   "here; PORT alone binds loopback, port 0 picks a free one (default: off; "
+                   "the same token, and --tls-cert/--tls-key, as gRPC)")
+    p.add_argument("--http-ready-file", help="with --http: write the live view's URL here once "
+                   "serving")
     p.add_argument("--log-level", default="INFO")
 
 
 def serve(args: argparse.Namespace) -> int:
     setup_logging(args.log_level, "coordinator")
+    started = time.monotonic()  # the live view's uptime
     # Every answer crosses threads (gRPC poller, handler, journal writer): hand the GIL
     # over sooner than the default 5 ms so that a busy thread does not delay them.
     sys.setswitchinterval(0.0005)
@@ -1422,6 +1434,13 @@ def serve(args: argparse.Namespace) -> int:
     credentials = grpc_server_credentials(args)
     check_bind(f"--listen {args.listen}", address_host(args.listen), credentials is not None,
                args.insecure)
+    http_ssl = None
+    if args.http:
+        from herd.services.web import parse_http_address
+
+        http_host, http_port = parse_http_address(args.http)
+        http_ssl = server_ssl_context(args)
+        check_bind(f"--http {args.http}", http_host, http_ssl is not None, args.insecure)
     journal_path = args.journal or os.path.join(
         os.path.dirname(os.path.abspath(args.results)), "coordinator-journal.sqlite")
     if args.max_flows < 1:
@@ -1448,6 +1467,20 @@ def serve(args: argparse.Namespace) -> int:
                          maximum_concurrent_rpcs=workers,
                          options=[("grpc.max_receive_message_length", 16 << 20)])
     server.add_generic_rpc_handlers((service.handler(),))
+    live = None
+    if args.http:
+        from herd.services.web import LiveView
+
+        # Up before gRPC's ready file: whoever waits for that finds the URL written too.
+        live = LiveView(state, token, http_host, http_port, http_ssl, service.rejections,
+                        started)
+        url = live.start()
+        log.info("live view on %s%s", url, "" if token is None else
+                 " (Authorization: Bearer <the coordinator's token>)")
+        if args.http_ready_file:
+            from herd.services.common import atomic_write_text
+
+            atomic_write_text(args.http_ready_file, url + "\n")
     host = args.listen.rsplit(":", 1)[0]
     if credentials is not None:
         port = server.add_secure_port(args.listen, credentials)
@@ -1484,6 +1517,8 @@ def serve(args: argparse.Namespace) -> int:
     if service.puller is not None:
         service.puller.pull_all()
     atomic_write_json(args.results, service.results())
+    if live is not None:  # after the results: the view showed the final elephants
+        live.stop()
     state.stop()
     journal.close()
     log.info("results written to %s", args.results)
