@@ -2,13 +2,14 @@
 # Set up herd on a fresh Debian 12 machine, idempotently: apt packages only where missing,
 # a virtual environment in .venv/ (seeing Debian's Mininet), herd installed into it.
 #   bash scripts/setup.sh            # what simulate / sweep / tune / figures / replay need
-#   bash scripts/setup.sh --testbed  # also Mininet, bridge-utils, tcpreplay, iproute2
+#   bash scripts/setup.sh --testbed  # also Mininet, bridge-utils, tcpreplay, iproute2, chromium
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 packages=(python3 python3-venv python3-dev gcc)
 if [[ "${1:-}" == "--testbed" ]]; then
     packages+=(mininet bridge-utils tcpreplay iproute2 ethtool procps psmisc)
+    packages+=(chromium chromium-driver)  # the live view's browser test (tests/test_browser.py)
 fi
 missing=()
 for p in "${packages[@]}"; do
