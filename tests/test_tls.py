@@ -146,6 +146,21 @@ def start_coordinator(procs: Procs, tmp: Path, listen: str, *extra: str) -> str:
     return ready.read_text().strip()
 
 
+def start_model_switch(procs: Procs, tmp: Path) -> str:
+    """A model switch s1 with no packets of its own (the test injects CPU messages)."""
+    pk = tmp / "none.npz"
+    np.savez(pk, ts_ns=np.zeros(0, np.int64), flow=np.zeros(0, np.int64),
+             flow_src=np.zeros(0, np.uint32), flow_dst=np.zeros(0, np.uint32),
+             flow_sport=np.zeros(0, np.uint16), flow_dport=np.zeros(0, np.uint16),
+             flow_proto=np.zeros(0, np.uint8))
+    sock = f"unix:{tmp / 's1.sock'}"
+    ready = tmp / "s1.ready"
+    procs.start("herd.services.model_switch", ["--name", "s1", "--listen", sock, "--packets",
+                str(pk), "--start", "command", "--ready-file", str(ready)], "switch")
+    wait_for(ready.exists, what="switch")
+    return sock
+
+
 def run_coordinator_error(tmp: Path, listen: str, *extra: str) -> str:
     """Run a coordinator expected to refuse to start: exit 2, one line; that line."""
     out = subprocess.run(coordinator_cmd(tmp, listen, *extra), capture_output=True, text=True,
@@ -168,16 +183,7 @@ def test_coordinator_and_controller_over_tls(pki: Pki, procs: Procs, tmp_path: P
                       str(pki.key))
     assert "(TLS)" in procs.log("coordinator")
     token = (tmp_path / "token").read_text().strip()
-    pk = tmp_path / "none.npz"
-    np.savez(pk, ts_ns=np.zeros(0, np.int64), flow=np.zeros(0, np.int64),
-             flow_src=np.zeros(0, np.uint32), flow_dst=np.zeros(0, np.uint32),
-             flow_sport=np.zeros(0, np.uint16), flow_dport=np.zeros(0, np.uint16),
-             flow_proto=np.zeros(0, np.uint8))
-    sock = f"unix:{tmp_path / 's1.sock'}"
-    ready = tmp_path / "s1.ready"
-    procs.start("herd.services.model_switch", ["--name", "s1", "--listen", sock, "--packets",
-                str(pk), "--start", "command", "--ready-file", str(ready)], "switch")
-    wait_for(ready.exists, what="switch")
+    sock = start_model_switch(procs, tmp_path)
     procs.start("herd.services.controller_service", [
         "--switch", "s1", "--T", "50", "--coordinator", address, "--token-file",
         str(tmp_path / "token"), "--tls-ca", str(pki.ca), "--switch-address", sock],
@@ -214,15 +220,25 @@ def test_wrong_ca_or_plain_client_fails_server_keeps_serving(pki: Pki, procs: Pr
     start_coordinator(procs, tmp_path, address, "--tls-cert", str(pki.cert), "--tls-key",
                       str(pki.key))
     token = (tmp_path / "token").read_text().strip()
-    for bad in (CoordinatorClient(address, token, str(pki.other_ca)),
-                CoordinatorClient(address, token)):  # in clear, to a TLS port
+    for bad, why in ((CoordinatorClient(address, token, str(pki.other_ca)),
+                      "CERTIFICATE_VERIFY_FAILED"),
+                     (CoordinatorClient(address, token), "")):  # in clear, to a TLS port
         try:
             with pytest.raises(grpc.RpcError) as e:
                 bad.register(pb.RegisterRequest(switch_name="s1"), timeout=5,
                              metadata=bad.metadata)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+            assert why in (e.value.details() or ""), e.value.details()
         finally:
             bad.close()
+    # A controller trusting another CA says why it cannot connect, and keeps retrying.
+    procs.start("herd.services.controller_service", [
+        "--switch", "s1", "--T", "50", "--coordinator", address, "--token-file",
+        str(tmp_path / "token"), "--tls-ca", str(pki.other_ca), "--switch-address",
+        start_model_switch(procs, tmp_path)], "controller")
+    wait_for(lambda: "CERTIFICATE_VERIFY_FAILED" in procs.log("controller"),
+             what="the controller's log saying why")
+    assert procs.procs[-1].poll() is None  # still retrying
     # The certificate names 127.0.0.1 and localhost, not this name: refused...
     wrong_name = CoordinatorClient(address, token, str(pki.ca), "elsewhere.herd.test")
     try:

@@ -405,8 +405,9 @@ class ControllerService:
                 self.stop.set()
                 return
             except grpc.RpcError as e:
-                log.info("%s: coordinator %s unreachable (%s); retrying in %.2f s", what,
-                         self.coord.address, e.code().name, backoff)
+                # The details say why (refused, a TLS handshake failure and its reason).
+                log.info("%s: coordinator %s unreachable (%s: %s); retrying in %.2f s", what,
+                         self.coord.address, e.code().name, e.details(), backoff)
                 self.stop.wait(backoff)
                 backoff = min(2 * backoff, BACKOFF_MAX)
                 continue
