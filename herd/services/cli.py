@@ -12,8 +12,10 @@ from typing import Any
 def cmd_replay(args: argparse.Namespace) -> int:
     from herd.cli import _load, _print_json, params_from_args
     from herd.services.replay import format_result, run_replay
+    from herd.services.security import run_tls_from_args
 
     params = params_from_args(args)
+    tls = run_tls_from_args(args)  # its files checked before the trace is loaded
     if params.delay_ms:
         print("herd replay: note: --delay-ms is the simulator's; a replay has the delay its "
               "processes take, measured and reported as params.delay_ms", file=sys.stderr)
@@ -25,7 +27,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, terminated)
     result = run_replay(prep, params, args.pps, workdir=args.workdir, keep=args.keep,
                         compare=args.compare, timeout=args.timeout, results=args.results,
-                        log_level=args.log_level, delays_out=args.delays_out)
+                        log_level=args.log_level, delays_out=args.delays_out,
+                        token_file=args.token_file, http=args.http, tls=tls)
     if args.json:
         _print_json(result)
     else:
@@ -39,6 +42,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
 
 def register_cli(sub: Any) -> None:
     from herd.cli import add_param_arguments
+    from herd.services.security import add_run_tls_arguments
 
     rp = sub.add_parser("replay", help="run coordinator, controllers and model switches as "
                         "real processes over a trace")
@@ -61,6 +65,11 @@ def register_cli(sub: Any) -> None:
     rp.add_argument("--timeout", type=float, default=3600.0,
                     help="seconds to wait for the replay to drain")
     rp.add_argument("--log-level", default="WARNING", help="of the service processes")
+    rp.add_argument("--token-file", help="the token the processes share (else $HERD_TOKEN, "
+                    "else a fresh one in the run's directory)")
+    rp.add_argument("--http", metavar="HOST:PORT", help="the coordinator's live view (web page "
+                    "and JSON API) here, on loopback; port 0 picks one; the URL is printed")
+    add_run_tls_arguments(rp)
     rp.set_defaults(func=cmd_replay)
 
     for name, module, helptext in (

@@ -67,12 +67,13 @@ from herd.groundtruth import epoch_ns_of, packet_epochs
 from herd.metrics import memory_summary, message_summary
 from herd.params import Params
 from herd.prepared import PreparedTrace, score
-from herd.services.common import write_token_file
+from herd.services.common import TOKEN_ENV, load_token, write_token_file
 from herd.services.controller_service import CoordinatorClient
 from herd.services.drivers.base import SwitchDriver
 from herd.services.drivers.model import ModelDriver
 from herd.services.results import FIELDS, elephant_detection
 from herd.services.rpc import herd_pb2 as pb
+from herd.services.security import RunTls
 from herd.switch import slot_bytes
 
 STARTUP_TIMEOUT = 60.0
@@ -140,7 +141,8 @@ class ReplayRun:
 
     def __init__(self, prep: PreparedTrace, params: Params, pps: float = 0.0,
                  workdir: str | None = None, log_level: str = "WARNING",
-                 python: str = sys.executable) -> None:
+                 python: str = sys.executable, *, token_file: str | None = None,
+                 http: str | None = None, tls: RunTls | None = None) -> None:
         if params.algorithm != "herd":
             raise HerdInputError("replay runs Herd only (--algorithm herd)")
         if pps < 0:
@@ -167,6 +169,15 @@ class ReplayRun:
                     f"parameter epoch_ms={params.epoch_ms:g}: at {self.multiplier:.4g}x the "
                     f"trace's pace a switch epoch is {params.epoch_ms * 1000 / self.multiplier:g}"
                     " us; it must be in [1 us, 2^32 us)")
+        given_token = load_token(token_file, required=False)  # checked before any file
+        if http:
+            from herd.services.security import is_loopback
+            from herd.services.web import parse_http_address
+
+            if not is_loopback(parse_http_address(http)[0]):
+                raise HerdInputError(f"--http {http}: a replay serves its live view on "
+                                     "loopback only (for TLS beyond it, run herd coordinator "
+                                     "--http with --tls-cert/--tls-key)")
         self.k = params.k
         self.names = [f"s{i + 1}" for i in range(self.k)]
         self.T = prep.threshold(params)
@@ -179,12 +190,26 @@ class ReplayRun:
         self.python = python
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
+        # TLS (None: in clear, on loopback): the coordinator serves with its certificate,
+        # the controllers and this run's own client verify it.
+        self.tls = tls
         # A replay is a fresh run: never recover a previous run's journal.
         for f in ("journal.sqlite", "journal.sqlite-wal", "journal.sqlite-shm"):
             with contextlib.suppress(FileNotFoundError):
                 (self.dir / f).unlink()
-        self.token_file = self.dir / "token"
-        write_token_file(self.token_file)
+        # The token: --token-file, else $HERD_TOKEN (the children inherit it), else one made
+        # for this run (in its directory, owner-only).
+        self.token = given_token
+        if self.token is not None:
+            self.token_file: Path | None = Path(token_file) if token_file else None
+            self.token_source = token_file or f"${TOKEN_ENV}"
+        else:
+            self.token_file = self.dir / "token"
+            self.token = write_token_file(self.token_file)
+            self.token_source = str(self.token_file)
+        # The coordinator's live view (--http HOST:PORT; None: off) and its URL once up.
+        self.http = http
+        self.http_url: str | None = None
         self.coordinator: subprocess.Popen[bytes] | None = None
         self.switches: list[subprocess.Popen[bytes] | None] = [None] * self.k
         self.controllers: list[subprocess.Popen[bytes] | None] = [None] * self.k
@@ -241,11 +266,28 @@ class ReplayRun:
             ready.unlink()
         self.coordinator = self._spawn("herd.services.coordinator_service", [
             "--listen", self.address, "--switches", ",".join(self.names), "--R", str(self.R),
-            "--token-file", str(self.token_file), "--journal", str(self.dir / "journal.sqlite"),
+            *self.token_args(), "--journal", str(self.dir / "journal.sqlite"),
             "--results", str(self.dir / "coordinator-results.json"),
             "--epoch-ms", repr(float(self.params.epoch_ms)), *self.confirm_args(),
-            "--ready-file", str(ready), "--log-level", self.log_level], "coordinator")
+            *self.http_args(), *(self.tls.server_args() if self.tls else []),
+            "--ready-file", str(ready), "--log-level", self.log_level],
+            "coordinator")
         self._wait_file(ready, self.coordinator, "coordinator")
+        if self.http:  # written before the gRPC ready file
+            self.http_url = (self.dir / "http.ready").read_text().strip()
+
+    def token_args(self) -> list[str]:
+        """How a child process gets the token (none: it inherits $HERD_TOKEN)."""
+        return ["--token-file", str(self.token_file)] if self.token_file else []
+
+    def http_args(self) -> list[str]:
+        """The coordinator's live view options (none without --http)."""
+        if not self.http:
+            return []
+        ready = self.dir / "http.ready"
+        with contextlib.suppress(FileNotFoundError):
+            ready.unlink()
+        return ["--http", self.http, "--http-ready-file", str(ready)]
 
     def confirm_args(self) -> list[str]:
         """The coordinator's confirm options (none without confirm)."""
@@ -282,7 +324,8 @@ class ReplayRun:
             "--T", str(self.T), "--s", repr(p.s), "--seed", str(p.seed),
             "--overflow-policy", p.overflow_policy, "--epoch-us", str(self.epoch_us),
             "--stages", ",".join(map(str, p.stages)), "--coordinator", self.address,
-            "--token-file", str(self.token_file), *self.driver_args(i),
+            *self.token_args(), *(self.tls.client_args() if self.tls else []),
+            *self.driver_args(i),
             "--status-file", str(self.dir / f"{self.names[i]}.controller.json"),
             "--log-level", self.log_level], f"controller-{self.names[i]}")
 
@@ -378,9 +421,15 @@ class ReplayRun:
             d.set_epoch_origin(origin_us)
         self.origin_us = origin_us
 
+    def client(self) -> CoordinatorClient:
+        """A client of this run's coordinator (TLS as the controllers have it)."""
+        if self.tls is None:
+            return CoordinatorClient(self.address, self.token)
+        return CoordinatorClient(self.address, self.token, self.tls.ca, self.tls.server_name)
+
     def flush(self) -> list[int]:
         """Close every open epoch at the coordinator (its elephants are final)."""
-        client = CoordinatorClient(self.address, self.token_file.read_text().strip())
+        client = self.client()
         try:
             return list(client.flush(pb.FlushRequest(), timeout=30,
                                      metadata=client.metadata).closed)
@@ -390,7 +439,7 @@ class ReplayRun:
     # ---------------------------------------------------------------- progress
 
     def query(self, elephants: bool) -> pb.QueryReply:
-        client = CoordinatorClient(self.address, self.token_file.read_text().strip())
+        client = self.client()
         try:
             deadline = time.monotonic() + 30
             while True:
@@ -611,10 +660,16 @@ class ReplayRun:
 def run_replay(prep: PreparedTrace, params: Params, pps: float = 0.0, *,
                workdir: str | None = None, keep: bool = False, compare: bool = False,
                timeout: float = 3600.0, results: str | None = None,
-               log_level: str = "WARNING", delays_out: str | None = None) -> dict[str, Any]:
-    run = ReplayRun(prep, params, pps, workdir, log_level)
+               log_level: str = "WARNING", delays_out: str | None = None,
+               token_file: str | None = None, http: str | None = None,
+               tls: RunTls | None = None) -> dict[str, Any]:
+    run = ReplayRun(prep, params, pps, workdir, log_level, token_file=token_file, http=http,
+                    tls=tls)
     try:
         run.start()
+        if run.http_url:  # while the run goes on: where to watch it
+            print(f"herd replay: live view on {run.http_url} (token: {run.token_source})",
+                  file=sys.stderr, flush=True)
         drained = run.wait_done(timeout)
         out = run.results(drained, compare)
     except BaseException:

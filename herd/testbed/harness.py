@@ -460,18 +460,21 @@ class Testbed:
         return out
 
     def evaluate(self, prep: PreparedTrace, params: Params, pcap: Path, pps: float,
-                 delays_out: Path | None = None) -> dict[str, Any]:
+                 delays_out: Path | None = None, http: str | None = None) -> dict[str, Any]:
         self.restart_switches(params)
         if self.target == "bmv2":
             ingress = sorted((sw for sw in self.net.switches if sw.kind == INGRESS),
                              key=lambda sw: sw.index)
             run: TestbedRun = Bmv2TestbedRun(prep, params, pps, workdir=str(self.workdir),
-                                             switches=ingress)
+                                             switches=ingress, http=http)
         else:
-            run = TestbedRun(prep, params, pps, workdir=str(self.workdir))
+            run = TestbedRun(prep, params, pps, workdir=str(self.workdir), http=http)
         shares = self.wire_shares(pcap, params)
         try:
             run.start()
+            if run.http_url:
+                print(f"    live view on {run.http_url} (token: {run.token_source})",
+                      file=sys.stderr, flush=True)
             # The path end to end before any packet: a dead hop fails here, named.
             probes = self.prove_paths()
             counters_before = self.counters()
@@ -666,7 +669,8 @@ def run_harness(args: argparse.Namespace) -> int:
                 try:
                     out = tb.evaluate(
                         prep, params, wire, args.pps,
-                        csv_path.with_name(f"{csv_path.stem}-delays-{param}={v}.csv"))
+                        csv_path.with_name(f"{csv_path.stem}-delays-{param}={v}.csv"),
+                        http=args.http)
                 except (LossError, PathError, SenderError) as e:
                     # No F1 of 0 for a run that measured nothing: fail, saying where.
                     records.append({param: v, "error": str(e),
@@ -741,6 +745,9 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     default=[4096, 2048, 1024])
     add_confirm_arguments(ap)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    ap.add_argument("--http", metavar="HOST:PORT", help="serve the coordinator's live view "
+                    "(web page and JSON API) here, on loopback, during each run; port 0 picks "
+                    "one (printed); the token is $HERD_TOKEN, else one made per run")
 
 
 def main(argv: list[str] | None = None) -> int:
