@@ -20,6 +20,7 @@ import ipaddress
 import logging
 import ssl
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -227,6 +228,58 @@ def server_tls_args(args: Any) -> list[str]:
     if getattr(args, "insecure", False):
         out.append("--insecure")
     return out
+
+
+# ------------------------------------------------------------------------ runs
+
+@dataclass(frozen=True)
+class RunTls:
+    """TLS for a run that starts both ends (``herd replay``, the testbed harness): the
+    coordinator it starts serves with ``cert``/``key``, its controllers and its own client
+    trust ``ca`` (and check ``server_name`` instead of the address's host when given)."""
+
+    cert: str
+    key: str
+    ca: str
+    server_name: str | None = None
+
+    def server_args(self) -> list[str]:
+        return ["--tls-cert", self.cert, "--tls-key", self.key]
+
+    def client_args(self) -> list[str]:
+        out = ["--tls-ca", self.ca]
+        return out + ["--tls-server-name", self.server_name] if self.server_name else out
+
+
+def add_run_tls_arguments(p: argparse.ArgumentParser) -> None:
+    """--tls-cert/--tls-key/--tls-ca/--tls-server-name for a run that starts the
+    coordinator and its controllers (passed through to them)."""
+    p.add_argument("--tls-cert", metavar="FILE",
+                   help="run the coordinator with TLS: its certificate (PEM; a subjectAltName "
+                   "for 127.0.0.1, or see --tls-server-name); needs --tls-key and --tls-ca")
+    p.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM)")
+    p.add_argument("--tls-ca", metavar="FILE",
+                   help="the CA the controllers (and this run) verify the coordinator with")
+    p.add_argument("--tls-server-name", metavar="NAME",
+                   help="the name the certificate must carry, when it does not list 127.0.0.1")
+
+
+def run_tls_from_args(args: Any) -> RunTls | None:
+    """The run's TLS from its arguments, every file checked; None without any."""
+    files = server_tls_files(args)
+    ca = getattr(args, "tls_ca", None)
+    name = getattr(args, "tls_server_name", None)
+    if files is None:
+        if ca or name:
+            raise HerdInputError(f"{'--tls-ca ' + ca if ca else '--tls-server-name ' + name}: "
+                                 "needs --tls-cert/--tls-key (the coordinator this run starts)")
+        return None
+    if not ca:
+        raise HerdInputError(f"--tls-cert {files[0]}: needs --tls-ca as well (the CA the "
+                             "controllers verify the coordinator with; for a self-signed "
+                             "certificate, the certificate itself)")
+    read_ca(ca)
+    return RunTls(files[0], files[1], ca, name)
 
 
 # ------------------------------------------------------------------------ tokens

@@ -89,6 +89,7 @@ from herd.prng import probability_threshold
 from herd.services.drivers.base import SwitchDriver
 from herd.services.drivers.bmv2_thrift import Bmv2Thrift
 from herd.services.replay import ReplayRun, trace_schedule
+from herd.services.security import RunTls, add_run_tls_arguments, run_tls_from_args
 from herd.sweep import params_for, read_layout
 from herd.testbed import hops as hopmod
 from herd.testbed.configure import apply_writes, evaluation_writes
@@ -460,15 +461,16 @@ class Testbed:
         return out
 
     def evaluate(self, prep: PreparedTrace, params: Params, pcap: Path, pps: float,
-                 delays_out: Path | None = None, http: str | None = None) -> dict[str, Any]:
+                 delays_out: Path | None = None, http: str | None = None,
+                 tls: RunTls | None = None) -> dict[str, Any]:
         self.restart_switches(params)
         if self.target == "bmv2":
             ingress = sorted((sw for sw in self.net.switches if sw.kind == INGRESS),
                              key=lambda sw: sw.index)
             run: TestbedRun = Bmv2TestbedRun(prep, params, pps, workdir=str(self.workdir),
-                                             switches=ingress, http=http)
+                                             switches=ingress, http=http, tls=tls)
         else:
-            run = TestbedRun(prep, params, pps, workdir=str(self.workdir), http=http)
+            run = TestbedRun(prep, params, pps, workdir=str(self.workdir), http=http, tls=tls)
         shares = self.wire_shares(pcap, params)
         try:
             run.start()
@@ -645,6 +647,7 @@ def run_harness(args: argparse.Namespace) -> int:
         params_for(base, param, v, base.seed)
     if args.pps < 0:
         raise HerdInputError(f"--pps {args.pps}: must be >= 0 (0: as fast as possible)")
+    tls = run_tls_from_args(args)  # passed through to the coordinator and the controllers
     prep = PreparedTrace(load_trace(pcap))
     require_root_and_mininet()
     workdir = Path(tempfile.mkdtemp(prefix="herd-testbed-"))
@@ -670,7 +673,7 @@ def run_harness(args: argparse.Namespace) -> int:
                     out = tb.evaluate(
                         prep, params, wire, args.pps,
                         csv_path.with_name(f"{csv_path.stem}-delays-{param}={v}.csv"),
-                        http=args.http)
+                        http=args.http, tls=tls)
                 except (LossError, PathError, SenderError) as e:
                     # No F1 of 0 for a run that measured nothing: fail, saying where.
                     records.append({param: v, "error": str(e),
@@ -745,6 +748,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
                     default=[4096, 2048, 1024])
     add_confirm_arguments(ap)
     ap.add_argument("--keep", action="store_true", help="keep the work directory (logs)")
+    add_run_tls_arguments(ap)
     ap.add_argument("--http", metavar="HOST:PORT", help="serve the coordinator's live view "
                     "(web page and JSON API) here, on loopback, during each run; port 0 picks "
                     "one (printed); the token is $HERD_TOKEN, else one made per run")
