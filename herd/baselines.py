@@ -324,6 +324,7 @@ def _finish(prep: PreparedTrace, params: Params, T: int, R: int, detected: np.nd
         heavy = np.isin(keys, prep.truth(params, T).heavy_keys())
         detection.reports_heavy = np.bincount(report_count[heavy], minlength=1)
         detection.reports_other = np.bincount(report_count[~heavy], minlength=1)
+        detection.reports = report_count[detected][order]
     per_switch, per_epoch = states
     metrics, rows = score(prep, params, T, R, detection, epoch_messages[0], per_epoch)
     zeros = np.zeros(k, dtype=np.int64)

@@ -6,14 +6,19 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from herd import __version__
 from herd.errors import HerdInputError
 from herd.fileio import json_default
 from herd.params import ALGORITHMS, DEFAULT_CONFIRM_REPORTS, Params, load_params_file
+
+if TYPE_CHECKING:
+    from herd.delays import MeasuredTiming
+    from herd.prepared import SimulationResult
 
 
 def _stages(text: str) -> tuple[int, ...]:
@@ -174,6 +179,8 @@ def _load(path: str) -> Any:
 
 def cmd_simulate(args: argparse.Namespace) -> int:
     from herd.evaluate import simulate
+    from herd.store import Recorder
+    from herd.store_record import result_metrics, simulation_elephants
 
     params = params_from_args(args)
     delays = None
@@ -182,10 +189,25 @@ def cmd_simulate(args: argparse.Namespace) -> int:
 
         delays = read_timing(args.delays)
     prep = _load(args.trace)
-    result = simulate(prep, params, delays, _packet_progress("simulate", prep.trace.packets))
-    d = result.to_dict()
-    if delays is not None:
-        d["delays_file"] = args.delays
+    rec = Recorder.from_args(args, prog="herd simulate")
+    run_params = {**params.to_dict(), **({"delays_file": args.delays} if args.delays else {})}
+    with rec.run("simulate", run_params, trace_path=os.path.abspath(args.trace),
+                 trace_sha256=prep.trace.digest) as run:
+        result = simulate(prep, params, delays, _packet_progress("simulate", prep.trace.packets))
+        d = result.to_dict()
+        if delays is not None:
+            d["delays_file"] = args.delays
+        _show_simulation(args, params, d, result, delays)
+        # After the outputs: a store that fails loses none of them.
+        run.finish(result_metrics(d, drop=("delays_file",)),
+                   result.per_epoch if params.epoch_ms else (),
+                   simulation_elephants(prep, result))
+    return rec.exit_code(0)
+
+
+def _show_simulation(args: argparse.Namespace, params: Params, d: dict[str, Any],
+                     result: SimulationResult, delays: MeasuredTiming | None) -> None:
+    """herd simulate's outputs: the per-epoch CSV, then JSON or text on stdout."""
     if args.per_epoch_csv:
         from herd.metrics import write_per_epoch_csv
 
@@ -219,7 +241,6 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                   f"({d['measured_delays_mismatched']} rows did not match this trace), "
                   f"{d['measured_epoch_starts']} switch epoch starts")
         print(f"simulated in {d['seconds']:.3f} s")
-    return 0
 
 
 def _ms(v: float | None) -> str:
@@ -227,6 +248,8 @@ def _ms(v: float | None) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from herd.store import Recorder
+    from herd.store_record import record_sweep_row
     from herd.sweep import (
         parse_values,
         plot_sweep,
@@ -250,16 +273,34 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for v in values:
         params_for(base, param, v, base.seed)
     prep = _load(args.trace)
-    rows = run_sweep(prep, base, param, values, args.seeds, stderr_progress(f"sweep {param}"))
-    meta = {"herd_version": __version__, "command": sys.argv, "base_params": base.to_dict(),
-            "trace": args.trace, "trace_digest": prep.trace.digest}
-    json_path = write_results(args.out, param, rows, meta)
-    print(f"CSV: {args.out}")
-    print(f"run record: {json_path}")
-    if args.plot:
-        plot_sweep(args.plot, param, rows, sweep_title(args.trace, param, rows))
-        print(f"plot: {args.plot}")
-    return 0
+    from herd.executor import make_executor
+
+    # Connect (--ray) first: an unreachable cluster fails before anything is recorded.
+    executor = make_executor(prep, args.ray)
+    rec = Recorder.from_args(args, prog="herd sweep")
+    trace = {"trace_path": os.path.abspath(args.trace), "trace_sha256": prep.trace.digest}
+    with rec.run("sweep", {**base.to_dict(), "swept": param, "values": list(values),
+                           "seeds": args.seeds}, **trace) as run:
+        try:
+            rows = run_sweep(prep, base, param, values, args.seeds,
+                             stderr_progress(f"sweep {param}"), executor)
+        finally:
+            executor.close()
+        meta = {"herd_version": __version__, "command": sys.argv, "base_params": base.to_dict(),
+                "trace": args.trace, "trace_digest": prep.trace.digest}
+        json_path = write_results(args.out, param, rows, meta)
+        print(f"CSV: {args.out}")
+        print(f"run record: {json_path}")
+        if args.plot:
+            plot_sweep(args.plot, param, rows, sweep_title(args.trace, param, rows))
+            print(f"plot: {args.plot}")
+        # After the outputs: a store that fails loses none of them.
+        for row in rows:
+            record_sweep_row(rec, run.id, param, row, trace)
+        run.finish({"rows": len(rows), "csv": os.path.abspath(args.out),
+                    "run_record": os.path.abspath(json_path),
+                    "plot": os.path.abspath(args.plot) if args.plot else None})
+    return rec.exit_code(0)
 
 
 def cmd_score(args: argparse.Namespace) -> int:
@@ -293,6 +334,8 @@ CORE_COMMANDS = ("trace", "simulate", "sweep", "score")
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; given the subcommand about to run, only what it needs (the other
     commands' modules are not imported: a faster start)."""
+    from herd.store import add_db_arguments
+
     parser = OneLineErrors(
         prog="herd", description="Network-wide heavy-hitter detection with Herd: simulate, "
         "sweep, tune, emulate.")
@@ -323,6 +366,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sim.add_argument("--json", action="store_true", help="print one JSON object")
     sim.add_argument("--per-epoch-csv", dest="per_epoch_csv", metavar="FILE",
                      help="write one row per epoch (F1, messages, states, ...) to this CSV")
+    add_db_arguments(sim)
     sim.set_defaults(func=cmd_simulate)
 
     sw = sub.add_parser("sweep", help="simulate over a list of parameter values: CSV and plot")
@@ -334,7 +378,11 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sw.add_argument("--seeds", type=int, default=1, help="seeds per value (mean and spread)")
     sw.add_argument("--out", required=True, help="CSV to write")
     sw.add_argument("--plot", help="PNG to write")
+    from herd.executor import add_ray_argument
+
+    add_ray_argument(sw)
     add_param_arguments(sw)
+    add_db_arguments(sw)
     sw.set_defaults(func=cmd_sweep)
 
     sc = sub.add_parser("score", help="score a coordinator's results file against the trace "

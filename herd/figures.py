@@ -31,6 +31,7 @@ import io
 import json
 import math
 import multiprocessing
+import os
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
@@ -764,6 +765,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def register_cli(sub: Any) -> None:
     from herd.cli import add_param_arguments
+    from herd.store import add_db_arguments
 
     p = sub.add_parser(
         "figures", help="regenerate the evaluation figures (PNG + CSV) for a trace",
@@ -789,11 +791,14 @@ def register_cli(sub: Any) -> None:
                    help=f"as herd tune (default {DEFAULT_HEADROOM})")
     p.add_argument("--workers", type=int, help="processes (default: up to 2 cores)")
     add_param_arguments(p)
+    add_db_arguments(p)
     p.set_defaults(func=cmd_figures)
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
     from herd.cli import params_from_args
+    from herd.store import Recorder
+    from herd.store_record import figures_metrics
     from herd.trace import load_trace
 
     base = params_from_args(args)
@@ -815,7 +820,12 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
         progress = stderr_progress("figures")
     workers = default_workers() if args.workers is None else max(1, args.workers)
-    files = make_figures(prep, args.out, plan, workers=workers, progress=progress)
-    for f in files:
-        print(f)
-    return 0
+    rec = Recorder.from_args(args, prog="herd figures")
+    with rec.run("figures", {**plan.to_dict(), "out": os.path.abspath(args.out)},
+                 trace_path=os.path.abspath(args.trace), trace_sha256=prep.trace.digest) as run:
+        files = make_figures(prep, args.out, plan, workers=workers, progress=progress)
+        for f in files:
+            print(f)
+        # After the outputs: a store that fails loses none of them.
+        run.finish(figures_metrics(files))
+    return rec.exit_code(0)

@@ -193,6 +193,9 @@ class Detection:
     confirmed_heavy: np.ndarray | None = None
     confirmed_other: np.ndarray | None = None
     pulled: list[np.ndarray] | None = None
+    # Per detected pair, the reports counted for it (the results store's elephants); None
+    # for a detector that sends no reports.
+    reports: np.ndarray | None = None
 
 
 class ReportTally:
@@ -204,7 +207,7 @@ class ReportTally:
     def __init__(self, heavy_keys: np.ndarray, R: int) -> None:
         self.heavy = heavy_keys
         self.R = R
-        self.detected: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.detected: list[tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = []
         self.confirm = False
         self.hist_heavy = np.zeros(1, np.int64)
         self.hist_other = np.zeros(1, np.int64)
@@ -220,7 +223,7 @@ class ReportTally:
         if detected is not None:
             self.confirm = True
         hit = counts >= self.R if detected is None else detected
-        self.detected.append((keys[hit], detect_ts[hit], counts[hit] >= self.R))
+        self.detected.append((keys[hit], detect_ts[hit], counts[hit] >= self.R, counts[hit]))
         is_heavy = np.isin(keys, self.heavy, assume_unique=True)
         self.hist_heavy = _add_hist(self.hist_heavy, counts[is_heavy])
         self.hist_other = _add_hist(self.hist_other, counts[~is_heavy])
@@ -235,14 +238,16 @@ class ReportTally:
             return np.concatenate(parts) if parts else np.zeros(0, dtype)
 
         keys, ts, early = joined(0, np.int64), joined(1, np.int64), joined(2, np.bool_)
+        reports = joined(3, np.int64)
         order = np.argsort(keys, kind="stable")
         heavy = self.hist_heavy.copy()
         heavy[0] = len(self.heavy) - heavy[1:].sum()  # heavy pairs without a report
         if not self.confirm:
-            return Detection(keys[order], ts[order], heavy, self.hist_other.copy())
+            return Detection(keys[order], ts[order], heavy, self.hist_other.copy(),
+                             reports=reports[order])
         return Detection(keys[order], ts[order], heavy, self.hist_other.copy(), early[order],
                          self.confirmed_heavy.copy(), self.confirmed_other.copy(),
-                         list(self.pulled))
+                         list(self.pulled), reports[order])
 
 
 def _add_hist(hist: np.ndarray, values: np.ndarray) -> np.ndarray:

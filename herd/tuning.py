@@ -68,7 +68,6 @@ import argparse
 import hashlib
 import json
 import math
-import multiprocessing
 import os
 import sys
 import time
@@ -82,6 +81,7 @@ from herd import __version__
 from herd.coordinator import pull_messages
 from herd.errors import HerdInputError
 from herd.evaluate import PreparedTrace, SimulationResult, simulate
+from herd.executor import Executor, LocalExecutor
 from herd.params import Params
 from herd.switch import SLOT_BYTES, SLOT_BYTES_CONFIRM, slot_bytes
 from herd.trace import Trace
@@ -452,23 +452,25 @@ def make_point(config: Config, runs: Sequence[RunSummary], state_limit: float,
 # ------------------------------------------------------------------------------------------
 # the evaluator: cached runs, optionally on two processes
 
-_WORKER: dict[str, Any] = {}
-
-
-def _worker_run(task: tuple[Config, int]) -> RunSummary:
-    return _WORKER["evaluator"]._run_now(*task)
+def _run_task(prep: PreparedTrace,
+              task: tuple[Params, Config, int, int | None, int | None]) -> RunSummary:
+    """One simulation of an Evaluator, as an executor's task."""
+    base, config, seed, memory_cap, message_cap = task
+    return run_config(prep, base, config, seed, memory_cap=memory_cap, message_cap=message_cap)
 
 
 class Evaluator:
-    """Runs each (configuration, seed) simulation once; several at a time in a process pool
-    when ``workers`` > 1. ``cache`` may be shared between evaluators of the same trace and
-    base parameters: its keys carry the baselines' budget caps, never the limits, because
-    whether a run fits is decided afresh by each evaluator."""
+    """Runs each (configuration, seed) simulation once, as tasks of ``executor`` (default:
+    a local one of ``workers`` processes, several runs at a time when ``workers`` > 1).
+    ``cache`` may be shared between evaluators of the same trace and base parameters: its
+    keys carry the baselines' budget caps, never the limits, because whether a run fits is
+    decided afresh by each evaluator."""
 
     def __init__(self, prep: PreparedTrace, base: Params, seeds: Sequence[int], *,
                  state_limit: float, message_limit: float, memory_cap: int | None = None,
                  message_cap: int | None = None, workers: int = 1,
-                 cache: dict[Any, RunSummary] | None = None) -> None:
+                 cache: dict[Any, RunSummary] | None = None,
+                 executor: Executor | None = None) -> None:
         self.prep = prep
         self.base = base
         self.seeds = list(seeds)
@@ -479,7 +481,8 @@ class Evaluator:
         self.cache: dict[Any, RunSummary] = {} if cache is None else cache
         self.runs = 0  # simulations this evaluator ran (cache hits excluded)
         self.workers = workers
-        self._pool: Any = None
+        self._own_executor = executor is None
+        self.executor = LocalExecutor(prep, workers) if executor is None else executor
 
     def __enter__(self) -> Evaluator:
         return self
@@ -488,38 +491,20 @@ class Evaluator:
         self.close()
 
     def close(self) -> None:
-        if self._pool is not None:
-            self._pool.terminate()
-            self._pool.join()
-            self._pool = None
-
-    def _ensure_pool(self) -> Any:
-        forkable = "fork" in multiprocessing.get_all_start_methods()
-        if self._pool is None and self.workers > 1 and forkable:
-            # fork: the children inherit the trace, its cached hashes and numba's compiled
-            # kernels (warmed up by the parent's first run), so a task costs only its run.
-            _WORKER["evaluator"] = self
-            self._pool = multiprocessing.get_context("fork").Pool(self.workers)
-        return self._pool
+        if self._own_executor:
+            self.executor.close()
 
     def _key(self, config: Config, seed: int) -> tuple[Any, ...]:
         return (config, seed, self.memory_cap, self.message_cap)
-
-    def _run_now(self, config: Config, seed: int) -> RunSummary:
-        return run_config(self.prep, self.base, config, seed, memory_cap=self.memory_cap,
-                          message_cap=self.message_cap)
 
     def ensure(self, tasks: Iterable[tuple[Config, int]]) -> None:
         todo = list(dict.fromkeys(t for t in tasks if self._key(*t) not in self.cache))
         if not todo:
             return
-        # The pool only after a first run in this process, so the children inherit compiled
-        # kernels instead of compiling them each.
-        pool = self._ensure_pool() if len(todo) > 1 and self.runs > 0 else None
-        if pool is not None:
-            results = pool.map(_worker_run, todo, chunksize=1)
-        else:
-            results = [self._run_now(*t) for t in todo]
+        # In submission order, however they ran: the cache (and so every later choice)
+        # is the same locally and on a cluster.
+        results = self.executor.map(_run_task, [(self.base, c, s, self.memory_cap,
+                                                 self.message_cap) for c, s in todo])
         for t, r in zip(todo, results, strict=True):
             self.cache[self._key(*t)] = r
         self.runs += len(todo)
@@ -971,11 +956,12 @@ def _search_mode(prep: PreparedTrace, base: Params, space: Space, seeds: list[in
                  messages: int, headroom: float, hellos: int, *, workers: int, quick: bool,
                  near: tuple[float, float] | None, toward: int, policies: Sequence[str],
                  max_stages: int, recheck: int, cache: dict[Any, RunSummary] | None,
-                 say: Callable[[str], None]) -> tuple[ModeResult, int]:
+                 say: Callable[[str], None], executor: Executor) -> tuple[ModeResult, int]:
     """Steps 2-5 for one mode: its best point (re-measured on fresh seeds unless quick) and
     the simulations it ran."""
     ev = Evaluator(prep, base, seeds, state_limit=space.state_limit,
-                   message_limit=message_limit(messages, headroom), workers=workers, cache=cache)
+                   message_limit=message_limit(messages, headroom), workers=workers, cache=cache,
+                   executor=executor)
     try:
         search = _Search(prep, base, ev, space, T, messages, hellos, quick, say)
         best, start = search.run(near, toward, policies, max_stages)
@@ -994,7 +980,8 @@ def tune(prep: PreparedTrace, base: Params, memory: int, messages: int, *,
          policies: Sequence[str] = POLICIES, max_stages: int = 4, quick: bool = False,
          near: tuple[float, float] | None = None, toward: int = 0, recheck: int = 4,
          modes: Sequence[bool] = MODES, cache: dict[Any, RunSummary] | None = None,
-         progress: Callable[[str], None] | None = None) -> TuneResult:
+         progress: Callable[[str], None] | None = None,
+         executor: Executor | None = None) -> TuneResult:
     """The (s, epsilon, R, stages, overflow policy, confirm and its C) that maximise F1
     within the budgets on this trace (see the module doc). ``base`` supplies T or the
     percentile, k, p, the control-loop delay and the first seed. Raises HerdInputError when
@@ -1009,7 +996,8 @@ def tune(prep: PreparedTrace, base: Params, memory: int, messages: int, *,
     may be shared between calls on the same trace and base parameters (e.g. one memory
     budget, several communication budgets). ``recheck``: how many of the best
     configurations of each mode are measured again on as many fresh seeds before choosing
-    (0: none; the quick search never does)."""
+    (0: none; the quick search never does). ``executor`` runs the simulations (default: a
+    local one of ``workers`` processes; e.g. a RayExecutor)."""
     _check_tune_inputs(memory, messages, seeds, headroom, max_slots, policies, modes)
     started = time.perf_counter()
     base = base.with_(algorithm="herd", confirm=False)
@@ -1025,19 +1013,25 @@ def tune(prep: PreparedTrace, base: Params, memory: int, messages: int, *,
 
     found: list[ModeResult] = []
     errors: list[HerdInputError] = []
-    for confirm in dict.fromkeys(modes):
-        try:
-            space = make_space(prep, base, memory, max_slots, headroom, confirm)
-            mode, n = _search_mode(
-                prep, base, space, seed_list, T, messages, headroom, hellos, workers=workers,
-                quick=quick, near=near, toward=toward, policies=policies, max_stages=max_stages,
-                recheck=recheck, cache=cache, say=say)
-            runs += n
-            found.append(mode)
-        except HerdInputError as e:
-            errors.append(e)
-            found.append(ModeResult(Space(confirm, budget_slots(memory, confirm), 0, 0), None,
-                                    None, seed_list, note=str(e)))
+    # One executor for the whole run: one pool (or one trace shipped to the cluster).
+    ex = LocalExecutor(prep, workers) if executor is None else executor
+    try:
+        for confirm in dict.fromkeys(modes):
+            try:
+                space = make_space(prep, base, memory, max_slots, headroom, confirm)
+                mode, n = _search_mode(
+                    prep, base, space, seed_list, T, messages, headroom, hellos,
+                    workers=workers, quick=quick, near=near, toward=toward, policies=policies,
+                    max_stages=max_stages, recheck=recheck, cache=cache, say=say, executor=ex)
+                runs += n
+                found.append(mode)
+            except HerdInputError as e:
+                errors.append(e)
+                found.append(ModeResult(Space(confirm, budget_slots(memory, confirm), 0, 0),
+                                        None, None, seed_list, note=str(e)))
+    finally:
+        if executor is None:
+            ex.close()
     return _result(prep, base, found, errors, T=T, memory=memory, messages=messages,
                    headroom=headroom, runs=runs, seconds=time.perf_counter() - started)
 
@@ -1090,7 +1084,8 @@ def _recheck_on_fresh_seeds(ev: Evaluator, best: Point, count: int,
     fresh = [max(ev.seeds) + 1 + i for i in range(len(ev.seeds))]
     seeds = [*ev.seeds, *fresh]
     wider = Evaluator(ev.prep, ev.base, seeds, state_limit=ev.state_limit,
-                      message_limit=ev.message_limit, workers=ev.workers, cache=ev.cache)
+                      message_limit=ev.message_limit, workers=ev.workers, cache=ev.cache,
+                      executor=ev.executor)
     try:
         points = wider.points([p.config for p in finalists])
     finally:
@@ -1129,7 +1124,8 @@ def _epsilon_hint(prep: PreparedTrace, base: Params, s: float, T: int, report_bu
 def tune_baseline(prep: PreparedTrace, base: Params, algorithm: str, memory: int,
                   messages: int, *, seeds: int = DEFAULT_SEEDS,
                   headroom: float = DEFAULT_HEADROOM, workers: int = 1,
-                  ev: Evaluator | None = None) -> Point | None:
+                  ev: Evaluator | None = None,
+                  executor: Executor | None = None) -> Point | None:
     """A baseline's best point within the same budgets (None if none fits):
     strawman - its S-flow table and C largest counters (nothing to choose);
     sampling - the largest q whose measured messages fit C (it keeps no state);
@@ -1145,7 +1141,7 @@ def tune_baseline(prep: PreparedTrace, base: Params, algorithm: str, memory: int
                        message_limit=c_limit,
                        memory_cap=memory if algorithm != "sampling" else None,
                        message_cap=c_limit if algorithm == "strawman" else None,
-                       workers=workers)
+                       workers=workers, executor=executor)
     try:
         if algorithm == "strawman":
             return ev.point(Config(1.0, base.epsilon, (1,), algorithm="strawman"))
@@ -1242,6 +1238,8 @@ def _int(text: str) -> int:
 
 def register_cli(sub: Any) -> None:
     from herd.cli import add_epoch_argument
+    from herd.executor import add_ray_argument
+    from herd.store import add_db_arguments
 
     p = sub.add_parser(
         "tune", help="find s, epsilon, R, stage sizes and whether to confirm (and its C) that "
@@ -1279,16 +1277,22 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--confirm", action=argparse.BooleanOptionalAction, default=None,
                    help="tune only Herd + confirm (--confirm) or only the published rule "
                    "(--no-confirm); default both, the better wins")
-    p.add_argument("--workers", type=int, help="processes (default: up to 2 cores)")
+    p.add_argument("--workers", type=int, help="processes (default: up to 2 cores; with "
+                   "--ray and no cluster, the local Ray instance's CPUs)")
+    add_ray_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--write-params", dest="write_params", metavar="FILE",
                    help="write the tuned parameters as a parameter file")
+    add_db_arguments(p)
     p.set_defaults(func=cmd_tune)
+
+
+BASE_PARAMS = ("percentile", "T", "k", "p", "delay_ms", "epoch_ms", "seed")
 
 
 def _base_params(args: argparse.Namespace) -> Params:
     values: dict[str, Any] = {}
-    for name in ("percentile", "T", "k", "p", "delay_ms", "epoch_ms", "seed"):
+    for name in BASE_PARAMS:
         v = getattr(args, name, None)
         if v is not None:
             values[name] = v
@@ -1296,6 +1300,9 @@ def _base_params(args: argparse.Namespace) -> Params:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from herd.executor import make_executor
+    from herd.store import Recorder
+    from herd.store_record import record_tune
     from herd.trace import load_trace
 
     base = _base_params(args)
@@ -1304,22 +1311,38 @@ def cmd_tune(args: argparse.Namespace) -> int:
     prep = PreparedTrace(load_trace(args.trace, progress=interactive))
     progress = _status_line("tune") if interactive else None
     modes = MODES if args.confirm is None else (bool(args.confirm),)
-    result = tune(prep, base, args.memory, args.messages, seeds=args.seeds,
-                  headroom=args.headroom, max_slots=args.max_slots, workers=args.workers,
-                  modes=modes, progress=progress)
-    if progress:
-        progress("")
-    if args.write_params:
-        write_params_file(args.write_params, result)
-    d = result.to_dict()
-    if args.json:
-        json.dump(d, sys.stdout, indent=1)
-        sys.stdout.write("\n")
-    else:
-        print("\n".join(describe(result, base)))
+    workers = default_workers() if args.workers is None else max(1, args.workers)
+    # Connect (--ray) first: an unreachable cluster fails before anything is recorded.
+    executor = make_executor(prep, args.ray, workers)
+    rec = Recorder.from_args(args, prog="herd tune")
+    budgets = {"memory": args.memory, "messages": args.messages, "seeds": args.seeds,
+               "headroom": args.headroom, "max_slots": args.max_slots,
+               "modes": [MODE_NAMES[m] for m in modes]}
+    # What tune is given (not the s, epsilon, ... it chooses): the base and the budgets.
+    given = {k: v for k, v in base.to_dict().items() if k in BASE_PARAMS}
+    with rec.run("tune", {**given, **budgets}, trace_path=os.path.abspath(args.trace),
+                 trace_sha256=prep.trace.digest) as run:
+        try:
+            result = tune(prep, base, args.memory, args.messages, seeds=args.seeds,
+                          headroom=args.headroom, max_slots=args.max_slots, workers=workers,
+                          modes=modes, progress=progress, executor=executor)
+        finally:
+            executor.close()
+        if progress:
+            progress("")
         if args.write_params:
-            print(f"parameters: {args.write_params}")
-    return 0
+            write_params_file(args.write_params, result)
+        d = result.to_dict()
+        if args.json:
+            json.dump(d, sys.stdout, indent=1)
+            sys.stdout.write("\n")
+        else:
+            print("\n".join(describe(result, base)))
+            if args.write_params:
+                print(f"parameters: {args.write_params}")
+        # After the outputs: a store that fails loses none of them.
+        record_tune(rec, run, base, result)
+    return rec.exit_code(0)
 
 
 def describe(result: TuneResult, base: Params) -> list[str]:
