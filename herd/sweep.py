@@ -25,6 +25,7 @@ import numpy as np
 from herd import __version__
 from herd.errors import HerdInputError
 from herd.evaluate import PreparedTrace, SimulationResult, simulate
+from herd.executor import Executor, LocalExecutor
 from herd.fileio import atomic_write
 from herd.params import Params
 
@@ -114,27 +115,31 @@ def params_for(base: Params, param: str, value: float, seed: int) -> Params:
     return base.with_(**{SWEEP_PARAMS[param]: v, "seed": seed})
 
 
+def _simulate_task(prep: PreparedTrace, params: Params) -> SimulationResult:
+    return simulate(prep, params)
+
+
 def run_sweep(
     prep: PreparedTrace, base: Params, param: str, values: Sequence[float], seeds: int = 1,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Callable[[int, int], None] | None = None, executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per value: mean (and std over seeds) of the metrics, plus the runs."""
+    """One row per value: mean (and std over seeds) of the metrics, plus the runs. Each
+    (value, seed) simulation is a task of ``executor`` (default: one after another here)."""
     if seeds < 1:
         raise HerdInputError(f"--seeds {seeds}: must be >= 1")
     if param == "confirm_reports" and not base.confirm:
         raise HerdInputError("--param confirm_reports: C only matters with --confirm")
-    rows = []
-    total = len(values) * seeds
-    done = 0
-    for value in values:
-        runs: list[SimulationResult] = []
-        for i in range(seeds):
-            runs.append(simulate(prep, params_for(base, param, value, base.seed + i)))
-            done += 1
-            if progress:
-                progress(done, total)
-        rows.append(summarise(param, value, runs))
-    return rows
+    tasks = [params_for(base, param, value, base.seed + i) for value in values
+             for i in range(seeds)]
+    ex = LocalExecutor(prep) if executor is None else executor
+    try:
+        runs: list[SimulationResult] = ex.map(_simulate_task, tasks, progress)
+    finally:
+        if executor is None:
+            ex.close()
+    # the executor keeps submission order: value by value, seed by seed
+    return [summarise(param, value, runs[j * seeds:(j + 1) * seeds])
+            for j, value in enumerate(values)]
 
 
 def summarise(param: str, value: float, runs: Sequence[SimulationResult]) -> dict[str, Any]:
@@ -166,13 +171,23 @@ def summarise(param: str, value: float, runs: Sequence[SimulationResult]) -> dic
     return row
 
 
+def csv_columns(param: str) -> list[str]:
+    """The swept parameter first, then every other column once: the parameter is not
+    repeated among the others, under its name or its Params field's (readers such as
+    pandas would see ``epsilon`` and ``epsilon.1``)."""
+    same = {param, SWEEP_PARAMS.get(param, param)}
+    return [param, *(c for c in (*METRIC_COLUMNS, *EXTRA_COLUMNS, *CONTEXT_COLUMNS)
+                     if c not in same)]
+
+
 def csv_text(param: str, rows: Sequence[dict[str, Any]]) -> str:
-    columns = [param, *METRIC_COLUMNS, *EXTRA_COLUMNS, *CONTEXT_COLUMNS]
+    """The sweep CSV; a column a row lacks (e.g. a recorded run's) is left empty."""
+    columns = csv_columns(param)
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
     w.writerow(columns)
     for row in rows:
-        w.writerow([_fmt(row[c]) for c in columns])
+        w.writerow([_fmt(row.get(c)) for c in columns])
     return out.getvalue()
 
 
