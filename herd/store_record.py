@@ -163,3 +163,13 @@ def figures_metrics(files: Sequence[str | os.PathLike[str]]) -> dict[str, Any]:
             rows += max(0, sum(1 for line in f if line.strip()) - 1)  # less the header
     return {"files": paths, "files_written": len(paths),
             "pngs": sum(p.endswith(".png") for p in paths), "csvs": len(csvs), "rows": rows}
+
+
+# A replay's (or testbed row's) outputs that are files and directories, not measurements.
+REPLAY_NOT_METRICS = ("delays_file", "coordinator_results", "workdir")
+
+
+def replay_metrics(d: Mapping[str, Any]) -> dict[str, Any]:
+    """``herd replay --json``'s metrics (the coordinator's counters and restarts flattened,
+    ``coordinator.reports``, ...)."""
+    return result_metrics(d, drop=REPLAY_NOT_METRICS)

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from typing import Any
@@ -13,6 +14,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from herd.cli import _load, _print_json, params_from_args
     from herd.services.replay import format_result, run_replay
     from herd.services.security import run_tls_from_args
+    from herd.store import Recorder
+    from herd.store_record import coordinator_elephants, replay_metrics
 
     params = params_from_args(args)
     tls = run_tls_from_args(args)  # its files checked before the trace is loaded
@@ -25,24 +28,34 @@ def cmd_replay(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt  # so that run_replay stops every process it started
 
     signal.signal(signal.SIGTERM, terminated)
-    result = run_replay(prep, params, args.pps, workdir=args.workdir, keep=args.keep,
-                        compare=args.compare, timeout=args.timeout, results=args.results,
-                        log_level=args.log_level, delays_out=args.delays_out,
-                        token_file=args.token_file, http=args.http, tls=tls)
-    if args.json:
-        _print_json(result)
-    else:
-        print(format_result(result))
-    if result["lost_messages"] != 0 or not result["drained"]:
-        print(f"herd replay: warning: {result['lost_messages']} messages lost, drained="
-              f"{result['drained']}", file=sys.stderr)
-        return 1
-    return 0
+    rec = Recorder.from_args(args, prog="herd replay")
+    elephants: dict[str, Any] = {}
+    with rec.run("replay", {**params.to_dict(), "pps": args.pps},
+                 trace_path=os.path.abspath(args.trace), trace_sha256=prep.trace.digest) as run:
+        result = run_replay(prep, params, args.pps, workdir=args.workdir, keep=args.keep,
+                            compare=args.compare, timeout=args.timeout, results=args.results,
+                            log_level=args.log_level, delays_out=args.delays_out,
+                            token_file=args.token_file, http=args.http, tls=tls,
+                            elephants=elephants)
+        if args.json:
+            _print_json(result)
+        else:
+            print(format_result(result))
+        code = 0
+        if result["lost_messages"] != 0 or not result["drained"]:
+            print(f"herd replay: warning: {result['lost_messages']} messages lost, drained="
+                  f"{result['drained']}", file=sys.stderr)
+            code = 1
+        # After the outputs: a store that fails loses none of them.
+        run.finish(replay_metrics(result), result["per_epoch"] if params.epoch_ms else (),
+                   coordinator_elephants(prep, params, result["T"], elephants))
+    return rec.exit_code(code)
 
 
 def register_cli(sub: Any) -> None:
     from herd.cli import add_param_arguments
     from herd.services.security import add_run_tls_arguments
+    from herd.store import add_db_arguments
 
     rp = sub.add_parser("replay", help="run coordinator, controllers and model switches as "
                         "real processes over a trace")
@@ -70,6 +83,7 @@ def register_cli(sub: Any) -> None:
     rp.add_argument("--http", metavar="HOST:PORT", help="the coordinator's live view (web page "
                     "and JSON API) here, on loopback; port 0 picks one; the URL is printed")
     add_run_tls_arguments(rp)
+    add_db_arguments(rp)
     rp.set_defaults(func=cmd_replay)
 
     for name, module, helptext in (

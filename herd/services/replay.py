@@ -216,6 +216,9 @@ class ReplayRun:
         self.drivers: list[ModelDriver] = []
         self.origin_us = 0  # the switches' epoch origin (wall clock), once set
         self.restarts = {"controllers": 0, "coordinator": 0}
+        # The coordinator's elephants as columns (FIELDS and reports), kept by results()
+        # for the results store (herd.store_record.coordinator_elephants).
+        self.elephants: dict[str, np.ndarray] = {}
         self.wall_start_ns = 0
         self.wall_end_ns = 0
         self.entry_writes: list[EntryWrite] = []  # measured by results()
@@ -501,6 +504,8 @@ class ReplayRun:
         columns = {f: np.array([getattr(x, f) for x in q.elephants], np.int64) for f in FIELDS}
         if confirm:
             columns["early"] = np.array([x.early for x in q.elephants], np.bool_)
+        self.elephants = {**columns,
+                          "reports": np.array([x.reports for x in q.elephants], np.int64)}
         detection = elephant_detection(prep, columns)
         # Confirm's pulls, per switch s1..sk as the coordinator counted them.
         by_name = {s.name: s for s in q.switches}
@@ -662,7 +667,10 @@ def run_replay(prep: PreparedTrace, params: Params, pps: float = 0.0, *,
                timeout: float = 3600.0, results: str | None = None,
                log_level: str = "WARNING", delays_out: str | None = None,
                token_file: str | None = None, http: str | None = None,
-               tls: RunTls | None = None) -> dict[str, Any]:
+               tls: RunTls | None = None,
+               elephants: dict[str, np.ndarray] | None = None) -> dict[str, Any]:
+    """One replay's result (``herd replay --json``); ``elephants``, if given, is filled with
+    the coordinator's elephants as columns (``ReplayRun.elephants``, for the results store)."""
     run = ReplayRun(prep, params, pps, workdir, log_level, token_file=token_file, http=http,
                     tls=tls)
     try:
@@ -672,6 +680,8 @@ def run_replay(prep: PreparedTrace, params: Params, pps: float = 0.0, *,
                   file=sys.stderr, flush=True)
         drained = run.wait_done(timeout)
         out = run.results(drained, compare)
+        if elephants is not None:
+            elephants.update(run.elephants)
     except BaseException:
         run.close(keep=True)
         print(f"herd replay: logs kept in {run.dir / 'logs'}", file=sys.stderr)
