@@ -20,7 +20,9 @@ the trace, its digest, the parameters, the budgets and the tool version:
 - ``per_epoch`` (with ``--epoch-ms``): Herd's F1 and messages in each epoch over the trace's
   time, at the base parameters, beside the heavy hitters each epoch holds.
 
-The runs are independent jobs; with two workers they run in two forked processes.
+The runs are independent jobs; with two workers they run in two forked processes. On Ray
+(``--ray``) the jobs run side by side in this process and every simulation they need is a
+Ray task (``herd.executor``).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import numpy as np
 from herd import __version__
 from herd.baselines import distinct_flows_per_switch, groups_per_switch
 from herd.errors import HerdInputError
+from herd.executor import Executor, LocalExecutor
 from herd.params import Params
 from herd.prepared import PreparedTrace
 from herd.switch import SLOT_BYTES, SLOT_BYTES_CONFIRM, slot_bytes
@@ -193,7 +196,8 @@ def _point_row(figure: str, x_name: str, x: float, algorithm: str, p: Point | No
 def _unlimited(prep: PreparedTrace, base: Params, seeds: int, algorithm: str = "herd",
                cache: dict[Any, Any] | None = None) -> Evaluator:
     return Evaluator(prep, base.with_(algorithm=algorithm), [base.seed + i for i in range(seeds)],
-                     state_limit=math.inf, message_limit=math.inf, cache=cache)
+                     state_limit=math.inf, message_limit=math.inf, cache=cache,
+                     executor=_CTX.get("executor"))
 
 
 def job_epsilon(prep: PreparedTrace, plan: Plan) -> list[dict[str, Any]]:
@@ -262,7 +266,8 @@ def _budget_rows(prep: PreparedTrace, plan: Plan, figure: str, memory: int, mess
         seeds = [plan.base.seed + i for i in range(plan.seeds)]
         ev = Evaluator(prep, plan.base.with_(algorithm=alg), seeds, state_limit=memory,
                        message_limit=c_limit, memory_cap=memory if alg != "sampling" else None,
-                       message_cap=c_limit if alg == "strawman" else None, cache=cache)
+                       message_cap=c_limit if alg == "strawman" else None, cache=cache,
+                       executor=_CTX.get("executor"))
         p = tune_baseline(prep, plan.base, alg, memory, messages, seeds=plan.seeds,
                           headroom=plan.headroom, ev=ev)
         rows.append(_point_row(figure, figure, x, alg, p, **extra))
@@ -282,7 +287,7 @@ def _tuned_row(prep: PreparedTrace, plan: Plan, figure: str, memory: int, messag
     try:
         r = tune(prep, plan.base, memory, messages, seeds=plan.seeds, headroom=plan.headroom,
                  workers=1, quick=True, near=near, toward=toward, modes=(confirm,),
-                 cache=cache)
+                 cache=cache, executor=_CTX.get("executor"))
     except HerdInputError as e:
         return _point_row(figure, figure, x, alg, None, note=str(e), **extra), near
     return _point_row(figure, figure, x, alg, r.best, **extra), (r.params.s, r.params.epsilon)
@@ -338,6 +343,8 @@ def job_messages(prep: PreparedTrace, plan: Plan) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------
 # running the jobs
 
+# The trace and plan the jobs run on (forked workers inherit them) and, on Ray, the
+# executor their simulations go to.
 _CTX: dict[str, Any] = {}
 
 
@@ -366,8 +373,11 @@ def _warm_up(prep: PreparedTrace, plan: Plan) -> None:
 
 
 def compute(prep: PreparedTrace, plan: Plan, workers: int = 1,
-            progress: Callable[[int, int], None] | None = None) -> list[dict[str, Any]]:
-    """Run every job (in ``workers`` forked processes) and return all rows."""
+            progress: Callable[[int, int], None] | None = None,
+            executor: Executor | None = None) -> list[dict[str, Any]]:
+    """Run every job (in ``workers`` forked processes) and return all rows. With an
+    executor that takes tasks from several threads (Ray), the jobs run side by side here and
+    send it every simulation."""
     # longest first, so that two workers finish at about the same time
     jobs: list[tuple[str, tuple[Any, ...]]] = [
         ("messages", ()), ("memory", ()), ("confirm", ()), ("epsilon", ()), ("s", ())]
@@ -375,7 +385,20 @@ def compute(prep: PreparedTrace, plan: Plan, workers: int = 1,
     _CTX.update(prep=prep, plan=plan)
     rows: list[dict[str, Any]] = []
     forkable = "fork" in multiprocessing.get_all_start_methods()
-    if workers > 1 and forkable:
+    if executor is not None and executor.concurrent:
+        from concurrent.futures import ThreadPoolExecutor, as_completed
+
+        _CTX["executor"] = executor
+        try:
+            with ThreadPoolExecutor(len(jobs)) as threads:
+                futures = [threads.submit(_run_job, job) for job in jobs]
+                for i, f in enumerate(as_completed(futures)):
+                    rows += f.result()
+                    if progress:
+                        progress(i + 1, len(jobs))
+        finally:
+            del _CTX["executor"]
+    elif workers > 1 and forkable:
         with multiprocessing.get_context("fork").Pool(workers) as pool:
             for i, part in enumerate(pool.imap_unordered(_run_job, jobs)):
                 rows += part
@@ -666,13 +689,15 @@ def _messages_figure(out: Path, prep: PreparedTrace, plan: Plan,
     return [png, csv_path]
 
 
-def _epoch_figure(out: Path, prep: PreparedTrace, plan: Plan) -> list[Path]:
+def _epoch_figure(out: Path, prep: PreparedTrace, plan: Plan,
+                  executor: Executor | None = None) -> list[Path]:
     """F1 and messages per epoch over time, Herd at the base parameters (one seed)."""
-    from herd.evaluate import simulate
     from herd.fileio import atomic_write
     from herd.metrics import per_epoch_csv
+    from herd.sweep import simulate_task
 
-    result = simulate(prep, plan.base)
+    ex = LocalExecutor(prep) if executor is None else executor
+    result = ex.map(simulate_task, [plan.base])[0]
     rows = result.per_epoch
     csv_path = out / "per_epoch.csv"
     atomic_write(csv_path, per_epoch_csv(rows))
@@ -718,13 +743,15 @@ def _epoch_figure(out: Path, prep: PreparedTrace, plan: Plan) -> list[Path]:
 
 
 def make_figures(prep: PreparedTrace, out: str | Path, plan: Plan, *, workers: int = 1,
-                 progress: Callable[[int, int], None] | None = None) -> list[Path]:
-    """Compute and write every figure (PNG + CSV) and ``figures.json`` into ``out``."""
+                 progress: Callable[[int, int], None] | None = None,
+                 executor: Executor | None = None) -> list[Path]:
+    """Compute and write every figure (PNG + CSV) and ``figures.json`` into ``out``;
+    ``executor``: e.g. a RayExecutor for the simulations (default: ``workers`` processes)."""
     from herd.fileio import atomic_write
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows = compute(prep, plan, workers, progress)
+    rows = compute(prep, plan, workers, progress, executor)
     written: list[Path] = []
     written += _accuracy_figure(out, prep, plan, rows, "epsilon")
     written += _accuracy_figure(out, prep, plan, rows, "s")
@@ -734,7 +761,7 @@ def make_figures(prep: PreparedTrace, out: str | Path, plan: Plan, *, workers: i
     written += _budget_figure(out, prep, plan, rows, "messages")
     written += _messages_figure(out, prep, plan, rows)
     if plan.base.epoch_ms:
-        written += _epoch_figure(out, prep, plan)
+        written += _epoch_figure(out, prep, plan, executor)
     meta = {
         "trace": prep.trace.paths[0], "trace_digest": prep.trace.digest,
         "packets": prep.trace.packets, "flows": prep.trace.flows, **plan.to_dict(),
@@ -765,6 +792,7 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def register_cli(sub: Any) -> None:
     from herd.cli import add_param_arguments
+    from herd.executor import add_ray_argument
     from herd.store import add_db_arguments
 
     p = sub.add_parser(
@@ -789,7 +817,9 @@ def register_cli(sub: Any) -> None:
                    help="C of the memory-budget figure")
     p.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM,
                    help=f"as herd tune (default {DEFAULT_HEADROOM})")
-    p.add_argument("--workers", type=int, help="processes (default: up to 2 cores)")
+    p.add_argument("--workers", type=int, help="processes (default: up to 2 cores; with "
+                   "--ray and no cluster, the local Ray instance's CPUs)")
+    add_ray_argument(p)
     add_param_arguments(p)
     add_db_arguments(p)
     p.set_defaults(func=cmd_figures)
@@ -820,10 +850,19 @@ def cmd_figures(args: argparse.Namespace) -> int:
 
         progress = stderr_progress("figures")
     workers = default_workers() if args.workers is None else max(1, args.workers)
+    from herd.executor import make_executor
+
+    # Connect (--ray) first: an unreachable cluster fails before anything is recorded.
+    executor = make_executor(prep, args.ray, workers) if args.ray is not None else None
     rec = Recorder.from_args(args, prog="herd figures")
     with rec.run("figures", {**plan.to_dict(), "out": os.path.abspath(args.out)},
                  trace_path=os.path.abspath(args.trace), trace_sha256=prep.trace.digest) as run:
-        files = make_figures(prep, args.out, plan, workers=workers, progress=progress)
+        try:
+            files = make_figures(prep, args.out, plan, workers=workers, progress=progress,
+                                 executor=executor)
+        finally:
+            if executor is not None:
+                executor.close()
         for f in files:
             print(f)
         # After the outputs: a store that fails loses none of them.

@@ -115,7 +115,7 @@ def params_for(base: Params, param: str, value: float, seed: int) -> Params:
     return base.with_(**{SWEEP_PARAMS[param]: v, "seed": seed})
 
 
-def _simulate_task(prep: PreparedTrace, params: Params) -> SimulationResult:
+def simulate_task(prep: PreparedTrace, params: Params) -> SimulationResult:
     return simulate(prep, params)
 
 
@@ -133,7 +133,7 @@ def run_sweep(
              for i in range(seeds)]
     ex = LocalExecutor(prep) if executor is None else executor
     try:
-        runs: list[SimulationResult] = ex.map(_simulate_task, tasks, progress)
+        runs: list[SimulationResult] = ex.map(simulate_task, tasks, progress)
     finally:
         if executor is None:
             ex.close()
