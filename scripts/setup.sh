@@ -7,7 +7,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 packages=(python3 python3-venv python3-dev gcc)
+extras=dev
 if [[ "${1:-}" == "--testbed" ]]; then
+    extras=dev,ray  # the tests also run sweeps on a two-node Ray cluster (tests/test_ray.py)
     packages+=(mininet bridge-utils tcpreplay iproute2 ethtool procps psmisc)
     packages+=(chromium chromium-driver)  # the live view's browser test (tests/test_browser.py)
 fi
@@ -31,12 +33,12 @@ if [[ ! -x .venv/bin/python ]]; then
     echo "setup: creating .venv" >&2
     /usr/bin/python3 -m venv --system-site-packages .venv
 fi
-stamp=.venv/.herd-installed
+stamp=.venv/.herd-installed-$extras  # per set of extras: --testbed after a plain set-up adds ray
 if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
     echo "setup: installing herd and its dependencies into .venv" >&2
     # Quiet unless it fails: then the whole log is shown.
     if ! { .venv/bin/python -m pip install -q --upgrade pip &&
-           .venv/bin/python -m pip install -q -e '.[dev]'; } > .venv/pip.log 2>&1; then
+           .venv/bin/python -m pip install -q -e ".[$extras]"; } > .venv/pip.log 2>&1; then
         cat .venv/pip.log >&2
         echo "setup: pip install failed (log above, also in .venv/pip.log)" >&2
         exit 1
