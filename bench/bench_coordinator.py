@@ -2,6 +2,7 @@
 
     python bench/bench_coordinator.py [--clients 10] [--reports 200000] [--batch 1000]
                                       [--runs 5] [--fsync]
+                                      [--tls-cert C --tls-key K --tls-ca CA]
 
 Each run starts a fresh coordinator process (journal in a temporary directory), then
 ``--clients`` client processes, each registering as one switch and streaming ``--reports``
@@ -9,8 +10,9 @@ reports in batches of ``--batch`` over the Reports stream (the controllers' path
 token, journal commit before the ack). Batches are serialised before the clock starts, so
 the clients cost little CPU and the figure is the coordinator's. A run's rate is all
 reports / (last ack - common start); loss = reports sent - reports the coordinator counts
-(it must be 0, and no report may be counted twice). Prints the median of the runs, a table
-and, last, one JSON line.
+(it must be 0, and no report may be counted twice). With --tls-cert/--tls-key/--tls-ca the
+coordinator serves TLS and the clients verify it (what TLS costs). Prints the median of the
+runs, a table and, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # runnable from a checkout
 
+from herd.services.security import add_run_tls_arguments, run_tls_from_args  # noqa: E402
+
 TARGET_REPORTS_PER_SECOND = 50_000
 
 
@@ -41,7 +45,7 @@ def client(args: argparse.Namespace) -> int:
     from herd.services.rpc import herd_pb2 as pb
 
     token = Path(args.token_file).read_text().strip()
-    c = CoordinatorClient(args.address, token)
+    c = CoordinatorClient(args.address, token, args.tls_ca, args.tls_server_name)
     reply = c.register(pb.RegisterRequest(switch_name=f"s{args.client + 1}"), timeout=30,
                        metadata=c.metadata)
     rng = np.random.default_rng(args.client)
@@ -90,6 +94,9 @@ def one_run(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
                   "WARNING"]
     if args.fsync:
         coord_args.append("--fsync")
+    tls = args.run_tls
+    if tls is not None:
+        coord_args += tls.server_args()
     coord = subprocess.Popen(coord_args)
     clients: list[subprocess.Popen[str]] = []
     try:
@@ -102,7 +109,8 @@ def one_run(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
             clients.append(subprocess.Popen(
                 [sys.executable, __file__, "--as-client", str(i), "--address", address,
                  "--token-file", str(token_file), "--reports", str(args.reports), "--batch",
-                 str(args.batch), "--start-at", repr(start_at)],
+                 str(args.batch), "--start-at", repr(start_at),
+                 *(tls.client_args() if tls else [])],
                 stdout=subprocess.PIPE, text=True))
         outs = [json.loads(p.communicate(timeout=600)[0].strip().splitlines()[-1])
                 for p in clients]
@@ -112,7 +120,8 @@ def one_run(args: argparse.Namespace, tmp: Path) -> dict[str, float]:
         from herd.services.controller_service import CoordinatorClient
         from herd.services.rpc import herd_pb2 as pb
 
-        c = CoordinatorClient(address, token_file.read_text().strip())
+        c = CoordinatorClient(address, token_file.read_text().strip(),
+                              tls.ca if tls else None, tls.server_name if tls else None)
         counters = dict(c.query(pb.QueryRequest(), metadata=c.metadata, timeout=30).counters)
         c.close()
         sent = args.clients * args.reports
@@ -146,6 +155,7 @@ def main() -> int:
     p.add_argument("--batch", type=int, default=1000)
     p.add_argument("--runs", type=int, default=5)
     p.add_argument("--fsync", action="store_true", help="coordinator with --fsync")
+    add_run_tls_arguments(p)
     # client mode (internal)
     p.add_argument("--as-client", dest="client", type=int, help=argparse.SUPPRESS)
     p.add_argument("--address", help=argparse.SUPPRESS)
@@ -154,6 +164,7 @@ def main() -> int:
     args = p.parse_args()
     if args.client is not None:
         return client(args)
+    args.run_tls = run_tls_from_args(args)
     runs = []
     for r in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="herd-bench-coord-") as tmp:
@@ -169,7 +180,8 @@ def main() -> int:
           f"of {args.batch}; lost {lost} (target >= {TARGET_REPORTS_PER_SECOND:,} reports/s, "
           f"0 lost); {os.cpu_count()} CPUs")
     print(json.dumps({"median_reports_per_second": med, "lost": lost, "runs": runs,
-                      "clients": args.clients, "batch": args.batch, "fsync": args.fsync}))
+                      "clients": args.clients, "batch": args.batch, "fsync": args.fsync,
+                      "tls": args.run_tls is not None}))
     return 0 if med >= TARGET_REPORTS_PER_SECOND and lost == 0 else 1
 
 
