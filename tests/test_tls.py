@@ -480,3 +480,28 @@ def test_replay_runs_fully_over_tls(pki: Pki, tmp_path: Path) -> None:
         bad = subprocess.run([*base, *flags], capture_output=True, text=True, timeout=120)
         assert bad.returncode == 2 and expected in bad.stderr, bad.stderr[-2000:]
         assert len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_coordinator_live_view_over_https(pki: Pki, procs: Procs, tmp_path: Path) -> None:
+    """The coordinator's --http with --tls-cert/--tls-key serves HTTPS (the token still
+    needed); --http beyond loopback in clear is refused like --listen."""
+    import urllib.error
+    import urllib.request
+
+    http_ready = tmp_path / "http.ready"
+    start_coordinator(procs, tmp_path, f"127.0.0.1:{free_port()}", "--tls-cert",
+                      str(pki.cert), "--tls-key", str(pki.key), "--http", "127.0.0.1:0",
+                      "--http-ready-file", str(http_ready))
+    url = http_ready.read_text().strip()
+    assert url.startswith("https://127.0.0.1:"), url
+    token = (tmp_path / "token").read_text().strip()
+    good = ssl.create_default_context(cafile=str(pki.ca))
+    req = urllib.request.Request(url + "api/status", headers={"Authorization": f"Bearer {token}"})
+    with urllib.request.urlopen(req, context=good, timeout=10) as r:
+        assert r.status == 200 and "reports" in json.loads(r.read())
+    with pytest.raises(urllib.error.URLError, match="CERTIFICATE_VERIFY_FAILED"):
+        urllib.request.urlopen(req, context=ssl.create_default_context(cafile=str(pki.other_ca)),
+                               timeout=10)
+    (tmp_path / "b").mkdir()
+    line = run_coordinator_error(tmp_path / "b", "127.0.0.1:0", "--http", "0.0.0.0:0")
+    assert "--http 0.0.0.0:0: refusing to serve beyond loopback without TLS" in line
