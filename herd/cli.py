@@ -403,11 +403,12 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 
 def _extra_commands() -> list[Any]:
-    """Subcommands defined next to their features (tuning, figures, services, testbed)."""
+    """Subcommands defined next to their features (tuning, figures, services, testbed, runs)."""
     import importlib
 
     out = []
-    for name in ("herd.tuning", "herd.figures", "herd.services.cli", "herd.testbed.cli"):
+    for name in ("herd.tuning", "herd.figures", "herd.services.cli", "herd.testbed.cli",
+                 "herd.runs"):
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as e:

@@ -96,6 +96,14 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
 )
 SCHEMA_VERSION: int = len(MIGRATIONS)
 
+# Names that mean the same in different kinds of run: a simulation's metrics say f1, a
+# sweep row's (the sweep CSV's columns) f1score; a sweep's parameter may be
+# sampling_probability, the parameters' field is s.
+NAME_ALIASES: dict[str, tuple[str, ...]] = {
+    "f1": ("f1score",), "f1score": ("f1",), "s": ("sampling_probability",),
+    "sampling_probability": ("s",),
+}
+
 
 class StoreError(HerdInputError):
     """A results database that cannot be used: one line naming the file and the problem."""
@@ -560,10 +568,13 @@ class RunStore:
         for name, op, value in where:
             if op not in ("=", "!=", "<", "<=", ">", ">="):
                 raise StoreError(f"{self.path}: bad operator {op!r}")
-            path = '$."' + name.replace('"', "") + '"'
-            sql.append(f"AND coalesce(json_extract(metrics, ?), json_extract(params, ?)) "
-                       f"{op} ?")
-            args += [path, path, value]
+            # The name in metrics, then params; under its alias too (a sweep row's f1score
+            # is a simulation's f1).
+            paths = ['$."' + n.replace('"', "") + '"' for n in (name, *NAME_ALIASES.get(name, ()))]
+            lookups = [f"json_extract({column}, ?)" for column in ("metrics", "params")
+                       for _ in paths]
+            sql.append(f"AND coalesce({', '.join(lookups)}) {op} ?")
+            args += [*paths, *paths, value]
         if since:
             sql.append("AND started_utc >= ?")
             args.append(since)
