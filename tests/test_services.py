@@ -280,7 +280,8 @@ def test_coordinator_restart_keeps_acknowledged_reports_and_groups(
 def test_wrong_or_missing_token_refused_counted_logged_once(procs: Procs,
                                                              tmp_path: Path) -> None:
     co = Coord(procs, tmp_path)
-    wrong = CoordinatorClient(co.address, "not-the-token")
+    # As long as a real token (>= 16 bytes): refused for being wrong, not for its length.
+    wrong = CoordinatorClient(co.address, "not-the-token-" + "0" * 34)
     missing = CoordinatorClient(co.address, None)
     try:
         for _ in range(3):
