@@ -173,3 +173,19 @@ def replay_metrics(d: Mapping[str, Any]) -> dict[str, Any]:
     """``herd replay --json``'s metrics (the coordinator's counters and restarts flattened,
     ``coordinator.reports``, ...)."""
     return result_metrics(d, drop=REPLAY_NOT_METRICS)
+
+
+def record_testbed_row(rec: Recorder, parent_id: int | None, prep: PreparedTrace,
+                       params: Params, setting: Mapping[str, Any], out: Mapping[str, Any],
+                       elephants: Mapping[str, np.ndarray], trace: Mapping[str, str]) -> None:
+    """One testbed harness row as a ``testbed_row`` child of the ``testbed`` run: its
+    parameters and setting (target, injection, pps, the swept value), the row's metrics as
+    ``herd replay``'s plus the harness's (packets sent, lost, hops), per-epoch rows with
+    epochs, and the coordinator's elephants."""
+    if parent_id is None:
+        return
+    rid = rec.begin("testbed_row", {**params.to_dict(), **setting}, parent_id=parent_id,
+                    **trace)
+    rec.finish(rid, replay_metrics(out), out.get("per_epoch", ()) if params.epoch_ms else (),
+               coordinator_elephants(prep, params, int(out["T"]), elephants)
+               if elephants else ())

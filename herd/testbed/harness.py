@@ -90,6 +90,8 @@ from herd.services.drivers.base import SwitchDriver
 from herd.services.drivers.bmv2_thrift import Bmv2Thrift
 from herd.services.replay import ReplayRun, trace_schedule
 from herd.services.security import RunTls, add_run_tls_arguments, run_tls_from_args
+from herd.store import Recorder, add_db_arguments
+from herd.store_record import record_testbed_row
 from herd.sweep import params_for, read_layout
 from herd.testbed import hops as hopmod
 from herd.testbed.configure import apply_writes, evaluation_writes
@@ -315,6 +317,7 @@ class Testbed:
         p4_json = compile_programs(workdir) if target == "bmv2" else {}
         self.spec = SwitchSpec(target, workdir, k, stages, p4_json)
         self.net: Any = None
+        self.elephants: dict[str, Any] = {}  # the last evaluate()'s, as columns
 
     def __enter__(self) -> Testbed:
         self._lock = machine_lock()
@@ -518,6 +521,7 @@ class Testbed:
                      "probes": probes, "target": self.target, "injection": self.injection,
                      "pps": pps})
             out = run.results(drained, compare=True)
+            self.elephants = run.elephants  # for the results store (one run's)
         finally:
             run.close(keep=True)
         from herd.evaluate import simulate
@@ -650,6 +654,11 @@ def run_harness(args: argparse.Namespace) -> int:
     tls = run_tls_from_args(args)  # passed through to the coordinator and the controllers
     prep = PreparedTrace(load_trace(pcap))
     require_root_and_mininet()
+    rec = Recorder.from_args(args, prog="herd testbed")
+    trace = {"trace_path": os.path.abspath(pcap), "trace_sha256": prep.trace.digest}
+    setting = {"target": args.target, "injection": args.injection, "pps": args.pps}
+    parent = rec.begin("testbed", {**base.to_dict(), **setting, "swept": param,
+                                   "values": list(values), "p4app": args.p4app}, **trace)
     workdir = Path(tempfile.mkdtemp(prefix="herd-testbed-"))
     rows: dict[float, dict[str, Any]] = {}
     records = []
@@ -679,6 +688,10 @@ def run_harness(args: argparse.Namespace) -> int:
                     records.append({param: v, "error": str(e),
                                     **(e.result if isinstance(e, LossError) else {})})
                     failed = f"{param}={v}: {e}"
+                    row_id = rec.begin("testbed_row", {**params.to_dict(), **setting,
+                                                       "swept": param, param: v},
+                                       parent_id=parent, **trace)
+                    rec.abort(row_id, str(e).splitlines()[0], status="failed")
                     break
                 rows[v] = {**out, "f1score": out["f1"], "seed": params.seed,
                            "confirm": params.confirm}
@@ -707,6 +720,15 @@ def run_harness(args: argparse.Namespace) -> int:
                           f"time), first packet at a switch {out['first_packet_after_origin_ms']}"
                           f" ms after the origin (sender {out['sender_first_late_ms']} ms late), "
                           f"late reports {out['late_reports']}", file=sys.stderr)
+                # After the row's CSV: a store that fails loses none of it.
+                record_testbed_row(rec, parent, prep, params, {**setting, "swept": param,
+                                                               param: v}, out, tb.elephants,
+                                   trace)
+    except BaseException as e:
+        interrupted_run = isinstance(e, KeyboardInterrupt | SystemExit)
+        rec.abort(parent, "interrupted" if interrupted_run else f"{type(e).__name__}: {e}",
+                  status="aborted" if interrupted_run else "failed")
+        raise
     finally:
         if records:
             atomic_write(csv_path.with_suffix(".json"), json.dumps({
@@ -720,9 +742,11 @@ def run_harness(args: argparse.Namespace) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
     if failed:
         print(f"herd testbed: run failed, {failed}", file=sys.stderr)
+        rec.abort(parent, failed.splitlines()[0], status="failed")
         return 1
     print(f"CSV: {csv_path}")
-    return 0
+    rec.finish(parent, {"rows": len(rows), "csv": os.path.abspath(csv_path)})
+    return rec.exit_code(0)
 
 
 def add_arguments(ap: argparse.ArgumentParser) -> None:
@@ -732,6 +756,7 @@ def add_arguments(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("R", type=int, help="reports for an elephant (0: round(1/epsilon))")
     ap.add_argument("csv", help="layout CSV: <parameter>,f1score,precision,recall + values")
     ap.add_argument("pcap")
+    add_db_arguments(ap)
     ap.add_argument("p4app", help="p4app JSON of the topology (k = its herd.p4 switches)")
     ap.add_argument("--target", choices=("model", "bmv2"), default="model")
     ap.add_argument("--injection", choices=("lb", "direct"), default="lb",
