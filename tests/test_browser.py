@@ -28,7 +28,7 @@ pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
-PACKETS, PPS = 60_000, 3000  # a 20-second replay
+PACKETS, PPS = 75_000, 3000  # a 25-second replay: watched for 12 s, then a wrong token
 
 
 @pytest.fixture

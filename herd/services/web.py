@@ -223,7 +223,10 @@ class LiveView:
                 problem = self._refusal(request.headers.get("Authorization", ""))
                 if problem is not None:
                     kind, detail = problem
-                    self.rejections.reject(kind, request.remote or "?",
+                    remote = request.remote or "?"
+                    # Rejections keys on the host of "host:port" (IPv6 in brackets).
+                    peer = f"[{remote}]:0" if ":" in remote else remote
+                    self.rejections.reject(kind, peer,
                                            f"HTTP {request.method} {request.path}: {detail}")
                     return web.json_response({"error": detail}, status=401,
                                              headers={"WWW-Authenticate": "Bearer"})
