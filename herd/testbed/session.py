@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     run = TestbedRun(prep, params, 0.0, workdir=str(workdir))
                 run.start()
-                print(f"coordinator on {run.address}; token in {run.token_file}; logs in "
+                print(f"coordinator on {run.address}; token in {run.token_source}; logs in "
                       f"{workdir / 'logs'}", file=sys.stderr)
             print("h1 sends into the load balancer, h2 receives: e.g. "
                   f"h1 tcpreplay -i h1-eth0 --pps=1000 {args.trace or 'FILE.pcap'}",
