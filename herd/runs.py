@@ -241,7 +241,8 @@ def epochs_table(epochs: Sequence[Mapping[str, Any]]) -> str:
 
 
 def _open(args: argparse.Namespace) -> RunStore:
-    return RunStore(Path(args.db) if args.db else default_db_path(), create=False)
+    db = args.db or getattr(args, "runs_db", None)
+    return RunStore(Path(db) if db else default_db_path(), create=False)
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -457,6 +458,10 @@ def register_cli(sub: Any) -> None:
     runs = sub.add_parser("runs", help="the recorded runs: list, show, export, compare, rm",
                           description="The runs recorded in the results database (every "
                           "simulate, sweep, tune, replay, testbed and figures run).")
+    # Before or after the subcommand; a separate dest, since a subcommand's own default
+    # would overwrite the value given before it.
+    runs.add_argument("--db", dest="runs_db", metavar="FILE", help="the results database "
+                      "(default $HERD_DB, else $XDG_DATA_HOME/herd/runs.sqlite)")
     rsub = runs.add_subparsers(dest="runs_command", required=True,
                                parser_class=type(runs))
 

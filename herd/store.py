@@ -601,8 +601,8 @@ class RunStore:
     def elephants(self, run_id: int, limit: int | None = None) -> list[Elephant]:
         """The run's elephants, most reports first (then by epoch and 5-tuple)."""
         sql = ("SELECT src, dst, sport, dport, proto, epoch, detected_ns, reports, "
-               "true_positive FROM elephants WHERE run_id = ? ORDER BY reports IS NULL, "
-               "reports DESC, epoch, src, dst, sport, dport, proto")
+               "true_positive FROM elephants WHERE run_id = ? ORDER BY reports DESC, epoch, "
+               "src, dst, sport, dport, proto")  # NULL reports sort last in DESC
         args: list[Any] = [run_id]
         if limit is not None:
             sql += " LIMIT ?"
@@ -764,7 +764,10 @@ class Recorder:
         """begin; the body calls ``handle.finish(...)``; an exception, KeyboardInterrupt or
         SystemExit (SIGTERM becomes one while the run is open) aborts the run and goes on."""
         handle = RunHandle(self, self.begin(kind, params, **kw))
-        self._enter_sigterm()
+        # Only a run being recorded changes SIGTERM (--no-db, or a failed store: nothing).
+        recording = handle.id is not None
+        if recording:
+            self._enter_sigterm()
         try:
             yield handle
         except BaseException as e:
@@ -776,7 +779,8 @@ class Recorder:
             if not handle.finished:
                 self.abort(handle.id, "ended without recording results", status="failed")
         finally:
-            self._leave_sigterm()
+            if recording:
+                self._leave_sigterm()
 
     def _enter_sigterm(self) -> None:
         self._open_runs += 1

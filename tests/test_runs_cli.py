@@ -167,6 +167,13 @@ def test_parse_where_and_since() -> None:
     assert parse_since("2026-03-01T10:00+02:00", now) == "2026-03-01T08:00:00.000000Z"
 
 
+def test_db_before_the_subcommand(recorded: dict, capsys: pytest.CaptureFixture[str],
+                                  monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("HERD_DB", str(tmp_path / "elsewhere.sqlite"))
+    code, out, err = run(capsys, "runs", "--db", str(recorded["db"]), "list", "--json")
+    assert code == 0 and len(json.loads(out)) == 3, err
+
+
 def test_missing_database_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     missing = tmp_path / "none.sqlite"
     one_line_error(*run(capsys, "runs", "list", "--db", str(missing)), str(missing))

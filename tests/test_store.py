@@ -515,6 +515,8 @@ def test_recorder_run_records_and_aborts(db: Path) -> None:
             raise ValueError("bad value 0.2")
         sweep.finish({"rows": 2})
     assert signal.getsignal(signal.SIGTERM) is before
+    with Recorder(None).run("simulate", {}) as off:  # --no-db: SIGTERM left as it is
+        assert off.id is None and signal.getsignal(signal.SIGTERM) is before
     with pytest.raises(KeyboardInterrupt), rec.run("simulate", {}):
         raise KeyboardInterrupt
     with rec.run("figures", {}):
