@@ -4,6 +4,7 @@ with ``cryptography``; coordinator and controller are real processes, always cle
 from __future__ import annotations
 
 import asyncio
+import csv
 import datetime
 import ipaddress
 import json
@@ -505,3 +506,31 @@ def test_coordinator_live_view_over_https(pki: Pki, procs: Procs, tmp_path: Path
     (tmp_path / "b").mkdir()
     line = run_coordinator_error(tmp_path / "b", "127.0.0.1:0", "--http", "0.0.0.0:0")
     assert "--http 0.0.0.0:0: refusing to serve beyond loopback without TLS" in line
+
+
+# ------------------------------------------------------------------------------ testbed
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.root
+@pytest.mark.mininet
+def test_testbed_harness_over_tls(pki: Pki, tmp_path: Path) -> None:
+    """The harness passes --tls-cert/--tls-key to its coordinator and --tls-ca to its
+    controllers: the run completes only if both ends speak TLS (a plain end fails the
+    handshake, and every message would be lost)."""
+    layout = tmp_path / "epsilon.csv"
+    layout.write_text("epsilon,f1score,precision,recall\n0.1\n")
+    proc = subprocess.run(
+        [PY, "-m", "herd.testbed.harness", "0.2", "0.1", "20", "0", str(layout),
+         str(REPO / "pcap" / "synth-20k.pcap"), str(REPO / "topologies" /
+                                                   "p4app_10_switches_herd.json"),
+         "--target", "model", "--pps", "5000", "--tls-cert", str(pki.cert), "--tls-key",
+         str(pki.key), "--tls-ca", str(pki.ca)],
+        capture_output=True, text=True, timeout=900, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = layout.read_text().splitlines()
+    assert len(rows) == 2
+    row = next(csv.DictReader(rows))
+    assert row["lost_messages"] == "0" and int(row["reports"]) > 0, row
+    assert float(row["f1score"]) > 0.5, row
