@@ -36,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
                     "99th percentile)")
     ap.add_argument("--seed", type=int, default=1)
     add_confirm_arguments(ap)  # with --controllers: the coordinator's
+    ap.add_argument("--http", metavar="HOST:PORT", help="with --controllers: the coordinator's "
+                    "live view (web page and JSON API) here, on loopback; port 0 picks one")
     args = ap.parse_args(argv)
     workdir = Path(tempfile.mkdtemp(prefix="herd-session-"))
     try:
@@ -58,12 +60,14 @@ def main(argv: list[str] | None = None) -> int:
                     ingress = sorted((sw for sw in tb.net.switches if sw.kind == INGRESS),
                                      key=lambda sw: sw.index)
                     run = Bmv2TestbedRun(prep, params, 0.0, workdir=str(workdir),
-                                         switches=ingress)
+                                         switches=ingress, http=args.http)
                 else:
-                    run = TestbedRun(prep, params, 0.0, workdir=str(workdir))
+                    run = TestbedRun(prep, params, 0.0, workdir=str(workdir), http=args.http)
                 run.start()
                 print(f"coordinator on {run.address}; token in {run.token_source}; logs in "
                       f"{workdir / 'logs'}", file=sys.stderr)
+                if run.http_url:
+                    print(f"live view on {run.http_url}", file=sys.stderr)
             print("h1 sends into the load balancer, h2 receives: e.g. "
                   f"h1 tcpreplay -i h1-eth0 --pps=1000 {args.trace or 'FILE.pcap'}",
                   file=sys.stderr)
