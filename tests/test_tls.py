@@ -35,6 +35,7 @@ from herd.services.security import (
     MIN_TOKEN_BYTES,
     check_bind,
     check_token,
+    grpc_channel,
     is_loopback,
     server_ssl_context,
 )
@@ -313,6 +314,8 @@ def test_loopback_rule() -> None:
     check_bind("--http 0.0.0.0:8080", "0.0.0.0", False, True)
     with pytest.raises(HerdInputError, match=r"^--http 10\.0\.0\.1:80: refusing"):
         check_bind("--http 10.0.0.1:80", "10.0.0.1", False, False)
+    with pytest.raises(HerdInputError, match=r"^--tls-server-name h: needs --tls-ca"):
+        grpc_channel("127.0.0.1:1", None, server_name="h")
 
 
 # ------------------------------------------------------------------------------ bad files

@@ -201,6 +201,8 @@ def grpc_channel(address: str, ca_file: str | None,
     ``server_name``, must be in the server certificate's subjectAltName), else in clear."""
     opts = list(options)
     if not ca_file:
+        if server_name:
+            raise HerdInputError(f"--tls-server-name {server_name}: needs --tls-ca")
         return grpc.insecure_channel(address, options=opts)
     creds = grpc.ssl_channel_credentials(root_certificates=read_ca(ca_file))
     if server_name:
