@@ -462,8 +462,8 @@ def register_cli(sub: Any) -> None:
     # would overwrite the value given before it.
     runs.add_argument("--db", dest="runs_db", metavar="FILE", help="the results database "
                       "(default $HERD_DB, else $XDG_DATA_HOME/herd/runs.sqlite)")
-    rsub = runs.add_subparsers(dest="runs_command", required=True,
-                               parser_class=type(runs))
+    rsub = runs.add_subparsers(dest="runs_command", required=True, parser_class=type(runs),
+                               metavar="{list,show,export,compare,rm}")
 
     ls = rsub.add_parser("list", help="the runs, newest first (top-level runs unless --all)")
     ls.add_argument("--kind", help="simulate, sweep, sweep_row, tune, tune_point, replay, "
