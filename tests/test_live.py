@@ -290,8 +290,8 @@ def test_replay_takes_token_file_then_env_before_making_one(
     monkeypatch.setenv("HERD_TOKEN", "short")
     with pytest.raises(HerdInputError, match=r"^\$HERD_TOKEN: the token is 5 bytes"):
         ReplayRun(small_prep, Params(k=2))
-    with pytest.raises(HerdInputError, match=r"^--http 10\.1\.2\.3:80: a replay serves its "
-                       "live view on loopback only"):
+    with pytest.raises(HerdInputError, match=r"^--http 10\.1\.2\.3:80: a replay or testbed "
+                       "run serves its live view on loopback only"):
         ReplayRun(small_prep, Params(k=2), token_file=str(given), http="10.1.2.3:80")
 
 
@@ -317,3 +317,19 @@ def test_replay_serves_the_live_view_while_it_runs(small_prep: PreparedTrace,
         assert elephants["count"] == len(q.elephants) > 0
     finally:
         run.close()
+
+
+def test_testbed_harness_refuses_a_live_view_beyond_loopback(tmp_path: Path) -> None:
+    """Checked before Mininet comes up (so no root needed to see it)."""
+    root = Path(__file__).resolve().parents[1]
+    layout = tmp_path / "epsilon.csv"
+    layout.write_text("epsilon,f1score,precision,recall\n0.1\n")
+    p = subprocess.run(
+        [PY, "-m", "herd.testbed.harness", "0.2", "0.1", "0", "0", str(layout),
+         str(root / "pcap" / "synth-20k.pcap"),
+         str(root / "topologies" / "p4app_10_switches_herd.json"), "--http", "0.0.0.0:8080"],
+        capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2
+    assert p.stderr.strip() == ("herd testbed: error: --http 0.0.0.0:8080: a replay or testbed "
+                                "run serves its live view on loopback only (for TLS beyond it, "
+                                "run herd coordinator --http with --tls-cert/--tls-key)")

@@ -171,13 +171,9 @@ class ReplayRun:
                     " us; it must be in [1 us, 2^32 us)")
         given_token = load_token(token_file, required=False)  # checked before any file
         if http:
-            from herd.services.security import is_loopback
-            from herd.services.web import parse_http_address
+            from herd.services.web import check_loopback_http
 
-            if not is_loopback(parse_http_address(http)[0]):
-                raise HerdInputError(f"--http {http}: a replay serves its live view on "
-                                     "loopback only (for TLS beyond it, run herd coordinator "
-                                     "--http with --tls-cert/--tls-key)")
+            check_loopback_http(http)
         self.k = params.k
         self.names = [f"s{i + 1}" for i in range(self.k)]
         self.T = prep.threshold(params)

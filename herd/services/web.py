@@ -48,7 +48,6 @@ STATIC_DIR = Path(__file__).with_name("live")
 SAMPLE_S = 1.0  # reports are sampled this often for reports/s
 HISTORY = 600  # samples kept: ten minutes of reports/s history
 RATE_WINDOW = 5  # reports/s is measured over this many samples (seconds)
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 # The page loads only its own files: no inline script, no third-party origin.
 SECURITY_HEADERS = {
@@ -74,6 +73,17 @@ def parse_http_address(spec: str, flag: str = "--http") -> tuple[str, int]:
         raise HerdInputError(f"{flag} {spec}: expected HOST:PORT with a port in 0..65535 "
                              "(0 picks a free one)")
     return host, port
+
+
+def check_loopback_http(spec: str) -> None:
+    """For the runs that start their own coordinator (replay, the testbed): ``--http`` must
+    be on loopback (they pass it no TLS)."""
+    from herd.services.security import is_loopback
+
+    if not is_loopback(parse_http_address(spec)[0]):
+        raise HerdInputError(f"--http {spec}: a replay or testbed run serves its live view on "
+                             "loopback only (for TLS beyond it, run herd coordinator --http "
+                             "with --tls-cert/--tls-key)")
 
 
 def dotted(ip: int) -> str:
@@ -339,4 +349,4 @@ def _query_float(q: Any, name: str) -> float | None:
     return v
 
 
-__all__ = ["LOOPBACK", "LiveView", "elephant_record", "parse_http_address"]
+__all__ = ["LiveView", "check_loopback_http", "elephant_record", "parse_http_address"]
