@@ -333,3 +333,34 @@ def test_testbed_harness_refuses_a_live_view_beyond_loopback(tmp_path: Path) -> 
     assert p.stderr.strip() == ("herd testbed: error: --http 0.0.0.0:8080: a replay or testbed "
                                 "run serves its live view on loopback only (for TLS beyond it, "
                                 "run herd coordinator --http with --tls-cert/--tls-key)")
+
+
+def test_live_view_in_process_starts_stops_and_keeps_a_bounded_history(tmp_path: Path) -> None:
+    from herd.services.coordinator_service import CoordinatorState, Journal
+    from herd.services.web import HISTORY, RATE_WINDOW, LiveView
+
+    journal = Journal(str(tmp_path / "j.sqlite"), fsync=False)
+    state = CoordinatorState(["s1", "s2"], 3, journal)
+    view = LiveView(state, "t" * 32, "127.0.0.1", 0, None)
+    try:
+        url = view.start()
+        assert url == f"http://127.0.0.1:{view.bound[1]}/"
+        status, body = get(url + "api/status", "t" * 32)
+        assert status == 200 and [s["name"] for s in body["switches"]] == ["s1", "s2"]
+        assert body["epoch"] is None and body["reports"] == 0
+    finally:
+        view.stop()
+    with pytest.raises(urllib.error.URLError):  # stopped: nothing listens there any more
+        get(url + "api/status", "t" * 32)
+    # The reports/s ring: bounded; the rate over the last RATE_WINDOW seconds.
+    view.samples.clear()
+    for i in range(HISTORY + 50):
+        view.samples.append((1000.0 + i, 10 * i + (i * i if i > HISTORY else 0), 0))
+    rate, history = view.rates()
+    assert len(view.samples) == HISTORY and len(history) == HISTORY - 1
+    last = HISTORY + 49
+    assert rate == pytest.approx(((10 * last + last * last) - (10 * (last - RATE_WINDOW)
+                                  + (last - RATE_WINDOW) ** 2)) / RATE_WINDOW)
+    assert history[0] == [1051.0, 10.0]
+    state.stop()
+    journal.close()
