@@ -10,8 +10,10 @@ goes to evaluation/live.png (the README shows it), else to the test's temporary 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
+import signal
 import subprocess
 import sys
 import time
@@ -69,8 +71,8 @@ def replay(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str, Pa
             [sys.executable, "-m", "herd", "replay", "--trace", str(trace), "--k", "4",
              "--percentile", "95", "--pps", str(PPS), "--http", "127.0.0.1:0", "--workdir",
              str(workdir)],
-            stdout=subprocess.PIPE, stderr=err, text=True, env={**os.environ,
-                                                                "HERD_TOKEN": token})
+            stdout=subprocess.PIPE, stderr=err, text=True, start_new_session=True,
+            env={**os.environ, "HERD_TOKEN": token})
     try:
         deadline = time.monotonic() + 120
         url = ""
@@ -85,9 +87,17 @@ def replay(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], str, str, Pa
         assert "(token: $HERD_TOKEN)" in err_path.read_text()
         yield proc, url, token, workdir
     finally:
+        # SIGTERM: the replay stops every process it started; whatever is left of its
+        # session (a replay that did not get that far) is killed.
         if proc.poll() is None:
-            proc.kill()
-        proc.wait()
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
 
 
 def severe(entries: list[dict[str, Any]]) -> list[str]:

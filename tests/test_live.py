@@ -290,8 +290,8 @@ def test_replay_takes_token_file_then_env_before_making_one(
     monkeypatch.setenv("HERD_TOKEN", "short")
     with pytest.raises(HerdInputError, match=r"^\$HERD_TOKEN: the token is 5 bytes"):
         ReplayRun(small_prep, Params(k=2))
-    with pytest.raises(HerdInputError, match=r"^--http 10\.1\.2\.3:80: a replay or testbed "
-                       "run serves its live view on loopback only"):
+    with pytest.raises(HerdInputError, match=r"^--http 10\.1\.2\.3:80: beyond loopback a "
+                       "replay or testbed run serves its live view only with TLS"):
         ReplayRun(small_prep, Params(k=2), token_file=str(given), http="10.1.2.3:80")
 
 
@@ -330,9 +330,9 @@ def test_testbed_harness_refuses_a_live_view_beyond_loopback(tmp_path: Path) -> 
          str(root / "topologies" / "p4app_10_switches_herd.json"), "--http", "0.0.0.0:8080"],
         capture_output=True, text=True, timeout=120)
     assert p.returncode == 2
-    assert p.stderr.strip() == ("herd testbed: error: --http 0.0.0.0:8080: a replay or testbed "
-                                "run serves its live view on loopback only (for TLS beyond it, "
-                                "run herd coordinator --http with --tls-cert/--tls-key)")
+    assert p.stderr.strip() == ("herd testbed: error: --http 0.0.0.0:8080: beyond loopback a "
+                                "replay or testbed run serves its live view only with TLS "
+                                "(--tls-cert/--tls-key/--tls-ca)")
 
 
 def test_live_view_in_process_starts_stops_and_keeps_a_bounded_history(tmp_path: Path) -> None:
@@ -364,3 +364,25 @@ def test_live_view_in_process_starts_stops_and_keeps_a_bounded_history(tmp_path:
     assert history[0] == [1051.0, 10.0]
     state.stop()
     journal.close()
+
+
+def test_replay_serves_its_live_view_beyond_loopback_only_with_tls(
+        small_prep: PreparedTrace, tmp_path: Path) -> None:
+    from herd.services.security import RunTls
+
+    pki = Pki(tmp_path / "pki")
+    given = tmp_path / "given"
+    token = write_token_file(given)
+    run = ReplayRun(small_prep, Params(k=2, percentile=95), pps=3000, token_file=str(given),
+                    http="0.0.0.0:0", tls=RunTls(str(pki.cert), str(pki.key), str(pki.ca)))
+    try:
+        run.start()
+        assert run.http_url is not None and run.http_url.startswith("https://0.0.0.0:")
+        port = run.http_url.rsplit(":", 1)[1].strip("/")
+        ctx = ssl.create_default_context(cafile=str(pki.ca))
+        status, body = get(f"https://127.0.0.1:{port}/api/status", token, context=ctx)
+        assert status == 200 and [s["registered"] for s in body["switches"]] == [True, True]
+        assert get(f"https://127.0.0.1:{port}/api/status", "w" * 32, context=ctx)[0] == 401
+        assert run.wait_done(60)
+    finally:
+        run.close()

@@ -173,7 +173,7 @@ class ReplayRun:
         if http:
             from herd.services.web import check_loopback_http
 
-            check_loopback_http(http)
+            check_loopback_http(http, tls is not None)
         self.k = params.k
         self.names = [f"s{i + 1}" for i in range(self.k)]
         self.T = prep.threshold(params)

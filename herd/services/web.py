@@ -75,15 +75,14 @@ def parse_http_address(spec: str, flag: str = "--http") -> tuple[str, int]:
     return host, port
 
 
-def check_loopback_http(spec: str) -> None:
-    """For the runs that start their own coordinator (replay, the testbed): ``--http`` must
-    be on loopback (they pass it no TLS)."""
+def check_loopback_http(spec: str, tls: bool) -> None:
+    """For the runs that start their own coordinator (replay, the testbed; no --insecure):
+    ``--http`` beyond loopback only with the run's TLS, checked before anything starts."""
     from herd.services.security import is_loopback
 
-    if not is_loopback(parse_http_address(spec)[0]):
-        raise HerdInputError(f"--http {spec}: a replay or testbed run serves its live view on "
-                             "loopback only (for TLS beyond it, run herd coordinator --http "
-                             "with --tls-cert/--tls-key)")
+    if not tls and not is_loopback(parse_http_address(spec)[0]):
+        raise HerdInputError(f"--http {spec}: beyond loopback a replay or testbed run serves "
+                             "its live view only with TLS (--tls-cert/--tls-key/--tls-ca)")
 
 
 def dotted(ip: int) -> str:

@@ -651,11 +651,11 @@ def run_harness(args: argparse.Namespace) -> int:
         params_for(base, param, v, base.seed)
     if args.pps < 0:
         raise HerdInputError(f"--pps {args.pps}: must be >= 0 (0: as fast as possible)")
+    tls = run_tls_from_args(args)  # passed through to the coordinator and the controllers
     if args.http:  # before Mininet comes up
         from herd.services.web import check_loopback_http
 
-        check_loopback_http(args.http)
-    tls = run_tls_from_args(args)  # passed through to the coordinator and the controllers
+        check_loopback_http(args.http, tls is not None)
     prep = PreparedTrace(load_trace(pcap))
     require_root_and_mininet()
     rec = Recorder.from_args(args, prog="herd testbed")
