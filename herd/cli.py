@@ -278,12 +278,13 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     # Connect (--ray) first: an unreachable cluster fails before anything is recorded.
     executor = make_executor(prep, args.ray)
     rec = Recorder.from_args(args, prog="herd sweep")
+    results: list[list[SimulationResult]] = []  # each row's simulations, for the store
     trace = {"trace_path": os.path.abspath(args.trace), "trace_sha256": prep.trace.digest}
     with rec.run("sweep", {**base.to_dict(), "swept": param, "values": list(values),
                            "seeds": args.seeds}, **trace) as run:
         try:
             rows = run_sweep(prep, base, param, values, args.seeds,
-                             stderr_progress(f"sweep {param}"), executor)
+                             stderr_progress(f"sweep {param}"), executor, results)
         finally:
             executor.close()
         meta = {"herd_version": __version__, "command": sys.argv, "base_params": base.to_dict(),
@@ -295,8 +296,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             plot_sweep(args.plot, param, rows, sweep_title(args.trace, param, rows))
             print(f"plot: {args.plot}")
         # After the outputs: a store that fails loses none of them.
-        for row in rows:
-            record_sweep_row(rec, run.id, param, row, trace)
+        for row, runs in zip(rows, results, strict=True):
+            record_sweep_row(rec, run.id, prep, param, row, runs, trace)
         run.finish({"rows": len(rows), "csv": os.path.abspath(args.out),
                     "run_record": os.path.abspath(json_path),
                     "plot": os.path.abspath(args.plot) if args.plot else None})

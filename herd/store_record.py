@@ -103,22 +103,25 @@ def coordinator_elephants(prep: PreparedTrace, params: Params, T: int,
                       None if reports is None else np.asarray(reports, np.int64), tp)
 
 
-def record_sweep_row(rec: Recorder, parent_id: int | None, param: str, row: Mapping[str, Any],
+def record_sweep_row(rec: Recorder, parent_id: int | None, prep: PreparedTrace, param: str,
+                     row: Mapping[str, Any], runs: Sequence[SimulationResult],
                      trace: Mapping[str, str]) -> None:
-    """One sweep row (one value, over its seeds) as a ``sweep_row`` child of the sweep: the
-    first seed's parameters with the swept value (and its name under ``swept``), the CSV's
-    metric columns; per-epoch rows with epochs and one seed (with several they are each
-    seed's, recorded in the sweep's JSON)."""
+    """One sweep row (one value, over its seeds: ``runs``) as a ``sweep_row`` child of the
+    sweep: the first seed's parameters with the swept value (and its name under ``swept``),
+    the CSV's metric columns; with one seed its per-epoch rows (with epochs) and elephants
+    (with several they are each seed's: per-epoch rows in the sweep's JSON)."""
     from herd.sweep import EXTRA_COLUMNS, METRIC_COLUMNS
 
     if parent_id is None:
         return
-    runs = row["runs"]
-    params = {**runs[0]["params"], "swept": param, param: row[param],
-              "seeds": [int(x) for x in str(row["seeds"]).split(";")]}
-    per_epoch = runs[0]["per_epoch"] if len(runs) == 1 and row.get("epoch_ms") else ()
+    one = runs[0]
+    params = {**one.params.to_dict(), "swept": param, param: row[param],
+              "seeds": [r.params.seed for r in runs]}
+    single = len(runs) == 1
+    per_epoch = one.per_epoch if single and one.params.epoch_ms else ()
     rid = rec.begin("sweep_row", params, parent_id=parent_id, **trace)
-    rec.finish(rid, {c: row.get(c) for c in (*METRIC_COLUMNS, *EXTRA_COLUMNS)}, per_epoch)
+    rec.finish(rid, {c: row.get(c) for c in (*METRIC_COLUMNS, *EXTRA_COLUMNS)}, per_epoch,
+               simulation_elephants(prep, one) if single else None)
 
 
 # A tuned point's summary (herd.tuning.Point.summary): these keys are its parameters, the

@@ -122,9 +122,11 @@ def simulate_task(prep: PreparedTrace, params: Params) -> SimulationResult:
 def run_sweep(
     prep: PreparedTrace, base: Params, param: str, values: Sequence[float], seeds: int = 1,
     progress: Callable[[int, int], None] | None = None, executor: Executor | None = None,
+    results: list[list[SimulationResult]] | None = None,
 ) -> list[dict[str, Any]]:
     """One row per value: mean (and std over seeds) of the metrics, plus the runs. Each
-    (value, seed) simulation is a task of ``executor`` (default: one after another here)."""
+    (value, seed) simulation is a task of ``executor`` (default: one after another here).
+    ``results``, if given, gets each row's simulations (the results store's elephants)."""
     if seeds < 1:
         raise HerdInputError(f"--seeds {seeds}: must be >= 1")
     if param == "confirm_reports" and not base.confirm:
@@ -138,8 +140,10 @@ def run_sweep(
         if executor is None:
             ex.close()
     # the executor keeps submission order: value by value, seed by seed
-    return [summarise(param, value, runs[j * seeds:(j + 1) * seeds])
-            for j, value in enumerate(values)]
+    per_value = [runs[j * seeds:(j + 1) * seeds] for j in range(len(values))]
+    if results is not None:
+        results.extend(per_value)
+    return [summarise(param, value, r) for value, r in zip(values, per_value, strict=True)]
 
 
 def summarise(param: str, value: float, runs: Sequence[SimulationResult]) -> dict[str, Any]:

@@ -156,6 +156,12 @@ def test_sweep_records_parent_and_one_row_per_value(trace_file: Path, tmp_path: 
             epochs = s.epochs(c.id)  # one seed, epochs: the run's per-epoch rows
             assert len(epochs) == c.metrics["epochs"] >= 2
             assert sum(r["detected"] for r in epochs) == c.metrics["detected"]
+            elephants = s.elephants(c.id)  # and its elephants
+            assert len(elephants) == c.metrics["detected"] > 0
+            assert sum(bool(e.true_positive) for e in elephants) == sum(
+                r["true_positives"] for r in epochs)
+            assert all(e.reports is not None and e.reports >= c.metrics["R"]
+                       for e in elephants)
 
 
 def test_tune_records_the_chosen_point_and_what_it_explored(
