@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -17,14 +17,25 @@ def _private_trace_cache(tmp_path_factory: pytest.TempPathFactory,
     monkeypatch.setenv("HERD_CACHE_DIR", str(tmp_path_factory.mktemp("herd-cache")))
 
 
+def _results_db_env(mp: pytest.MonkeyPatch, data: Path) -> None:
+    mp.setenv("XDG_DATA_HOME", str(data))
+    mp.setenv("HERD_DB", str(data / "runs.sqlite"))
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _session_results_db(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    # Before any module-scoped fixture runs a command (see _private_results_db).
+    with pytest.MonkeyPatch.context() as mp:
+        _results_db_env(mp, tmp_path_factory.mktemp("herd-data-session"))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _private_results_db(tmp_path_factory: pytest.TempPathFactory,
                         monkeypatch: pytest.MonkeyPatch) -> None:
     # Runs are recorded by default: a test (and its subprocesses, which inherit the
     # environment) must never write the user's real results database.
-    data = tmp_path_factory.mktemp("herd-data")
-    monkeypatch.setenv("XDG_DATA_HOME", str(data))
-    monkeypatch.setenv("HERD_DB", str(data / "runs.sqlite"))
+    _results_db_env(monkeypatch, tmp_path_factory.mktemp("herd-data"))
 
 
 Packet = tuple[float, str, str, int, int, str]  # (time s, src, dst, sport, dport, "tcp"/"udp")
