@@ -84,12 +84,24 @@ def _local_task(task: tuple[TaskFn, Any]) -> Any:
     return fn(_FORKED["prep"], item)
 
 
+def _child_signals() -> None:
+    """A pool child ends on the SIGTERM of Pool.terminate, whatever handler the parent had
+    installed when it forked (a handler that raises would leave the child stuck, and the
+    parent waiting for it)."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class LocalExecutor(Executor):
-    def __init__(self, prep: PreparedTrace, workers: int = 1) -> None:
+    """``warm``: the caller has compiled the kernels and filled the trace's caches already
+    (else the first task runs here before the pool forks)."""
+
+    def __init__(self, prep: PreparedTrace, workers: int = 1, *, warm: bool = False) -> None:
         self.prep = prep
         self.workers = max(1, workers)
         self._pool: Any = None
-        self._warm = False  # a task ran in this process: kernels compiled, caches filled
+        self._warm = warm  # a task ran in this process: kernels compiled, caches filled
 
     def map(self, fn: TaskFn, items: Sequence[Any],
             progress: Progress | None = None) -> list[Any]:
@@ -110,7 +122,8 @@ class LocalExecutor(Executor):
                     self._warm = True
                     rest = items[1:]
                 _FORKED["prep"] = self.prep
-                self._pool = multiprocessing.get_context("fork").Pool(self.workers)
+                self._pool = multiprocessing.get_context("fork").Pool(
+                    self.workers, initializer=_child_signals)
             for r in self._pool.imap(_local_task, [(fn, it) for it in rest], chunksize=1):
                 finished(r)
         else:

@@ -32,7 +32,6 @@ import csv
 import io
 import json
 import math
-import multiprocessing
 import os
 import sys
 import textwrap
@@ -343,16 +342,17 @@ def job_messages(prep: PreparedTrace, plan: Plan) -> list[dict[str, Any]]:
 # ------------------------------------------------------------------------------------------
 # running the jobs
 
-# The trace and plan the jobs run on (forked workers inherit them) and, on Ray, the
-# executor their simulations go to.
+# On Ray: the executor the jobs' simulations go to (the jobs run in threads here).
 _CTX: dict[str, Any] = {}
 
+JOBS = ("messages", "memory", "confirm", "epsilon", "s")  # longest first: workers end together
 
-def _run_job(job: tuple[str, tuple[Any, ...]]) -> list[dict[str, Any]]:
-    name, args = job
+
+def _job_task(prep: PreparedTrace, job: tuple[str, Plan]) -> list[dict[str, Any]]:
+    name, plan = job
     fn = {"epsilon": job_epsilon, "s": job_s, "memory": job_memory,
           "messages": job_messages, "confirm": job_confirm}[name]
-    return fn(_CTX["prep"], _CTX["plan"], *args)
+    return fn(prep, plan)
 
 
 def _warm_up(prep: PreparedTrace, plan: Plan) -> None:
@@ -378,37 +378,31 @@ def compute(prep: PreparedTrace, plan: Plan, workers: int = 1,
     """Run every job (in ``workers`` forked processes) and return all rows. With an
     executor that takes tasks from several threads (Ray), the jobs run side by side here and
     send it every simulation."""
-    # longest first, so that two workers finish at about the same time
-    jobs: list[tuple[str, tuple[Any, ...]]] = [
-        ("messages", ()), ("memory", ()), ("confirm", ()), ("epsilon", ()), ("s", ())]
     _warm_up(prep, plan)
-    _CTX.update(prep=prep, plan=plan)
+    jobs = [(name, plan) for name in JOBS]
     rows: list[dict[str, Any]] = []
-    forkable = "fork" in multiprocessing.get_all_start_methods()
-    if executor is not None and executor.concurrent:
-        from concurrent.futures import ThreadPoolExecutor, as_completed
+    # warm: the children of a local pool inherit what _warm_up compiled and filled
+    ex = LocalExecutor(prep, workers, warm=True) if executor is None else executor
+    try:
+        if ex.concurrent:
+            from concurrent.futures import ThreadPoolExecutor, as_completed
 
-        _CTX["executor"] = executor
-        try:
-            with ThreadPoolExecutor(len(jobs)) as threads:
-                futures = [threads.submit(_run_job, job) for job in jobs]
-                for i, f in enumerate(as_completed(futures)):
-                    rows += f.result()
-                    if progress:
-                        progress(i + 1, len(jobs))
-        finally:
-            del _CTX["executor"]
-    elif workers > 1 and forkable:
-        with multiprocessing.get_context("fork").Pool(workers) as pool:
-            for i, part in enumerate(pool.imap_unordered(_run_job, jobs)):
+            _CTX["executor"] = ex
+            try:
+                with ThreadPoolExecutor(len(jobs)) as threads:
+                    futures = [threads.submit(_job_task, prep, job) for job in jobs]
+                    for i, f in enumerate(as_completed(futures)):
+                        rows += f.result()
+                        if progress:
+                            progress(i + 1, len(jobs))
+            finally:
+                del _CTX["executor"]
+        else:
+            for part in ex.map(_job_task, jobs, progress):
                 rows += part
-                if progress:
-                    progress(i + 1, len(jobs))
-    else:
-        for i, job in enumerate(jobs):
-            rows += _run_job(job)
-            if progress:
-                progress(i + 1, len(jobs))
+    finally:
+        if executor is None:
+            ex.close()
     return rows
 
 
