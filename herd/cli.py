@@ -190,7 +190,8 @@ def cmd_simulate(args: argparse.Namespace) -> int:
         delays = read_timing(args.delays)
     prep = _load(args.trace)
     rec = Recorder.from_args(args, prog="herd simulate")
-    run_params = {**params.to_dict(), **({"delays_file": args.delays} if args.delays else {})}
+    run_params = {**params.to_dict(),
+                  **({"delays_file": os.path.abspath(args.delays)} if args.delays else {})}
     with rec.run("simulate", run_params, trace_path=os.path.abspath(args.trace),
                  trace_sha256=prep.trace.digest) as run:
         result = simulate(prep, params, delays, _packet_progress("simulate", prep.trace.packets))

@@ -84,18 +84,17 @@ def coordinator_elephants(prep: PreparedTrace, params: Params, T: int,
     from herd.services.flowtable import FlowTable
 
     t = prep.trace
-    n = len(columns["src"])
+    n = len(columns.get("src", ()))
+    if n == 0:  # none detected (or none handed over)
+        return iter(())
     five = [np.asarray(columns[f], np.uint32) for f in FIVE_TUPLE]
     epoch = np.asarray(columns.get("epoch", np.zeros(n, np.int64)), np.int64)
-    if n:
-        table = FlowTable(max(1, t.flows))
-        table.index(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport, t.flow_proto)
-        idx = np.asarray(table.index(*five), np.int64)
-        known = (idx >= 0) & (idx < t.flows)
-        heavy = prep.truth(params, T).heavy_keys()
-        tp = known & np.isin(pair_keys(epoch, np.where(known, idx, 0)), heavy)
-    else:
-        tp = np.zeros(0, np.bool_)
+    table = FlowTable(max(1, t.flows))
+    table.index(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport, t.flow_proto)
+    idx = np.asarray(table.index(*five), np.int64)
+    known = (idx >= 0) & (idx < t.flows)  # a 5-tuple the trace lacks is never heavy
+    heavy = prep.truth(params, T).heavy_keys()
+    tp = known & np.isin(pair_keys(epoch, np.where(known, idx, 0)), heavy)
     detected = columns.get("detected_ns")
     reports = columns.get("reports")
     return _elephants(*five, epoch if params.epoch_ms > 0 else None,

@@ -244,6 +244,30 @@ def test_replay_records_its_run_and_the_coordinators_elephants(trace_file: Path,
     assert sum(bool(e.true_positive) for e in elephants) == d["true_positives"]
 
 
+def test_a_coordinators_elephant_the_trace_lacks_is_a_false_positive(trace_file: Path
+                                                                       ) -> None:
+    from herd.params import Params
+    from herd.prepared import PreparedTrace
+    from herd.store_record import coordinator_elephants
+
+    prep = PreparedTrace(load_trace(trace_file))
+    t = prep.trace
+    params = Params(percentile=95)
+    T = prep.threshold(params)
+    sizes = np.bincount(t.flow, minlength=t.flows)
+    big, small = int(np.argmax(sizes)), int(np.argmin(sizes))
+    assert sizes[big] >= T > sizes[small]
+    cols = {f: np.array([getattr(t, f"flow_{f}")[i] for i in (big, small)] + [x], np.int64)
+            for f, x in (("src", 1), ("dst", 2), ("sport", 3), ("dport", 4), ("proto", 6))}
+    cols.update(epoch=np.zeros(3, np.int64), detected_ns=np.array([7, 8, 9]),
+                reports=np.array([10, 11, 12]))
+    got = list(coordinator_elephants(prep, params, T, cols))
+    assert [e.true_positive for e in got] == [True, False, False]
+    assert [e.reports for e in got] == [10, 11, 12] and got[2].src == 1
+    assert all(e.epoch is None for e in got)  # one epoch: none recorded
+    assert list(coordinator_elephants(prep, params, T, {})) == []
+
+
 def test_no_db_records_nothing_and_herd_db_is_honoured(
         trace_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
