@@ -249,3 +249,21 @@ def test_a_dead_hop_fails_the_run_naming_it(tmp_path: Path, injection: str) -> N
     hops = {h["hop"]: h["packets"] for h in result["hops"]}
     assert result["lost_at"] == "agg out" and result["sent_packets"] == 1000
     assert hops["agg in"] == 1000 and hops["agg out"] == 0 and hops["h2 in"] == 0
+
+
+@pytest.mark.parametrize("param", ["R", "epoch_ms", "confirm", "sampling_probability"])
+def test_harness_csv_names_each_column_once(param: str) -> None:
+    import io
+
+    import pandas as pd
+
+    from herd.testbed.harness import csv_rows
+
+    text = csv_rows(param, [1.0, 2.0], {1.0: {"f1score": 0.5, "R": 10, "epoch_ms": 5.0,
+                                              "confirm": True}})
+    header = next(csv.reader(io.StringIO(text)))
+    assert header[0] == param and len(header) == len(set(header))
+    assert param not in header[1:]
+    frame = pd.read_csv(io.StringIO(text))
+    assert not [c for c in frame.columns if c.endswith(".1")]
+    assert frame["f1score"].tolist()[0] == 0.5

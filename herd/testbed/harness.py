@@ -92,7 +92,7 @@ from herd.services.replay import ReplayRun, trace_schedule
 from herd.services.security import RunTls, add_run_tls_arguments, run_tls_from_args
 from herd.store import Recorder, add_db_arguments
 from herd.store_record import record_testbed_row
-from herd.sweep import params_for, read_layout
+from herd.sweep import SWEEP_PARAMS, params_for, read_layout
 from herd.testbed import hops as hopmod
 from herd.testbed.configure import apply_writes, evaluation_writes
 from herd.testbed.direct import Share, share_rates, write_shares
@@ -623,12 +623,16 @@ def p4app_ingress_count(path: Path) -> int:
 
 
 def csv_rows(param: str, values: list[float], rows: dict[float, dict[str, Any]]) -> str:
+    """The layout CSV filled in: the swept parameter first and not again among the columns
+    (under its name or its Params field's), so that readers see each name once."""
+    same = {param, SWEEP_PARAMS.get(param, param)}
+    columns = [c for c in COLUMNS if c not in same]
     out = io.StringIO()
     w = csv.writer(out, lineterminator="\n")
-    w.writerow([param, *COLUMNS])
+    w.writerow([param, *columns])
     for v in values:
         r = rows.get(v)
-        w.writerow([v, *(_cell(r.get(c)) if r else "" for c in COLUMNS)])
+        w.writerow([v, *(_cell(r.get(c)) if r else "" for c in columns)])
     return out.getvalue()
 
 
