@@ -230,6 +230,37 @@ finally:
 print(json.dumps(out))
 """
 
+INTERRUPTED = """
+import json, os, signal, sys, threading, time
+from herd.executor import RayExecutor
+from herd.prepared import PreparedTrace
+from herd.trace import load_trace
+
+def sleep_task(prep, seconds):
+    time.sleep(seconds)
+    return seconds
+
+address, trace = sys.argv[1:]
+ex = RayExecutor(PreparedTrace(load_trace(trace)), address)
+try:
+    ex.map(sleep_task, [0.1, 0.1])  # workers up on both nodes
+    threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start()
+    start = time.monotonic()
+    try:
+        ex.map(sleep_task, [60.0, 60.0])  # both CPUs of the cluster, for a minute
+        interrupted = None
+    except KeyboardInterrupt:
+        interrupted = time.monotonic() - start
+    # Cancelled, the minute-long tasks hold no CPU: these run at once.
+    start = time.monotonic()
+    again = ex.map(sleep_task, [0.5, 0.5])
+    out = {"interrupted_after": interrupted, "again": again,
+           "again_seconds": time.monotonic() - start}
+finally:
+    ex.close()
+print(json.dumps(out))
+"""
+
 
 def driver(script: str, args: list[str], env: dict[str, str]) -> dict[str, Any]:
     r = subprocess.run([sys.executable, "-c", script, *args], env={**os.environ, **env},
@@ -247,6 +278,13 @@ def test_tasks_spread_over_both_nodes_and_a_dying_worker_is_retried(
     assert out["done"] == [[1, 4], [2, 4], [3, 4], [4, 4]]  # progress as tasks finished
     assert out["retried"] == [out["packets"]]  # the task ran again after its worker died
     assert marker.exists()  # and its first attempt did die
+
+
+def test_ctrl_c_cancels_the_tasks(cluster: Cluster) -> None:
+    out = driver(INTERRUPTED, [cluster.address, str(TRACE)], cluster.env)
+    assert out["interrupted_after"] is not None and out["interrupted_after"] < 10
+    assert out["again"] == [0.5, 0.5]
+    assert out["again_seconds"] < 30  # not queued behind the minute-long tasks
 
 
 def test_workers_read_the_cache_by_path_and_say_when_they_cannot(
