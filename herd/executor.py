@@ -302,6 +302,9 @@ class RayExecutor(Executor):
                  cpus: int | None = None, shipping: str | None = None,
                  max_retries: int = MAX_RETRIES) -> None:
         ray = import_ray()
+        shipping = shipping or os.environ.get(TRACE_SHIPPING_ENV) or "auto"
+        if shipping not in SHIPPING:  # before connecting: a typo costs no cluster start
+            raise HerdInputError(f"{TRACE_SHIPPING_ENV}={shipping}: one of {', '.join(SHIPPING)}")
         self.prep = prep
         self.address = resolve_address(address)
         self._ray = ray
@@ -324,8 +327,7 @@ class RayExecutor(Executor):
             self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
             store = min((n["Resources"].get("object_store_memory", 0)
                          for n in ray.nodes() if n.get("Alive")), default=0)
-            payload = trace_payload(prep, shipping or os.environ.get(TRACE_SHIPPING_ENV, "auto"),
-                                    int(store * STORE_SHARE))
+            payload = trace_payload(prep, shipping, int(store * STORE_SHARE))
             self.shipping = payload["kind"]
             self._trace_ref = ray.put(payload)  # once per run, whatever the number of tasks
             del payload

@@ -344,3 +344,11 @@ def test_without_ray_installed_ray_is_a_one_line_error(tmp_path: Path) -> None:
     assert r.returncode == 2
     assert r.stderr.strip() == ("herd: error: --ray: Ray is not installed; "
                                 "pip install 'herd[ray]'")
+
+
+def test_a_bad_trace_shipping_setting_is_a_one_line_error(tmp_path: Path) -> None:
+    pytest.importorskip("ray", reason="herd[ray] is not installed")
+    r = herd(["sweep", "--trace", str(TRACE), *SWEEP, "--out", str(tmp_path / "s.csv"),
+              "--ray"], {"HERD_RAY_TRACE": "nfs"}, timeout=60)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "herd: error: HERD_RAY_TRACE=nfs: one of auto, store, path"
