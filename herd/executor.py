@@ -387,12 +387,14 @@ def add_ray_argument(p: argparse.ArgumentParser | argparse._ArgumentGroup) -> No
     p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
                    help="run every simulation as a task on the Ray cluster at ADDRESS "
                    "(HOST:PORT, ray://HOST:PORT or auto); without ADDRESS $RAY_ADDRESS, else "
-                   f"a local Ray instance ({INSTALL_HINT})")
+                   f"a Ray instance on this machine ({INSTALL_HINT})")
 
 
-def make_executor(prep: PreparedTrace, ray: str | None, workers: int = 1) -> Executor:
+def make_executor(prep: PreparedTrace, ray: str | None, workers: int | None = None
+                  ) -> Executor:
     """--ray's value (None: not given, "": given without an address) -> an executor;
-    ``workers``: the local pool's processes, or a local Ray instance's CPUs."""
+    ``workers``: the local pool's processes (default 1), or a local Ray instance's CPUs
+    (default: all of this machine's)."""
     if ray is None:
-        return LocalExecutor(prep, workers)
+        return LocalExecutor(prep, workers or 1)
     return RayExecutor(prep, ray or None, cpus=workers)

@@ -812,7 +812,7 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--headroom", type=float, default=DEFAULT_HEADROOM,
                    help=f"as herd tune (default {DEFAULT_HEADROOM})")
     p.add_argument("--workers", type=int, help="processes (default: up to 2 cores; with "
-                   "--ray and no cluster, the local Ray instance's CPUs)")
+                   "--ray and no cluster, the local Ray instance's CPUs, default all)")
     add_ray_argument(p)
     add_param_arguments(p)
     add_db_arguments(p)
@@ -847,7 +847,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
     from herd.executor import make_executor
 
     # Connect (--ray) first: an unreachable cluster fails before anything is recorded.
-    executor = make_executor(prep, args.ray, workers) if args.ray is not None else None
+    # a local Ray instance takes every CPU unless --workers says otherwise
+    executor = make_executor(prep, args.ray, args.workers) if args.ray is not None else None
     rec = Recorder.from_args(args, prog="herd figures")
     with rec.run("figures", {**plan.to_dict(), "out": os.path.abspath(args.out)},
                  trace_path=os.path.abspath(args.trace), trace_sha256=prep.trace.digest) as run:

@@ -1278,7 +1278,7 @@ def register_cli(sub: Any) -> None:
                    help="tune only Herd + confirm (--confirm) or only the published rule "
                    "(--no-confirm); default both, the better wins")
     p.add_argument("--workers", type=int, help="processes (default: up to 2 cores; with "
-                   "--ray and no cluster, the local Ray instance's CPUs)")
+                   "--ray and no cluster, the local Ray instance's CPUs, default all)")
     add_ray_argument(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--write-params", dest="write_params", metavar="FILE",
@@ -1313,7 +1313,8 @@ def cmd_tune(args: argparse.Namespace) -> int:
     modes = MODES if args.confirm is None else (bool(args.confirm),)
     workers = default_workers() if args.workers is None else max(1, args.workers)
     # Connect (--ray) first: an unreachable cluster fails before anything is recorded.
-    executor = make_executor(prep, args.ray, workers)
+    # a local Ray instance takes every CPU unless --workers says otherwise
+    executor = make_executor(prep, args.ray, workers if args.ray is None else args.workers)
     rec = Recorder.from_args(args, prog="herd tune")
     budgets = {"memory": args.memory, "messages": args.messages, "seeds": args.seeds,
                "headroom": args.headroom, "max_slots": args.max_slots,
