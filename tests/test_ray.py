@@ -373,3 +373,24 @@ def test_a_bad_trace_shipping_setting_is_a_one_line_error(tmp_path: Path) -> Non
               "--ray"], {"HERD_RAY_TRACE": "nfs"}, timeout=60)
     assert r.returncode == 2
     assert r.stderr.strip() == "herd: error: HERD_RAY_TRACE=nfs: one of auto, store, path"
+
+
+def test_a_trace_too_long_for_the_object_store_goes_by_its_cache_path() -> None:
+    from herd.executor import open_payload, trace_payload
+    from herd.prepared import PreparedTrace
+    from herd.trace import load_trace
+
+    prep = PreparedTrace(load_trace(TRACE))
+    columns = prep.trace.packets * 25  # bytes: ts 8, src 4, dst 4, ports 2 + 2, proto 1, flow 4
+    long = trace_payload(prep, "auto", store_bytes=columns - 1)
+    assert long["kind"] == "path"
+    assert Path(long["entry"]).parent == Path(os.environ["HERD_CACHE_DIR"]).resolve()
+    short = trace_payload(prep, "auto", store_bytes=columns)
+    assert short["kind"] == "store"
+    # Either way a worker gets the same packets, without parsing the capture.
+    for payload in (long, short):
+        t = open_payload(payload)
+        assert (t.digest, t.packets, t.flows) == (prep.trace.digest, prep.trace.packets,
+                                                  prep.trace.flows)
+        for c in ("ts_ns", "src", "dport", "flow", "ingress"):
+            assert (getattr(t, c) == getattr(prep.trace, c)).all(), c
