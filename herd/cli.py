@@ -277,7 +277,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from herd.executor import make_executor
 
     # Connect (--ray) first: an unreachable cluster fails before anything is recorded.
-    executor = make_executor(prep, args.ray)
+    executor = make_executor(prep, args.ray, args.workers)
     rec = Recorder.from_args(args, prog="herd sweep")
     results: list[list[SimulationResult]] = []  # each row's simulations, for the store
     trace = {"trace_path": os.path.abspath(args.trace), "trace_sha256": prep.trace.digest}
@@ -382,6 +382,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sw.add_argument("--plot", help="PNG to write")
     from herd.executor import add_ray_argument
 
+    sw.add_argument("--workers", type=int, help="processes (default 1; with --ray and no "
+                    "cluster, the local Ray instance's CPUs, default all)")
     add_ray_argument(sw)
     add_param_arguments(sw)
     add_db_arguments(sw)

@@ -18,6 +18,7 @@ the work was spread. ``fn`` must be a module-level function (it is pickled by re
 from __future__ import annotations
 
 import argparse
+import contextlib
 import multiprocessing
 import os
 import socket
@@ -358,9 +359,12 @@ class RayExecutor(Executor):
                     if progress:
                         progress(done, len(refs))
         except BaseException:
-            # Ctrl-C or a failed task: the rest are of no use, free their workers.
+            # Ctrl-C or a failed task: the rest are of no use. Queued ones are dropped,
+            # running ones interrupted (not killed: Ray's force-cancel can race a task's
+            # completion and abort the driver).
             for r in pending:
-                ray.cancel(r, force=True)
+                with contextlib.suppress(Exception):
+                    ray.cancel(r)
             raise
         return results
 
@@ -395,6 +399,8 @@ def make_executor(prep: PreparedTrace, ray: str | None, workers: int | None = No
     """--ray's value (None: not given, "": given without an address) -> an executor;
     ``workers``: the local pool's processes (default 1), or a local Ray instance's CPUs
     (default: all of this machine's)."""
+    if workers is not None and workers < 1:
+        raise HerdInputError(f"--workers {workers}: must be >= 1")
     if ray is None:
         return LocalExecutor(prep, workers or 1)
     return RayExecutor(prep, ray or None, cpus=workers)

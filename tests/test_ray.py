@@ -263,17 +263,23 @@ def sleep_task(prep, seconds):
     return seconds
 
 address, trace = sys.argv[1:]
-ex = RayExecutor(PreparedTrace(load_trace(trace)), address)
+prep = PreparedTrace(load_trace(trace))
+ex = RayExecutor(prep, address)
 try:
     ex.map(sleep_task, [0.1, 0.1])  # workers up on both nodes
     threading.Timer(3.0, os.kill, (os.getpid(), signal.SIGINT)).start()
     start = time.monotonic()
     try:
-        ex.map(sleep_task, [60.0, 60.0])  # both CPUs of the cluster, for a minute
+        # both CPUs of the cluster for a minute, and as many tasks queued behind them
+        ex.map(sleep_task, [60.0] * 4)
         interrupted = None
     except KeyboardInterrupt:
         interrupted = time.monotonic() - start
-    # Cancelled, the minute-long tasks hold no CPU: these run at once.
+finally:
+    ex.close()  # as herd does on Ctrl-C: the run ends
+# The cluster is free at once: nothing of the interrupted run runs or waits.
+ex = RayExecutor(prep, address)
+try:
     start = time.monotonic()
     again = ex.map(sleep_task, [0.5, 0.5])
     out = {"interrupted_after": interrupted, "again": again,
@@ -394,3 +400,13 @@ def test_a_trace_too_long_for_the_object_store_goes_by_its_cache_path() -> None:
                                                   prep.trace.flows)
         for c in ("ts_ns", "src", "dport", "flow", "ingress"):
             assert (getattr(t, c) == getattr(prep.trace, c)).all(), c
+
+
+def test_a_local_sweep_on_two_processes_equals_the_sequential_one(tmp_path: Path) -> None:
+    one, two = tmp_path / "one.csv", tmp_path / "two.csv"
+    assert main(["sweep", "--trace", str(TRACE), *SWEEP, "--out", str(one)]) == 0
+    assert main(["sweep", "--trace", str(TRACE), *SWEEP, "--out", str(two),
+                 "--workers", "2"]) == 0
+    assert two.read_text() == one.read_text()
+    assert main(["sweep", "--trace", str(TRACE), *SWEEP, "--out", str(two),
+                 "--workers", "0"]) == 2
