@@ -251,9 +251,7 @@ def open_payload(payload: dict[str, Any]) -> Trace:
         entry = open_entry(path.parent, digest)
         if entry is None:
             raise HerdInputError(
-                f"trace cache {path}: not readable on Ray node {_node_name()}; workers read "
-                "long traces from the cache by path, so the cache (HERD_CACHE_DIR) must be on "
-                f"storage every node shares (or set {TRACE_SHIPPING_ENV}=store)")
+                f"trace cache {path}: not readable on Ray node {_node_name()}; {_SHARED_CACHE}")
         return Trace._stored(paths, digest, entry)
     cols = dict(payload["columns"])
     if "ingress" not in cols:  # one capture: the load balancer assigns switches
@@ -261,6 +259,15 @@ def open_payload(payload: dict[str, Any]) -> Trace:
     non_ipv4, malformed = payload["skipped"]
     return Trace(paths, digest, **cols, **payload["flow_table"], skipped_non_ipv4=non_ipv4,
                  skipped_malformed=malformed)
+
+
+_SHARED_CACHE = ("workers read long traces from the cache by path, so the cache "
+                 "(HERD_CACHE_DIR) must be on storage every node shares at the same path (or set "
+                 f"{TRACE_SHIPPING_ENV}=store)")
+
+
+def _sees_entry(entry: str) -> bool:
+    return (Path(entry) / "meta.json").is_file()
 
 
 def _node_name() -> str:
@@ -330,6 +337,8 @@ class RayExecutor(Executor):
                          for n in ray.nodes() if n.get("Alive")), default=0)
             payload = trace_payload(prep, shipping, int(store * STORE_SHARE))
             self.shipping = payload["kind"]
+            if self.shipping == "path":
+                self._check_nodes_see(payload["entry"])
             self._trace_ref = ray.put(payload)  # once per run, whatever the number of tasks
             del payload
             self._task = ray.remote(num_cpus=1, max_retries=max_retries,
@@ -337,6 +346,23 @@ class RayExecutor(Executor):
         except BaseException:
             self.close()
             raise
+
+    def _check_nodes_see(self, entry: str) -> None:
+        """Before any simulation: every node that runs tasks can read the cache entry (a
+        node that joins later says so itself, in its first task)."""
+        ray = self._ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        probe = ray.remote(num_cpus=0, max_retries=MAX_RETRIES)(_sees_entry)
+        nodes = [n for n in ray.nodes() if n.get("Alive") and n["Resources"].get("CPU")]
+        refs = [probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(
+            n["NodeID"], soft=False)).remote(entry) for n in nodes]
+        blind = [f"{n['NodeManagerAddress']} (node {n['NodeID'][:12]})"
+                 for n, sees in zip(nodes, ray.get(refs), strict=True) if not sees]
+        if blind:
+            raise HerdInputError(
+                f"trace cache {entry}: not readable on Ray node(s) {', '.join(blind)}; "
+                f"{_SHARED_CACHE}")
 
     @property
     def concurrent(self) -> bool:

@@ -249,6 +249,15 @@ except HerdInputError as e:
 finally:
     ex.close()
     Path(elsewhere).rename(cache)
+# A path only the driver sees (here: none does): found out before any simulation, for
+# every node.
+ex = RayExecutor(prep, address)
+try:
+    ex._check_nodes_see(elsewhere + "/trace-v2-" + prep.trace.digest)
+except HerdInputError as e:
+    out["up_front"] = str(e)
+finally:
+    ex.close()
 print(json.dumps(out))
 """
 
@@ -324,9 +333,12 @@ def test_workers_read_the_cache_by_path_and_say_when_they_cannot(
     assert out["shipping"] == "path"
     assert out["ray"] == out["local"]
     cache = os.environ["HERD_CACHE_DIR"]
-    message = out["error"]
+    message = out["error"]  # from the worker that tried
     assert "\n" not in message
     assert cache in message and "Ray node" in message and "shares" in message, message
+    message = out["up_front"]  # from the check before the run: both nodes named
+    assert "\n" not in message
+    assert str(tmp_path / "elsewhere") in message and message.count("(node ") == 2, message
 
 
 def test_figures_on_a_local_ray_instance_equal_the_local_run(tmp_path: Path) -> None:
