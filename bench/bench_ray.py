@@ -9,10 +9,13 @@ Writes the trace once (``herd.synth``, seed 1) into the temp directory and parse
 into a private trace cache. Then, --runs times and paired (local, then Ray, so that both
 see the same load from other work on the machine), runs ``herd tune ... --json`` in a fresh
 process, as a user would: interpreter start, imports, the trace loaded from the cache, the
-search; with --ray also starting the Ray instance, shipping the trace to its object store
-and its workers loading the compiled kernels. Reports the median wall time of each, their
-ratio (target: Ray within 15% of local), the load average while measuring, and whether
-both answered the same. Prints a table and, last, one JSON line.
+search; with --ray also starting the Ray instance (some 2.5 s), shipping the trace to its
+object store, its workers loading the compiled kernels, and stopping it (some 1 s). Then
+the same pair through the library in a fresh process, timing ``tune`` alone - locally with
+its own pool, on Ray already started - which leaves out those fixed costs: what Ray costs a
+simulation. Reports the median wall times, their ratios (target: Ray within 15% of local),
+the load average while measuring, and whether every run answered the same. Prints a table
+and, last, one JSON line.
 """
 
 from __future__ import annotations
@@ -39,6 +42,41 @@ from herd.params import Params  # noqa: E402
 from herd.trace import load_trace  # noqa: E402
 
 TARGET_RATIO = 1.15
+
+# tune() alone, in a fresh process: locally, or on a Ray instance started (and its workers
+# warmed up) beforehand. Prints the seconds and the answer.
+LIBRARY = """
+import json, sys, time
+from herd.params import Params
+from herd.prepared import PreparedTrace
+from herd.trace import load_trace
+from herd.tuning import tune
+
+path, memory, messages, seeds, workers, mode = sys.argv[1:]
+prep = PreparedTrace(load_trace(path))
+executor = None
+if mode == "ray":
+    import logging
+
+    import ray
+
+    from herd.executor import RayExecutor
+    from herd.sweep import simulate_task
+
+    ray.init(address="local", num_cpus=int(workers), include_dashboard=False,
+             log_to_driver=False, logging_level=logging.WARNING)
+    with RayExecutor(prep, None) as warm:  # workers started, kernels loaded
+        warm.map(simulate_task, [Params(seed=i) for i in range(int(workers))])
+    prep = PreparedTrace(prep.trace)  # fresh caches, here and (a new trace) in the workers
+    executor = RayExecutor(prep, None)
+start = time.perf_counter()
+result = tune(prep, Params(), int(memory), int(messages), seeds=int(seeds),
+              workers=int(workers), executor=executor)
+seconds = time.perf_counter() - start
+d = result.to_dict()
+d.pop("seconds")
+print(json.dumps({"seconds": seconds, "answer": d}))
+"""
 
 
 def _answer(d: dict[str, Any]) -> dict[str, Any]:
@@ -67,26 +105,39 @@ def main() -> None:
     # A local Ray instance of its own: no address from the environment, its own token.
     env = {**os.environ, "PYTHONPATH": str(REPO), "RAY_ADDRESS": "",
            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
-    times: dict[str, list[float]] = {"local": [], "ray": []}
+    lib = [sys.executable, "-c", LIBRARY, str(path), str(args.memory), str(args.messages),
+           str(args.seeds), str(args.workers)]
+    modes = {"local": cmd, "ray": [*cmd, "--ray"], "library local": [*lib, "local"],
+             "library ray": [*lib, "ray"]}
+    times: dict[str, list[float]] = {m: [] for m in modes}
     loads: list[float] = []
     answers: list[dict[str, Any]] = []
     for i in range(args.runs):
-        for mode in ("local", "ray"):
-            extra = ["--ray"] if mode == "ray" else []
+        for mode, argv in modes.items():  # paired: each run sees the same load
             start = time.perf_counter()
-            out = subprocess.run(cmd + extra, check=True, capture_output=True, text=True,
-                                 cwd=REPO, env=env)
-            times[mode].append(time.perf_counter() - start)
+            out = json.loads(subprocess.run(argv, check=True, capture_output=True, text=True,
+                                            cwd=REPO, env=env).stdout)
+            if mode.startswith("library"):
+                times[mode].append(out["seconds"])
+                answers.append(out["answer"])
+            else:
+                times[mode].append(time.perf_counter() - start)
+                answers.append(_answer(out))
             loads.append(os.getloadavg()[0])
-            answers.append(_answer(json.loads(out.stdout)))
-        print(f"run {i + 1}: local {times['local'][-1]:.1f} s, Ray {times['ray'][-1]:.1f} s "
-              f"(ratio {times['ray'][-1] / times['local'][-1]:.3f}), load {loads[-1]:.1f}, "
+        t = {m: v[-1] for m, v in times.items()}
+        print(f"run {i + 1}: command line local {t['local']:.1f} s, Ray {t['ray']:.1f} s "
+              f"(ratio {t['ray'] / t['local']:.3f}); tune alone local "
+              f"{t['library local']:.1f} s, Ray {t['library ray']:.1f} s (ratio "
+              f"{t['library ray'] / t['library local']:.3f}); load {loads[-1]:.1f}, "
               f"{answers[-1]['simulations']} simulations", file=sys.stderr)
-    local, ray = statistics.median(times["local"]), statistics.median(times["ray"])
-    ratio = ray / local
-    print(f"median: local {local:.1f} s, Ray {ray:.1f} s, ratio {ratio:.3f} "
-          f"(target <= {TARGET_RATIO}); load average {statistics.median(loads):.1f} "
-          f"({os.cpu_count()} CPUs)", file=sys.stderr)
+    med = {m: statistics.median(v) for m, v in times.items()}
+    ratio = med["ray"] / med["local"]
+    lib_ratio = med["library ray"] / med["library local"]
+    print(f"median: command line local {med['local']:.1f} s, Ray {med['ray']:.1f} s, ratio "
+          f"{ratio:.3f}; tune alone local {med['library local']:.1f} s, Ray "
+          f"{med['library ray']:.1f} s, ratio {lib_ratio:.3f} (target <= {TARGET_RATIO}); "
+          f"load average {statistics.median(loads):.1f} ({os.cpu_count()} CPUs)",
+          file=sys.stderr)
     print(json.dumps({
         "packets": prep.trace.packets,
         "runs": args.runs,
@@ -95,17 +146,15 @@ def main() -> None:
         "messages": args.messages,
         "seeds": args.seeds,
         "simulations": answers[0]["simulations"],
-        "median_local_seconds": round(local, 2),
-        "median_ray_seconds": round(ray, 2),
-        "local_seconds": [round(t, 2) for t in times["local"]],
-        "ray_seconds": [round(t, 2) for t in times["ray"]],
-        "ratio": round(ratio, 3),
+        "median_seconds": {m: round(v, 2) for m, v in med.items()},
+        "seconds": {m: [round(t, 2) for t in v] for m, v in times.items()},
+        "ratio_command_line": round(ratio, 3),
+        "ratio_tune_alone": round(lib_ratio, 3),
         "target_ratio": TARGET_RATIO,
         "within_target": ratio <= TARGET_RATIO,
         "load_average_1min": [round(x, 2) for x in loads],
         "identical_answers": all(a == answers[0] for a in answers),
     }))
-
 
 if __name__ == "__main__":
     main()
