@@ -197,7 +197,8 @@ def trace_payload(prep: PreparedTrace, shipping: str, store_bytes: int) -> dict[
         shipping = "path" if entry is not None and _column_bytes(trace) > store_bytes else "store"
     if shipping == "path":
         assert entry is not None
-        return {**head, "kind": "path", "entry": str(entry.resolve())}
+        # absolute, symlinks kept: nodes mount the shared cache at the same path
+        return {**head, "kind": "path", "entry": str(entry.absolute())}
     return {**head, "kind": "store", **_columns(trace)}
 
 

@@ -402,7 +402,7 @@ def test_a_trace_too_long_for_the_object_store_goes_by_its_cache_path() -> None:
     columns = prep.trace.packets * 25  # bytes: ts 8, src 4, dst 4, ports 2 + 2, proto 1, flow 4
     long = trace_payload(prep, "auto", store_bytes=columns - 1)
     assert long["kind"] == "path"
-    assert Path(long["entry"]).parent == Path(os.environ["HERD_CACHE_DIR"]).resolve()
+    assert Path(long["entry"]).parent == Path(os.environ["HERD_CACHE_DIR"]).absolute()
     short = trace_payload(prep, "auto", store_bytes=columns)
     assert short["kind"] == "store"
     # Either way a worker gets the same packets, without parsing the capture.
