@@ -22,6 +22,7 @@ import contextlib
 import multiprocessing
 import os
 import socket
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -48,6 +49,10 @@ CONNECT_TIMEOUT_S = 5.0
 INSTALL_HINT = "pip install 'herd[ray]'"
 
 
+class Cancelled(Exception):
+    """The executor was cancelled while this map waited (see Executor.cancel)."""
+
+
 class Executor:
     """Maps ``fn(prep, item)`` over items; results in submission order."""
 
@@ -63,6 +68,10 @@ class Executor:
         """Whether callers may submit from several threads at once (Ray), rather than only
         from this one (a fork pool)."""
         return False
+
+    def cancel(self) -> None:
+        """Make every map, running or to come, stop with Cancelled (other threads' maps on
+        Ctrl-C in one)."""
 
     def close(self) -> None:
         pass
@@ -318,6 +327,7 @@ class RayExecutor(Executor):
         self.address = resolve_address(address)
         self._ray = ray
         self._started = False
+        self._cancelled = threading.Event()
         if not ray.is_initialized():
             _check_reachable(self.address)
             import logging
@@ -372,6 +382,8 @@ class RayExecutor(Executor):
     def map(self, fn: TaskFn, items: Sequence[Any],
             progress: Progress | None = None) -> list[Any]:
         ray = self._ray
+        if self._cancelled.is_set():
+            raise Cancelled
         refs = [self._task.remote(fn, [self._trace_ref], it) for it in items]
         index = {r: i for i, r in enumerate(refs)}
         results: list[Any] = [None] * len(refs)
@@ -379,7 +391,10 @@ class RayExecutor(Executor):
         done = 0
         try:
             while pending:
-                ready, pending = ray.wait(pending, num_returns=1)
+                # a timeout, to notice a cancel from another thread
+                ready, pending = ray.wait(pending, num_returns=1, timeout=0.2)
+                if self._cancelled.is_set():
+                    raise Cancelled
                 for r in ready:
                     results[index[r]] = self._get(r)
                     done += 1
@@ -404,7 +419,11 @@ class RayExecutor(Executor):
                 raise HerdInputError(str(cause)) from None
             raise
 
+    def cancel(self) -> None:
+        self._cancelled.set()
+
     def close(self) -> None:
+        self._cancelled.set()
         if self._started:
             self._ray.shutdown()
             self._started = False

@@ -391,10 +391,14 @@ def compute(prep: PreparedTrace, plan: Plan, workers: int = 1,
             try:
                 with ThreadPoolExecutor(len(jobs)) as threads:
                     futures = [threads.submit(_job_task, prep, job) for job in jobs]
-                    for i, f in enumerate(as_completed(futures)):
-                        rows += f.result()
-                        if progress:
-                            progress(i + 1, len(jobs))
+                    try:
+                        for i, f in enumerate(as_completed(futures)):
+                            rows += f.result()
+                            if progress:
+                                progress(i + 1, len(jobs))
+                    except BaseException:
+                        ex.cancel()  # Ctrl-C or a failed job: the others stop too
+                        raise
             finally:
                 del _CTX["executor"]
         else:
