@@ -422,3 +422,20 @@ def test_a_local_sweep_on_two_processes_equals_the_sequential_one(tmp_path: Path
     assert two.read_text() == one.read_text()
     assert main(["sweep", "--trace", str(TRACE), *SWEEP, "--out", str(two),
                  "--workers", "0"]) == 2
+
+
+def test_ctrl_c_stops_a_sweep_on_the_cluster(cluster: Cluster, tmp_path: Path) -> None:
+    out = tmp_path / "s.csv"
+    p = subprocess.Popen(
+        [str(HERD), "sweep", "--trace", str(TRACE), "--param", "s", "--values",
+         "0.1,0.2,0.3,0.4", "--seeds", "5000", "--out", str(out), "--ray", cluster.address],
+        env={**os.environ, **cluster.env}, text=True, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    time.sleep(8)  # connected, simulations under way (20,000 of them: minutes)
+    p.send_signal(signal.SIGINT)
+    start = time.monotonic()
+    _, err = p.communicate(timeout=60)
+    assert time.monotonic() - start < 15
+    assert p.returncode == 130, err
+    assert [line for line in err.splitlines() if "WARNING" not in line] == ["herd: interrupted"]
+    assert not out.exists()
