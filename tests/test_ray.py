@@ -435,7 +435,9 @@ def test_ctrl_c_stops_a_sweep_on_the_cluster(cluster: Cluster, tmp_path: Path) -
     p.send_signal(signal.SIGINT)
     start = time.monotonic()
     _, err = p.communicate(timeout=60)
-    assert time.monotonic() - start < 15
-    assert p.returncode == 130, err
-    assert [line for line in err.splitlines() if "WARNING" not in line] == ["herd: interrupted"]
+    assert time.monotonic() - start < 15, err[-3000:]
+    assert p.returncode == 130, err[-3000:]
+    # herd's own line; Ray may log its side of the interruption beside it
+    assert [line for line in err.splitlines() if line.startswith("herd")] == [
+        "herd: interrupted"], err[-3000:]
     assert not out.exists()
