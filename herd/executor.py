@@ -8,17 +8,17 @@ the work was spread. ``fn`` must be a module-level function (it is pickled by re
 - ``LocalExecutor``: in this process, or with ``workers`` > 1 in a forked pool - forked after
   a first run here, so that the children inherit the compiled kernels and the trace's
   per-flow caches.
-- ``RayExecutor``: every item is a Ray task (retried if its worker dies, cancelled on
-  Ctrl-C). The trace goes to the workers once per run: its columns into the object store
-  (``ray.put``), or, for a trace too long for it, the path of its entry in the trace cache,
-  which every node must then see (shared storage). A worker keeps the trace it was given
+- ``RayExecutor``: every item is a Ray task (retried if its worker dies; on Ctrl-C no more
+  are submitted, and the run's end stops those running). The trace goes to the workers
+  once per run: its columns into the object store (``ray.put``), or, for a trace too long
+  for it, the path of its entry in the trace cache, which every node must then see (shared
+  storage). A worker keeps the trace it was given
   for the run's later tasks, so nothing is parsed or fetched twice per worker.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import multiprocessing
 import os
 import socket
@@ -44,6 +44,9 @@ SHIPPING = ("auto", "store", "path")
 STORE_SHARE = 0.25
 # A task whose worker process dies (OOM killer, lost node) is run again this often.
 MAX_RETRIES = 3
+# Tasks in flight at a time: enough to keep every CPU busy between two replies.
+WINDOW_PER_CPU = 4
+WINDOW_MIN = 16
 # Seconds to wait for a cluster's address to answer before calling it unreachable.
 CONNECT_TIMEOUT_S = 5.0
 INSTALL_HINT = "pip install 'herd[ray]'"
@@ -344,6 +347,7 @@ class RayExecutor(Executor):
             self._started = True
         try:
             self.workers = max(1, int(ray.cluster_resources().get("CPU", 1)))
+            self._window = max(WINDOW_MIN, WINDOW_PER_CPU * self.workers)
             store = min((n["Resources"].get("object_store_memory", 0)
                          for n in ray.nodes() if n.get("Alive")), default=0)
             payload = trace_payload(prep, shipping, int(store * STORE_SHARE))
@@ -382,33 +386,33 @@ class RayExecutor(Executor):
     def map(self, fn: TaskFn, items: Sequence[Any],
             progress: Progress | None = None) -> list[Any]:
         ray = self._ray
-        if self._cancelled.is_set():
-            raise Cancelled
-        refs = [self._task.remote(fn, [self._trace_ref], it) for it in items]
-        index = {r: i for i, r in enumerate(refs)}
-        results: list[Any] = [None] * len(refs)
-        pending = list(refs)
+        items = list(items)
+        results: list[Any] = [None] * len(items)
+        pending: dict[Any, int] = {}  # in flight: reference -> index of its item
+        todo = iter(range(len(items)))
         done = 0
-        try:
-            while pending:
-                # a timeout, to notice a cancel from another thread
-                ready, pending = ray.wait(pending, num_returns=1, timeout=0.2)
-                if self._cancelled.is_set():
-                    raise Cancelled
-                for r in ready:
-                    results[index[r]] = self._get(r)
-                    done += 1
-                    if progress:
-                        progress(done, len(refs))
-        except BaseException:
-            # Ctrl-C or a failed task: the rest are of no use. Queued ones are dropped,
-            # running ones interrupted (not killed: Ray's force-cancel can race a task's
-            # completion and abort the driver).
-            for r in pending:
-                with contextlib.suppress(Exception):
-                    ray.cancel(r)
-            raise
-        return results
+        # A window of tasks in flight, not all at once: Ctrl-C then leaves little to stop,
+        # and it needs no ray.cancel (which races completing tasks and can abort the
+        # driver); the run's end stops the tasks still running.
+        while True:
+            if self._cancelled.is_set():
+                raise Cancelled
+            while len(pending) < self._window:
+                i = next(todo, None)
+                if i is None:
+                    break
+                pending[self._task.remote(fn, [self._trace_ref], items[i])] = i
+            if not pending:
+                return results
+            # a timeout, to notice a cancel from another thread
+            ready, rest = ray.wait(list(pending), num_returns=1, timeout=0.2)
+            if ready and rest:
+                ready += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+            for r in ready:
+                results[pending.pop(r)] = self._get(r)
+                done += 1
+                if progress:
+                    progress(done, len(items))
 
     def _get(self, ref: Any) -> Any:
         try:
