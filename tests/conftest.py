@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -53,3 +54,15 @@ def write_capture(path: Path, packets: Sequence[Packet]) -> Path:
         frames.append(frame)
     wrpcap(str(path), frames)
     return path
+
+
+@pytest.fixture
+def procs(tmp_path: Path) -> Iterator[Any]:
+    """The service processes a test starts (test_services.Procs), all stopped at its end."""
+    from test_services import Procs
+
+    ps = Procs(tmp_path)
+    try:
+        yield ps
+    finally:
+        ps.close()

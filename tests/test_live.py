@@ -12,7 +12,6 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -63,15 +62,6 @@ class LiveCoord(Coord):
 
     def api(self, path: str, token: str | None = "") -> tuple[int, Any]:
         return get(self.url + path.lstrip("/"), self.token if token == "" else token)
-
-
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    ps = Procs(tmp_path)
-    try:
-        yield ps
-    finally:
-        ps.close()
 
 
 def send(co: Coord, switch: int, seqs: list[int], flows: list[tuple[int, int, int, int, int]],

@@ -81,15 +81,6 @@ class Procs:
             p.wait()
 
 
-@pytest.fixture
-def procs(tmp_path: Path) -> Iterator[Procs]:
-    ps = Procs(tmp_path)
-    try:
-        yield ps
-    finally:
-        ps.close()
-
-
 def wait_for(cond: Any, timeout: float = 30.0, what: str = "condition") -> Any:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -98,6 +89,21 @@ def wait_for(cond: Any, timeout: float = 30.0, what: str = "condition") -> Any:
             return v
         time.sleep(0.05)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+def start_model_switch(procs: Procs, tmp: Path) -> str:
+    """A model switch s1 with no packets of its own (the test injects CPU messages)."""
+    pk = tmp / "none.npz"
+    np.savez(pk, ts_ns=np.zeros(0, np.int64), flow=np.zeros(0, np.int64),
+             flow_src=np.zeros(0, np.uint32), flow_dst=np.zeros(0, np.uint32),
+             flow_sport=np.zeros(0, np.uint16), flow_dport=np.zeros(0, np.uint16),
+             flow_proto=np.zeros(0, np.uint8))
+    sock = f"unix:{tmp / 's1.sock'}"
+    ready = tmp / "s1.ready"
+    procs.start("herd.services.model_switch", ["--name", "s1", "--listen", sock, "--packets",
+                str(pk), "--start", "command", "--ready-file", str(ready)], "switch")
+    wait_for(ready.exists, what="switch")
+    return sock
 
 
 class Coord:
@@ -411,16 +417,7 @@ def test_unique_flow_flood_keeps_coordinator_memory_bounded(procs: Procs,
 def test_malformed_cpu_messages_rejected_controller_keeps_working(procs: Procs,
                                                                   tmp_path: Path) -> None:
     co = Coord(procs, tmp_path)
-    pk = tmp_path / "none.npz"
-    np.savez(pk, ts_ns=np.zeros(0, np.int64), flow=np.zeros(0, np.int64),
-             flow_src=np.zeros(0, np.uint32), flow_dst=np.zeros(0, np.uint32),
-             flow_sport=np.zeros(0, np.uint16), flow_dport=np.zeros(0, np.uint16),
-             flow_proto=np.zeros(0, np.uint8))
-    sock = f"unix:{tmp_path / 's1.sock'}"
-    ready = tmp_path / "s1.ready"
-    procs.start("herd.services.model_switch", ["--name", "s1", "--listen", sock, "--packets",
-                str(pk), "--start", "command", "--ready-file", str(ready)], "switch")
-    wait_for(ready.exists, what="switch")
+    sock = start_model_switch(procs, tmp_path)
     status = tmp_path / "ctl.json"
     procs.start("herd.services.controller_service", [
         "--switch", "s1", "--T", "50", "--coordinator", co.address, "--token-file",

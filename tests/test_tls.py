@@ -16,13 +16,12 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from test_services import FLOW_A, Procs, batch, wait_for
+from test_services import FLOW_A, Procs, batch, start_model_switch, wait_for
 
 from herd.errors import HerdInputError
 from herd.messages import CpuMessage, MessageType
@@ -118,15 +117,6 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("pki"))
 
 
-@pytest.fixture
-def procs(tmp_path: Path) -> Any:
-    ps = Procs(tmp_path)
-    try:
-        yield ps
-    finally:
-        ps.close()
-
-
 def token_file(tmp: Path) -> Path:
     path = tmp / "token"
     write_token_file(path)
@@ -148,20 +138,6 @@ def start_coordinator(procs: Procs, tmp: Path, listen: str, *extra: str) -> str:
     assert p.poll() is None, procs.log("coordinator")
     return ready.read_text().strip()
 
-
-def start_model_switch(procs: Procs, tmp: Path) -> str:
-    """A model switch s1 with no packets of its own (the test injects CPU messages)."""
-    pk = tmp / "none.npz"
-    np.savez(pk, ts_ns=np.zeros(0, np.int64), flow=np.zeros(0, np.int64),
-             flow_src=np.zeros(0, np.uint32), flow_dst=np.zeros(0, np.uint32),
-             flow_sport=np.zeros(0, np.uint16), flow_dport=np.zeros(0, np.uint16),
-             flow_proto=np.zeros(0, np.uint8))
-    sock = f"unix:{tmp / 's1.sock'}"
-    ready = tmp / "s1.ready"
-    procs.start("herd.services.model_switch", ["--name", "s1", "--listen", sock, "--packets",
-                str(pk), "--start", "command", "--ready-file", str(ready)], "switch")
-    wait_for(ready.exists, what="switch")
-    return sock
 
 
 def run_coordinator_error(tmp: Path, listen: str, *extra: str) -> str:
