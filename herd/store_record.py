@@ -81,18 +81,14 @@ def coordinator_elephants(prep: PreparedTrace, params: Params, T: int,
     """A coordinator's elephants (columns ``src`` .. ``proto``, ``epoch``, ``detected_ns``
     and ``reports`` if known), each true positive iff its 5-tuple is a flow of the trace and
     heavy in that epoch (scored as ``herd.services.results`` scores them)."""
-    from herd.services.flowtable import FlowTable
+    from herd.services.results import trace_flows
 
-    t = prep.trace
     n = len(columns.get("src", ()))
     if n == 0:  # none detected (or none handed over)
         return iter(())
     five = [np.asarray(columns[f], np.uint32) for f in FIVE_TUPLE]
     epoch = np.asarray(columns.get("epoch", np.zeros(n, np.int64)), np.int64)
-    table = FlowTable(max(1, t.flows))
-    table.index(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport, t.flow_proto)
-    idx = np.asarray(table.index(*five), np.int64)
-    known = (idx >= 0) & (idx < t.flows)  # a 5-tuple the trace lacks is never heavy
+    idx, known = trace_flows(prep, columns)  # a 5-tuple the trace lacks is never heavy
     heavy = prep.truth(params, T).heavy_keys()
     tp = known & np.isin(pair_keys(epoch, np.where(known, idx, 0)), heavy)
     detected = columns.get("detected_ns")

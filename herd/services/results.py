@@ -15,7 +15,7 @@ before the pull (``early``); the detections keep that, for delays split the simu
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,18 +31,26 @@ FIELDS = ("src", "dst", "sport", "dport", "proto", "epoch", "detected_ns")
 _FOREIGN = np.int64(1) << 31  # flow indices for pairs not in the trace: never heavy
 
 
-def elephant_detection(prep: PreparedTrace, columns: dict[str, np.ndarray]) -> Detection:
-    """The detected (flow, epoch) pairs of elephants given as columns (``FIELDS``, and
-    ``early`` with confirm)."""
+def trace_flows(prep: PreparedTrace, columns: Mapping[str, np.ndarray]
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """The trace's flow index of each 5-tuple (columns ``src`` .. ``proto``), and whether
+    the trace has it at all (a 5-tuple it lacks: another trace's, or foreign traffic)."""
     t = prep.trace
     table = FlowTable(max(1, t.flows))
     table.index(t.flow_src, t.flow_dst, t.flow_sport, t.flow_dport, t.flow_proto)
+    idx = np.asarray(table.index(*(np.asarray(columns[f], np.uint32) for f in FIELDS[:5])),
+                     np.int64)
+    return idx, (idx >= 0) & (idx < t.flows)
+
+
+def elephant_detection(prep: PreparedTrace, columns: dict[str, np.ndarray]) -> Detection:
+    """The detected (flow, epoch) pairs of elephants given as columns (``FIELDS``, and
+    ``early`` with confirm)."""
     early = columns.get("early")
     if len(columns["src"]) == 0:
         return Detection(np.zeros(0, np.int64), np.zeros(0, np.int64),
                          early=None if early is None else np.zeros(0, np.bool_))
-    idx = table.index(*(np.asarray(columns[f], np.uint32) for f in FIELDS[:5]))
-    known = (idx >= 0) & (idx < t.flows)
+    idx, known = trace_flows(prep, columns)
     # A 5-tuple the trace lacks still is a detection: a distinct index of its own.
     foreign = _FOREIGN + np.arange(len(idx), dtype=np.int64)
     flow = np.where(known, idx.astype(np.int64), foreign)
