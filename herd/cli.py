@@ -249,6 +249,7 @@ def _ms(v: float | None) -> str:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    from herd.executor import make_executor
     from herd.store import Recorder
     from herd.store_record import record_sweep_row
     from herd.sweep import (
@@ -274,8 +275,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for v in values:
         params_for(base, param, v, base.seed)
     prep = _load(args.trace)
-    from herd.executor import make_executor
-
     # Connect (--ray) first: an unreachable cluster fails before anything is recorded.
     executor = make_executor(prep, args.ray, args.workers)
     rec = Recorder.from_args(args, prog="herd sweep")
@@ -336,6 +335,7 @@ CORE_COMMANDS = ("trace", "simulate", "sweep", "score")
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The whole parser; given the subcommand about to run, only what it needs (the other
     commands' modules are not imported: a faster start)."""
+    from herd.executor import add_ray_argument
     from herd.store import add_db_arguments
 
     parser = OneLineErrors(
@@ -380,8 +380,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     sw.add_argument("--seeds", type=int, default=1, help="seeds per value (mean and spread)")
     sw.add_argument("--out", required=True, help="CSV to write")
     sw.add_argument("--plot", help="PNG to write")
-    from herd.executor import add_ray_argument
-
     sw.add_argument("--workers", type=int, help="processes (default 1; with --ray and no "
                     "cluster, the local Ray instance's CPUs, default all)")
     add_ray_argument(sw)
